@@ -1,0 +1,9 @@
+"""One module per op family: Python wrappers, fake kernels and autograd formulas.
+
+Importing this package registers the fake kernels and autograd of every op, so
+torch.compile, torch.export and autograd work as soon as `import teachcompute_ext`
+has run.
+"""
+from .reduce import vector_sum
+
+__all__ = ["vector_sum"]

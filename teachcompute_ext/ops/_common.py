@@ -1,0 +1,12 @@
+"""Checks shared by the fake kernels; the messages match csrc/common/checks.h."""
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def check_float_dtype(op, arg, t):
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"teachcompute_ext.{op}: unsupported dtype {t.dtype} for argument '{arg}' "
+            "(expected float32, float64, float16 or bfloat16)"
+        )

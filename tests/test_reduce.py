@@ -1,0 +1,181 @@
+"""Reduce family: vector_sum."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import teachcompute_ext
+from conftest import DEVICES, FLOAT_DTYPES, close_to_reference
+
+vector_sum = teachcompute_ext.vector_sum
+SHAPES = [(), (1,), (7,), (1000,), (3, 5, 7), (1025,), (65537,), (2, 70001), (300, 1000)]
+
+
+def _rand(shape, dtype, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def _check(x):
+    out = vector_sum(x)
+    assert out.shape == () and out.dtype == x.dtype and out.device == x.device
+    ref = x.double().sum().item()
+    ok, tol = close_to_reference(out.item(), ref, x.double().abs().sum().item(), x.dtype)
+    assert ok, f"vector_sum={out.item()} reference={ref} tol={tol} shape={tuple(x.shape)} strides={x.stride()}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_vector_sum_matches_float64_reference(shape, dtype, device):
+    _check(_rand(shape, dtype, device, seed=hash(shape) % 1000))
+
+
+def _views(device, dtype):
+    x = _rand((301, 257), dtype, device, seed=11)
+    y = _rand((4, 33, 65), dtype, device, seed=12)
+    return {
+        "transposed": x.t(),
+        "permuted": y.permute(2, 0, 1),
+        "sliced_cols": x[:, 3:200:3],
+        "sliced_rows": x[::2],
+        "column": x[:, 5],
+        "misaligned_start": x.view(-1)[1:10001],
+        "expanded": x[:1].expand(64, 257),
+        "expanded_scalar": x[0, 0].expand(1000, 3),
+        "expanded_inner": y[:, :, :1].expand(4, 33, 65),
+        # 11 dims that cannot be merged: more than the CUDA kernel's 10
+        "many_dims": _rand((3,) * 11, dtype, device, 13)[(slice(0, 2),) * 11],
+    }
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("view", list(_views("cpu", torch.float32)))
+def test_vector_sum_non_contiguous(view, dtype, device):
+    x = _views(device, dtype)[view]
+    assert x.is_contiguous() == (view == "misaligned_start")
+    _check(x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(0,), (3, 0, 2), (0, 5)])
+def test_vector_sum_empty_is_zero(shape, dtype, device):
+    out = vector_sum(torch.empty(shape, dtype=dtype, device=device))
+    assert out.shape == () and out.dtype == dtype and out.item() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8, torch.complex64])
+def test_vector_sum_rejects_other_dtypes(dtype, device):
+    x = torch.ones(4, dtype=dtype, device=device)
+    msg = rf"teachcompute_ext.vector_sum: unsupported dtype {dtype} for argument 'x'"
+    with pytest.raises(TypeError, match=msg):
+        vector_sum(x)
+    # The fake kernel says the same under torch.compile (dynamo wraps the TypeError).
+    with pytest.raises(Exception, match=msg):
+        torch.compile(vector_sum, fullgraph=True, backend="eager")(x)
+
+
+def test_vector_sum_cpu_accuracy_1e8_no_worse_than_torch_sum():
+    g = torch.Generator().manual_seed(2024)
+    x = torch.rand(100_000_000, generator=g, dtype=torch.float32)
+    ref = x.double().sum().item()
+    ours = abs(vector_sum(x).item() - ref) / ref
+    theirs = abs(x.sum().item() - ref) / ref
+    print(f"relative error on 1e8 uniform floats: vector_sum {ours:.3e}, torch.sum {theirs:.3e}")
+    assert ours <= theirs
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+def test_vector_sum_cpu_every_isa_build(isa):
+    # Each per-ISA build of the kernel, chosen the way torch chooses its own.
+    code = (
+        "import torch, teachcompute_ext as t\n"
+        "g = torch.Generator().manual_seed(7)\n"
+        "for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):\n"
+        "    for n in (1, 13, 1024, 1025, 70001):\n"
+        "        x = torch.randn(n, generator=g, dtype=torch.float64).to(dt)\n"
+        "        ref = x.double().sum().item()\n"
+        "        err = abs(t.vector_sum(x).double().item() - ref)\n"
+        "        tol = torch.finfo(dt).eps * abs(ref) + 1e-5 * x.double().abs().sum().item()\n"
+        "        assert err <= tol, (dt, n, err, tol)\n"
+        "print(torch.backends.cpu.get_cpu_capability())\n"
+    )
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_vector_sum_cpu_same_bits_for_any_thread_count_and_run():
+    x = torch.rand(3_000_001, generator=torch.Generator().manual_seed(5))
+    saved = torch.get_num_threads()
+    try:
+        results = set()
+        for threads in (1, 2, 3, saved):
+            torch.set_num_threads(threads)
+            results.update(vector_sum(x).item() for _ in range(3))
+    finally:
+        torch.set_num_threads(saved)
+    assert len(results) == 1, results
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or "CUDA" not in teachcompute_ext.compiled_backends(),
+                    reason="no CUDA device or CUDA not compiled")
+def test_vector_sum_cuda_bitwise_reproducible_and_no_host_sync():
+    x = torch.rand(2**24 + 3, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    torch.cuda.set_sync_debug_mode("error")  # raises on any synchronizing CUDA call
+    try:
+        outs = [vector_sum(x) for _ in range(5)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.equal(o, outs[0]) for o in outs)
+    ref = x.double().sum().item()
+    assert abs(outs[0].item() - ref) / ref < 1e-6
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vector_sum_gradcheck(device):
+    x = _rand((4, 5), torch.float64, device, 21).requires_grad_()
+    assert torch.autograd.gradcheck(vector_sum, (x,))
+    assert torch.autograd.gradgradcheck(vector_sum, (x,))
+    xt = _rand((6, 3), torch.float64, device, 22).t().requires_grad_()
+    assert torch.autograd.gradcheck(vector_sum, (xt,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vector_sum_backward_is_an_expanded_view(device):
+    x = _rand((64, 128), torch.float32, device, 23).requires_grad_()
+    (grad,) = torch.autograd.grad(vector_sum(x) * 3, x)
+    assert grad.shape == x.shape and grad.stride() == (0, 0)  # nothing of numel size was written
+    assert torch.equal(grad, torch.full_like(x, 3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_vector_sum_opcheck(dtype, device):
+    for x in [
+        _rand((3, 17), dtype, device, 31),
+        _rand((3, 17), dtype, device, 32).t(),
+        _rand((1030,), dtype, device, 33).requires_grad_(dtype in (torch.float32, torch.float64)),
+        torch.empty(0, 4, dtype=dtype, device=device),
+    ]:
+        torch.library.opcheck(torch.ops.teachcompute_ext.vector_sum.default, (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vector_sum_torch_compile_fullgraph_dynamic(device):
+    def f(x):
+        return vector_sum(x * 2.0) + 1.0
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    for n in (33, 1000, 4097):
+        x = _rand((n, 3), torch.float32, device, n).requires_grad_()
+        out = compiled(x)
+        expected = f(x.detach())
+        torch.testing.assert_close(out, expected)
+        (g,) = torch.autograd.grad(out, x)
+        torch.testing.assert_close(g, torch.full_like(x, 2.0))
