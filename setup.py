@@ -10,6 +10,8 @@ Environment:
     TORCH_CUDA_ARCH_LIST        GPU architectures, torch's syntax (default "8.0;9.0+PTX")
     MAX_JOBS                    parallel compile jobs (default: all cores)
     TEACHCOMPUTE_EXT_BUILD_TYPE Release (default) or Debug / RelWithDebInfo
+    TEACHCOMPUTE_EXT_CPP_TESTS=1 also build the GoogleTest suite in the same tree
+                                (build/py<ver>-<type>; run it with ctest --test-dir there)
 """
 import os
 import shutil
@@ -48,6 +50,8 @@ class CMakeBuild(build_ext):
         build_dir = ROOT / "build" / tag
         build_dir.mkdir(parents=True, exist_ok=True)
         cuda = os.environ.get("TEACHCOMPUTE_EXT_CUDA", "AUTO")
+        # The C++ tests (GoogleTest) in the same build tree: `ctest --test-dir build/<tag>`.
+        cpp_tests = os.environ.get("TEACHCOMPUTE_EXT_CPP_TESTS", "0") == "1"
         cmake = _cmake_executable()
         configure = [
             cmake, "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
@@ -55,10 +59,12 @@ class CMakeBuild(build_ext):
             f"-DPython3_EXECUTABLE={sys.executable}",
             f"-DTORCH_CMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DTEACHCOMPUTE_EXT_CUDA={cuda}",
-            "-DTEACHCOMPUTE_EXT_TESTS=OFF",
+            f"-DTEACHCOMPUTE_EXT_TESTS={'ON' if cpp_tests else 'OFF'}",
         ]
         subprocess.check_call(configure)
-        build = [cmake, "--build", str(build_dir), "--target", "teachcompute_ext"]
+        build = [cmake, "--build", str(build_dir)]
+        if not cpp_tests:
+            build += ["--target", "teachcompute_ext"]
         if os.environ.get("MAX_JOBS"):
             build += ["-j", os.environ["MAX_JOBS"]]
         subprocess.check_call(build)

@@ -8,6 +8,7 @@ namespace teachcompute_ext {
 
 // ---- reduce/ : vector sum and reductions --------------------------------
 at::Tensor vector_sum_cpu(const at::Tensor& x);
+at::Tensor vector_sum_autograd(const at::Tensor& x);
 #ifdef TEACHCOMPUTE_EXT_WITH_CUDA
 at::Tensor vector_sum_cuda(const at::Tensor& x);
 #endif

@@ -1,6 +1,6 @@
-// Every schema of teachcompute_ext, one comment each, and the kernels behind them.
-// Fake (meta) kernels and autograd formulas are registered from Python, in
-// teachcompute_ext/ops/<family>.py, next to the wrappers.
+// Every schema of teachcompute_ext, one comment each, and the kernels behind them:
+// CPU, CUDA and Autograd (C++, see reduce/reduce_autograd.cpp for why). Fake
+// kernels are registered from Python, in teachcompute_ext/ops/<family>.py.
 #include <torch/library.h>
 
 #include "ops.h"
@@ -13,6 +13,10 @@ TORCH_LIBRARY(teachcompute_ext, m) {
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
   m.impl("vector_sum", &teachcompute_ext::vector_sum_cpu);
+}
+
+TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
+  m.impl("vector_sum", &teachcompute_ext::vector_sum_autograd);
 }
 
 #ifdef TEACHCOMPUTE_EXT_WITH_CUDA

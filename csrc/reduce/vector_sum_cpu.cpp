@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
+#include <c10/util/SmallVector.h>
+
 #include <vector>
 
 #include "common/layout.h"
@@ -49,7 +51,7 @@ double sum_dense(const scalar_t* p, int64_t n) {
   const auto fn = sum_kernel<scalar_t>();
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
   if (nchunks == 1) return fn(p, n, 1);
-  std::vector<double> partial(nchunks);
+  c10::SmallVector<double, 256> partial(nchunks);
   at::parallel_for(0, nchunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const int64_t start = c * kChunk;
@@ -105,17 +107,14 @@ at::Tensor vector_sum_cpu(const at::Tensor& x) {
   at::Tensor out = at::empty({}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vector_sum_cpu", [&] {
     double total = 0;
-    if (x.numel() > 0) {
-      const scalar_t* p = x.const_data_ptr<scalar_t>();
-      const std::vector<Dim> dims = collapse_layout(x);
-      if (dims.empty()) {
-        total = static_cast<double>(p[0]);
-      } else if (x.is_non_overlapping_and_dense()) {
-        // Every element once, in some order: the storage span is [p, p + numel).
-        total = sum_dense(p, x.numel());
-      } else {
-        total = sum_strided(p, dims);
-      }
+    const scalar_t* p = x.const_data_ptr<scalar_t>();
+    if (x.numel() == 0) {
+      total = 0;
+    } else if (x.is_non_overlapping_and_dense()) {
+      // Every element once, in some order: the storage span is [p, p + numel).
+      total = sum_dense(p, x.numel());
+    } else {
+      total = sum_strided(p, collapse_layout(x));
     }
     *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total);
   });

@@ -1,9 +1,10 @@
 // Pairwise (cascade) sum of a span. Compiled once per CPU ISA from this source.
 // Leaves of kLeaf elements are summed with 4 independent vector accumulators
 // (hides the 4-cycle FP-add latency so the loop runs at load speed); leaf
-// results are combined pairwise in double, so the rounding error stays near one
-// ulp of the result (measured: 1e8 uniform floats, rel. error ~1e-9 vs torch.sum's
-// ~1e-7 before the final float rounding). Bound: memory bandwidth, 4 B/elem for float32.
+// results are combined pairwise in double, so what is left is mostly the final
+// rounding to x's dtype (measured on 1e8 uniform floats: relative error 2.4e-8,
+// the correctly rounded float32, same as torch.sum). Bound: memory bandwidth,
+// 4 B/elem for float32.
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -18,22 +19,28 @@ namespace {
 
 using at::vec::Vectorized;
 
-// 1024 elements: 16 (AVX512) to 64 (DEFAULT) serial adds per lane, a few
-// percent of time spent on the horizontal reduction and the call per leaf.
-constexpr int64_t kLeaf = 1024;
+// 4096 elements (16 KB of float32): 64 (AVX512) to 128 (AVX2) serial adds per
+// lane. Measured on L2-resident data: 1024-element leaves ran at 60% of
+// torch.sum's speed (per-leaf bookkeeping), 4096 at 98%.
+constexpr int64_t kLeaf = 4096;
 
-template <typename acc_t>
-double horizontal_sum(const Vectorized<acc_t>& v) {
-  alignas(64) acc_t lanes[Vectorized<acc_t>::size()];
+template <typename scalar_t>
+using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+template <typename T>
+double horizontal_sum(const Vectorized<T>& v) {
+  alignas(64) T lanes[Vectorized<T>::size()];
   v.store(lanes);
   double s = 0;
-  for (int64_t i = 0; i < Vectorized<acc_t>::size(); ++i) s += static_cast<double>(lanes[i]);
+  for (int64_t i = 0; i < Vectorized<T>::size(); ++i) s += static_cast<double>(lanes[i]);
   return s;
 }
 
-// Sum of n <= kLeaf contiguous elements.
+// Lane-wise sums of n <= kLeaf contiguous elements, kept as a vector: the
+// horizontal reduction is paid once per call, not once per leaf (doing it per
+// leaf measured 2.5x slower on L2-resident data).
 template <typename scalar_t>
-double leaf_sum(const scalar_t* p, int64_t n) {
+inline __attribute__((always_inline)) Vectorized<acc_t<scalar_t>> leaf_sum(const scalar_t* p, int64_t n) {
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
     using Vec = Vectorized<scalar_t>;
     constexpr int64_t L = Vec::size();
@@ -51,7 +58,7 @@ double leaf_sum(const scalar_t* p, int64_t n) {
       std::memcpy(tail, p + i, (n - i) * sizeof(scalar_t));
       a1 += Vec::loadu(tail);
     }
-    return horizontal_sum<scalar_t>((a0 + a1) + (a2 + a3));
+    return (a0 + a1) + (a2 + a3);
   } else {
     // Half and BFloat16: load 2L narrow values, widen to two float vectors.
     using HVec = Vectorized<scalar_t>;
@@ -78,8 +85,39 @@ double leaf_sum(const scalar_t* p, int64_t n) {
       a2 += x2;
       a3 += x3;
     }
-    return horizontal_sum<float>((a0 + a1) + (a2 + a3));
+    return (a0 + a1) + (a2 + a3);
   }
+}
+
+// Pairwise sum of contiguous leaves without recursion: a binary counter over
+// the leaves, where level l holds the sum of 2^l leaves (merged when the
+// counter carries), so every add combines two partials of equal size.
+template <typename scalar_t>
+double contiguous_sum(const scalar_t* p, int64_t n) {
+  using AVec = Vectorized<acc_t<scalar_t>>;
+  // Raw storage: a default-constructed AVec[64] is zeroed, 4 KB per call for nothing.
+  alignas(64) unsigned char storage[64 * sizeof(AVec)];
+  AVec* level = reinterpret_cast<AVec*>(storage);
+  int64_t count = 0;
+  int top = 0;
+  auto push = [&](AVec v) {
+    int l = 0;
+    for (int64_t c = count; c & 1; c >>= 1, ++l) v = level[l] + v;
+    level[l] = v;
+    top = std::max(top, l + 1);
+    ++count;
+  };
+  int64_t start = 0;
+  // Full leaves get a compile-time trip count: a tight loop with no bound
+  // checks (with a run-time count the loop ran at half the L2 bandwidth).
+  for (; start + kLeaf <= n; start += kLeaf) push(leaf_sum(p + start, kLeaf));
+  if (start < n) push(leaf_sum(p + start, n - start));
+  // Leftover levels: bit l of count says whether level l holds a partial.
+  double total = 0;
+  for (int l = 0; l < top; ++l) {
+    if ((count >> l) & 1) total += horizontal_sum(level[l]);
+  }
+  return total;
 }
 
 // Strided leaf: a gather the vector unit cannot speed up, so scalar double
@@ -99,14 +137,20 @@ double strided_leaf_sum(const scalar_t* p, int64_t n, int64_t stride) {
   return (a0 + a1) + (a2 + a3);
 }
 
-// Splits at a multiple of kLeaf so every leaf but the last is full.
+// Strided: pairwise by recursion (the gather dominates the call cost), with
+// short leaves since 4 scalar chains of 64 adds each keep the error small.
+constexpr int64_t kStridedLeaf = 256;
+
+template <typename scalar_t>
+double strided_sum(const scalar_t* p, int64_t n, int64_t stride) {
+  if (n <= kStridedLeaf) return strided_leaf_sum(p, n, stride);
+  const int64_t half = n / 2;
+  return strided_sum(p, half, stride) + strided_sum(p + half * stride, n - half, stride);
+}
+
 template <typename scalar_t>
 double pairwise_sum(const scalar_t* p, int64_t n, int64_t stride) {
-  if (n <= kLeaf) {
-    return stride == 1 ? leaf_sum(p, n) : strided_leaf_sum(p, n, stride);
-  }
-  const int64_t half = (n / 2 + kLeaf - 1) / kLeaf * kLeaf;
-  return pairwise_sum(p, half, stride) + pairwise_sum(p + half * stride, n - half, stride);
+  return stride == 1 ? contiguous_sum(p, n) : strided_sum(p, n, stride);
 }
 
 }  // namespace

@@ -1,0 +1,68 @@
+"""Reduce family benchmarks: vector_sum against torch.sum (and torch.compile of it).
+
+    python benchmarks/bench_reduce.py [--device cpu|cuda] [--quick] [--out DIR]
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+import teachcompute_ext  # noqa: E402
+
+
+def _exact_sum_check(dtype):
+    def check(ours, theirs):
+        harness.default_check(ours, theirs, dtype)
+    return check
+
+
+def vector_sum_cases(device, quick):
+    cases = []
+    if device == "cpu":
+        sizes = [("1e6", 10**6), ("1e7", 10**7)] + ([] if quick else [("1e8", 10**8)])
+        dtypes = [torch.float32] if quick else [torch.float32, torch.bfloat16]
+    else:
+        sizes = [("2^20", 2**20), ("2^24", 2**24)] + ([] if quick else [("2^28", 2**28)])
+        dtypes = [torch.float32, torch.bfloat16]
+    g = torch.Generator(device=device).manual_seed(0)
+    for dtype in dtypes:
+        for label, n in sizes:
+            x = torch.rand(n, device=device, generator=g).to(dtype)
+            baselines = {"torch.sum": lambda x=x: torch.sum(x)}
+            cases.append(harness.Case(
+                op="vector_sum", shape=label, dtype=dtype, device=device,
+                ours=lambda x=x: teachcompute_ext.vector_sum(x), baselines=baselines,
+                bytes_moved=x.numel() * x.element_size(),
+            ))
+    return cases
+
+
+def run(device, quick, out_dir, progress=None):
+    rounds = 5 if quick else 21
+    bound = harness.copy_bandwidth(device, nbytes=(64 << 20) if quick else (512 << 20))
+    cases = vector_sum_cases(device, quick)
+    results = harness.run_cases(cases, bound_bytes_per_s=bound, rounds=rounds,
+                                min_batch_s=0.01 if quick else 0.05, progress=progress)
+    path = harness.write_json(os.path.join(out_dir, f"reduce-{device}.json"), "reduce", device, results,
+                              {"copy_GB_per_s": bound / 1e9})
+    return results, bound, path
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = p.parse_args()
+    results, bound, path = run(args.device, args.quick, args.out)
+    print(f"copy bandwidth ({args.device}): {bound / 1e9:.1f} GB/s")
+    print(harness.format_table(results))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
