@@ -3,6 +3,7 @@
 // Python dispatch (measured: 4.2 us vs 1.7 us per call on a 16-element tensor),
 // as much as summing 1e5 floats. Fake kernels stay in Python (ops/reduce.py).
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "ops.h"
@@ -35,6 +36,11 @@ struct VectorSumFunction : public torch::autograd::Function<VectorSumFunction> {
 }  // namespace
 
 at::Tensor vector_sum_autograd(const at::Tensor& x) {
+  if (!x.requires_grad() || !at::GradMode::is_enabled()) {
+    // No graph to record: skip the autograd node and its saved state (~0.5 us).
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return vector_sum_redispatch(x);
+  }
   return VectorSumFunction::apply(x);
 }
 
