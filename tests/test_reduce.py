@@ -80,6 +80,21 @@ def test_vector_sum_rejects_other_dtypes(dtype, device):
         torch.compile(vector_sum, fullgraph=True, backend="eager")(x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_vector_sum_cpu_half_types_round_once(dtype):
+    # 1 + half-ulp + a tiny bit: exactly summed it rounds up; rounding through
+    # float32 first would land on the tie and round down to 1.
+    ulp = torch.finfo(dtype).eps
+    x = torch.tensor([1.0, ulp / 2, 2.0**-24 if dtype == torch.float16 else 2.0**-20], dtype=dtype)
+    assert vector_sum(x).item() == 1.0 + ulp
+
+
+def test_vector_sum_cpu_long_strided_rows_use_all_threads_and_stay_exact():
+    x = torch.rand(2_000_001, generator=torch.Generator().manual_seed(9))
+    for view in (x[::2], x[:1].expand(3_000_000)):
+        _check(view)
+
+
 def test_vector_sum_cpu_accuracy_1e8_no_worse_than_torch_sum():
     g = torch.Generator().manual_seed(2024)
     x = torch.rand(100_000_000, generator=g, dtype=torch.float32)

@@ -10,6 +10,10 @@
 #include <ATen/ops/empty.h>
 
 #include <c10/util/SmallVector.h>
+#include <c10/util/bit_cast.h>
+
+#include <cmath>
+#include <cstdint>
 
 #include <vector>
 
@@ -79,6 +83,24 @@ double sum_strided(const scalar_t* base, const std::vector<Dim>& dims) {
   const int64_t outer_ndim = static_cast<int64_t>(dims.size()) - 1;
   int64_t rows = 1;
   for (int64_t d = 0; d < outer_ndim; ++d) rows *= dims[d].size;
+  // Few long rows (a strided slice of a long vector, a broadcast): split each
+  // row into kChunk pieces so that all threads work.
+  const int64_t pieces = (inner.size + kChunk - 1) / kChunk;
+  if (pieces > 1) {
+    std::vector<double> partial(rows * pieces);
+    at::parallel_for(0, rows * pieces, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        int64_t rem = u / pieces, offset = 0;
+        for (int64_t d = outer_ndim - 1; d >= 0; --d) {
+          offset += (rem % dims[d].size) * dims[d].stride;
+          rem /= dims[d].size;
+        }
+        const int64_t start = (u % pieces) * kChunk;
+        partial[u] = fn(base + offset + start * inner.stride, std::min(kChunk, inner.size - start), inner.stride);
+      }
+    });
+    return pairwise_combine(partial.data(), rows * pieces);
+  }
   const int64_t rows_per_group = std::max<int64_t>(1, kChunk / inner.size);
   const int64_t ngroups = (rows + rows_per_group - 1) / rows_per_group;
   std::vector<double> partial(ngroups);
@@ -109,6 +131,22 @@ double sum_strided(const scalar_t* base, const std::vector<Dim>& dims) {
   return pairwise_combine(partial.data(), ngroups);
 }
 
+// double -> x's dtype with one rounding. For Half and BFloat16, going through
+// float would round twice (1 + 2^-11 + 2^-24 in half gives 1.0, not 1 + 2^-10);
+// rounding to float with round-to-odd first makes the second rounding exact.
+template <typename scalar_t>
+scalar_t round_to(double total) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
+    float f = static_cast<float>(total);
+    if (static_cast<double>(f) != total && std::isfinite(f) && (c10::bit_cast<uint32_t>(f) & 1u) == 0) {
+      f = std::nextafter(f, total > static_cast<double>(f) ? INFINITY : -INFINITY);
+    }
+    return static_cast<scalar_t>(f);
+  } else {
+    return static_cast<scalar_t>(total);
+  }
+}
+
 }  // namespace
 
 at::Tensor vector_sum_cpu(const at::Tensor& x) {
@@ -125,7 +163,7 @@ at::Tensor vector_sum_cpu(const at::Tensor& x) {
     } else {
       total = sum_strided(p, collapse_layout(x));
     }
-    *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total);
+    *out.mutable_data_ptr<scalar_t>() = round_to<scalar_t>(total);
   });
   return out;
 }
