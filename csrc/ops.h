@@ -9,8 +9,18 @@ namespace teachcompute_ext {
 // ---- reduce/ : vector sum and reductions --------------------------------
 at::Tensor vector_sum_cpu(const at::Tensor& x);
 at::Tensor vector_sum_autograd(const at::Tensor& x);
+at::Tensor softmax_cpu(const at::Tensor& x, int64_t dim);
+at::Tensor log_softmax_cpu(const at::Tensor& x, int64_t dim);
+at::Tensor softmax_backward_cpu(const at::Tensor& grad, const at::Tensor& out, int64_t dim);
+at::Tensor log_softmax_backward_cpu(const at::Tensor& grad, const at::Tensor& out, int64_t dim);
+at::Tensor softmax_autograd(const at::Tensor& x, int64_t dim);
+at::Tensor log_softmax_autograd(const at::Tensor& x, int64_t dim);
 #ifdef TEACHCOMPUTE_EXT_WITH_CUDA
 at::Tensor vector_sum_cuda(const at::Tensor& x);
+at::Tensor softmax_cuda(const at::Tensor& x, int64_t dim);
+at::Tensor log_softmax_cuda(const at::Tensor& x, int64_t dim);
+at::Tensor softmax_backward_cuda(const at::Tensor& grad, const at::Tensor& out, int64_t dim);
+at::Tensor log_softmax_backward_cuda(const at::Tensor& grad, const at::Tensor& out, int64_t dim);
 #endif
 
 }  // namespace teachcompute_ext

@@ -9,18 +9,36 @@ TORCH_LIBRARY(teachcompute_ext, m) {
   // ---- reduce -------------------------------------------------------------
   // Sum of every element of x (any shape, any strides) as a 0-dim tensor of x's dtype.
   m.def("vector_sum(Tensor x) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // softmax of x along dim (torch.softmax); one pass for max and sum, one for the output.
+  m.def("softmax(Tensor x, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // log_softmax of x along dim (torch.log_softmax).
+  m.def("log_softmax(Tensor x, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Gradient of softmax given its output: out * (grad - sum(grad * out, dim)), fused.
+  m.def("softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Gradient of log_softmax given its output: grad - exp(out) * sum(grad, dim), fused.
+  m.def("log_softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
   m.impl("vector_sum", &teachcompute_ext::vector_sum_cpu);
+  m.impl("softmax", &teachcompute_ext::softmax_cpu);
+  m.impl("log_softmax", &teachcompute_ext::log_softmax_cpu);
+  m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cpu);
+  m.impl("log_softmax_backward", &teachcompute_ext::log_softmax_backward_cpu);
 }
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
   m.impl("vector_sum", &teachcompute_ext::vector_sum_autograd);
+  m.impl("softmax", &teachcompute_ext::softmax_autograd);
+  m.impl("log_softmax", &teachcompute_ext::log_softmax_autograd);
 }
 
 #ifdef TEACHCOMPUTE_EXT_WITH_CUDA
 TORCH_LIBRARY_IMPL(teachcompute_ext, CUDA, m) {
   m.impl("vector_sum", &teachcompute_ext::vector_sum_cuda);
+  m.impl("softmax", &teachcompute_ext::softmax_cuda);
+  m.impl("log_softmax", &teachcompute_ext::log_softmax_cuda);
+  m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cuda);
+  m.impl("log_softmax_backward", &teachcompute_ext::log_softmax_backward_cuda);
 }
 #endif

@@ -194,3 +194,152 @@ def test_vector_sum_torch_compile_fullgraph_dynamic(device):
         torch.testing.assert_close(out, expected)
         (g,) = torch.autograd.grad(out, x)
         torch.testing.assert_close(g, torch.full_like(x, 2.0))
+
+
+# ---------------------------------------------------------------------------
+# softmax / log_softmax
+# ---------------------------------------------------------------------------
+SOFTMAX_OPS = [
+    pytest.param(teachcompute_ext.softmax, torch.softmax, id="softmax"),
+    pytest.param(teachcompute_ext.log_softmax, torch.log_softmax, id="log_softmax"),
+]
+# (shape, dim): last dim (rows), outer dims (columns, full and partial 64-wide tiles),
+# long rows (a CUDA block per row), 0-dim.
+SOFTMAX_CASES = [
+    ((7,), 0), ((5, 37), 1), ((5, 37), 0), ((5, 37), -2), ((3, 100, 70), 1), ((3, 100, 70), 0),
+    ((4, 3, 200), -1), ((2, 130, 65), 2), ((2, 130, 129), 1), ((3, 1500), 1), ((6, 5000), -1), ((), 0), ((), -1),
+]
+
+
+def _softmax_ref(torch_fn, x, dim):
+    return torch_fn(x.double(), dim)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape,dim", SOFTMAX_CASES)
+@pytest.mark.parametrize("ours,theirs", SOFTMAX_OPS)
+def test_softmax_matches_float64_reference(ours, theirs, shape, dim, dtype, device):
+    x = _rand(shape, dtype, device, seed=len(shape) * 100 + dim) * 3
+    out = ours(x, dim)
+    assert out.dtype == dtype and out.shape == x.shape and out.is_contiguous()
+    torch.testing.assert_close(out, _softmax_ref(theirs, x, dim).to(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ours,theirs", SOFTMAX_OPS)
+def test_softmax_special_values_as_torch(ours, theirs, device):
+    inf, nan = float("inf"), float("nan")
+    x = _rand((6, 130), torch.float32, device, 41)
+    x[0] = -inf            # a row of -inf: NaN (softmax and log_softmax)
+    x[1, :50] = -inf       # some -inf: zeros / -inf there
+    x[2, 7] = nan          # NaN propagates to its row
+    x[3, 3] = inf          # +inf: NaN row, as torch
+    for dim in (1, 0):
+        torch.testing.assert_close(ours(x, dim), theirs(x, dim), equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ours,theirs", SOFTMAX_OPS)
+def test_softmax_non_contiguous(ours, theirs, device):
+    x = _rand((70, 90), torch.float32, device, 42)
+    for view, dim in [(x.t(), 1), (x.t(), 0), (x[::2, 5:80], 1), (x[:, ::3], 0), (x[:1].expand(4, 90), 1)]:
+        torch.testing.assert_close(ours(view, dim), theirs(view, dim))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ours,theirs", SOFTMAX_OPS)
+@pytest.mark.parametrize("shape,dim", [((0, 5), 1), ((5, 0), 1), ((5, 0), 0), ((2, 0, 3), 2)])
+def test_softmax_empty(ours, theirs, shape, dim, device):
+    x = torch.empty(shape, device=device)
+    out = ours(x, dim)
+    assert out.shape == x.shape and out.dtype == x.dtype
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_bad_input(name, device):
+    op = getattr(teachcompute_ext, name)
+    x = _rand((3, 4), torch.float32, device, 43)
+    with pytest.raises(IndexError, match=rf"teachcompute_ext.{name}: dim 2 out of range for argument 'dim' "
+                                          r"of a 2-d tensor \(expected in \[-2, 1\]\)"):
+        op(x, 2)
+    with pytest.raises(IndexError, match=rf"teachcompute_ext.{name}: dim -3 out of range"):
+        op(x, -3)
+    with pytest.raises(TypeError, match=rf"teachcompute_ext.{name}: unsupported dtype torch.int64 for argument 'x'"):
+        op(torch.ones(3, 4, dtype=torch.int64, device=device), 1)
+    with pytest.raises(Exception, match=rf"teachcompute_ext.{name}: dim 5 out of range"):  # fake kernel, same words
+        torch.compile(lambda t: op(t, 5), fullgraph=True, backend="eager")(x)
+    bwd = getattr(torch.ops.teachcompute_ext, f"{name}_backward")
+    with pytest.raises(RuntimeError, match=rf"teachcompute_ext.{name}_backward: argument 'grad' has shape \[3, 5\]"):
+        bwd(torch.ones(3, 5, device=device), x, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ours,theirs", SOFTMAX_OPS)
+@pytest.mark.parametrize("shape,dim", [((3, 37), 1), ((37, 3), 0), ((2, 5, 70), 1), ((2, 3, 66), 2), ((), 0)])
+def test_softmax_gradcheck(ours, theirs, shape, dim, device):
+    x = _rand(shape, torch.float64, device, 44).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: ours(t, dim), (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_backward_op_matches_float64_formula(name, dtype, device):
+    # The fused backward against its formula in float64, on the same (grad, out).
+    fwd = getattr(teachcompute_ext, name)
+    bwd = getattr(torch.ops.teachcompute_ext, f"{name}_backward")
+    for shape, dim in [((8, 300), 1), ((3, 1500), 1), ((300, 70), 0), ((4, 50, 130), 1)]:
+        y = fwd(_rand(shape, dtype, device, 45), dim)
+        g = _rand(shape, dtype, device, 46)
+        gd, yd = g.double(), y.double()
+        if name == "softmax":
+            ref = yd * (gd - (gd * yd).sum(dim, keepdim=True))
+        else:
+            ref = gd - yd.exp() * gd.sum(dim, keepdim=True)
+        torch.testing.assert_close(bwd(g, y, dim), ref.to(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ours,theirs", SOFTMAX_OPS)
+def test_softmax_gradient_matches_torch(ours, theirs, dtype, device):
+    for shape, dim in [((8, 300), 1), ((300, 70), 0)]:
+        x = _rand(shape, dtype, device, 45).requires_grad_()
+        g = _rand(shape, dtype, device, 46)
+        (gx,) = torch.autograd.grad(ours(x, dim), x, g)
+        xd = x.detach().double().requires_grad_()
+        (ref,) = torch.autograd.grad(theirs(xd, dim), xd, g.double())
+        torch.testing.assert_close(gx, ref.to(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_opcheck(name, dtype, device):
+    fwd = getattr(torch.ops.teachcompute_ext, name).default
+    bwd = getattr(torch.ops.teachcompute_ext, f"{name}_backward").default
+    grad_ok = dtype in (torch.float32, torch.float64)
+    for shape, dim in [((4, 33), 1), ((33, 4), 0), ((2, 3, 70), 1)]:
+        x = _rand(shape, dtype, device, 47).requires_grad_(grad_ok)
+        torch.library.opcheck(fwd, (x, dim))
+        y = fwd(x.detach(), dim)
+        torch.library.opcheck(bwd, (_rand(shape, dtype, device, 48), y, dim))
+    torch.library.opcheck(fwd, (_rand((5, 7), dtype, device, 49).t(), 0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_torch_compile_fullgraph_dynamic(device):
+    def f(x):
+        return teachcompute_ext.log_softmax(teachcompute_ext.softmax(x * 2.0, -1), 0) * 3.0
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    for rows in (5, 17, 64):
+        x = _rand((rows, 40), torch.float32, device, rows).requires_grad_()
+        out = compiled(x)
+        torch.testing.assert_close(out, f(x.detach()))
+        (g,) = torch.autograd.grad(out.sum(), x)
+        xe = x.detach().requires_grad_()
+        (ge,) = torch.autograd.grad(f(xe).sum(), xe)
+        torch.testing.assert_close(g, ge)

@@ -4,6 +4,6 @@ Importing this package registers the fake kernels and autograd of every op, so
 torch.compile, torch.export and autograd work as soon as `import teachcompute_ext`
 has run.
 """
-from .reduce import vector_sum
+from .reduce import log_softmax, softmax, vector_sum
 
-__all__ = ["vector_sum"]
+__all__ = ["vector_sum", "softmax", "log_softmax"]

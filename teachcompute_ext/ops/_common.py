@@ -10,3 +10,13 @@ def check_float_dtype(op, arg, t):
             f"teachcompute_ext.{op}: unsupported dtype {t.dtype} for argument '{arg}' "
             "(expected float32, float64, float16 or bfloat16)"
         )
+
+
+def check_dim(op, x, dim):
+    """The message of csrc/reduce/softmax.h for a dim out of range (IndexError, as torch's)."""
+    ndim = max(x.dim(), 1)
+    if not -ndim <= dim < ndim:
+        raise IndexError(
+            f"teachcompute_ext.{op}: dim {dim} out of range for argument 'dim' of a {x.dim()}-d tensor "
+            f"(expected in [{-ndim}, {ndim - 1}])"
+        )

@@ -1,0 +1,298 @@
+// softmax / log_softmax forward and backward on the CPU, compiled once per ISA.
+// Forward: one pass computes the max and the sum of exponentials together
+// (online normalizer: when the running max grows, the running sum is rescaled
+// by exp(old - new)), one pass writes the output. Blocks of 4 vectors share one
+// rescale, so the first pass costs 1.25 exp per element. Backward: one pass
+// for the row's dot product, one to write, both fused in one kernel.
+// inner == 1 works along contiguous rows; inner > 1 vectorizes across 64
+// contiguous columns at once and walks the rows, so no transposing copy is
+// needed for a reduction over an outer dim. Bound: memory (read x, write y)
+// plus exp throughput (exp_u20, the polynomial torch's own softmax uses).
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#include "reduce/softmax.h"
+
+namespace teachcompute_ext {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename T>
+constexpr bool kIsReduced = !(std::is_same_v<T, float> || std::is_same_v<T, double>);
+
+// Loads and stores of one accumulator-width vector from T memory (Half and
+// BFloat16 are widened to float on load and narrowed on store).
+template <typename T>
+struct IO {
+  using A = acc_t<T>;
+  using V = Vectorized<A>;
+  static constexpr int64_t L = V::size();
+  static V load(const T* p) {
+    if constexpr (kIsReduced<T>) {
+      return std::get<0>(at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, L)));
+    } else {
+      return V::loadu(p);
+    }
+  }
+  // Loads count < L elements; the other lanes hold `fill`.
+  static V load_part(const T* p, int64_t count, A fill) {
+    alignas(64) A buf[L];
+    for (int64_t k = 0; k < L; ++k) buf[k] = k < count ? static_cast<A>(p[k]) : fill;
+    return V::loadu(buf);
+  }
+  static void store(T* p, const V& v) {
+    if constexpr (kIsReduced<T>) {
+      at::vec::convert_from_float<T>(v, v).store(p, L);
+    } else {
+      v.store(p);
+    }
+  }
+  static void store_part(T* p, const V& v, int64_t count) {
+    alignas(64) A buf[L];
+    v.store(buf);
+    for (int64_t k = 0; k < count; ++k) p[k] = static_cast<T>(buf[k]);
+  }
+};
+
+template <typename A>
+Vectorized<A> vexp(const Vectorized<A>& v) {
+  return v.exp_u20();
+}
+
+// Online update of lane-wise (max, sum) with the lane-wise max `bm` of a block
+// whose exponentials (relative to the new max) are added by `add_exps`.
+// Lanes whose max is still -inf hold sum 0 (exp(-inf - -inf) would be NaN).
+template <typename A, typename AddExps>
+inline void online_update(Vectorized<A>& m, Vectorized<A>& s, const Vectorized<A>& bm, AddExps add_exps) {
+  using V = Vectorized<A>;
+  const V ninf(-std::numeric_limits<A>::infinity());
+  const V m_new = at::vec::maximum(m, bm);
+  const V dead = m_new == ninf;
+  const V alpha = V::blendv(vexp(m - m_new), V(0), dead);
+  s = s * alpha + V::blendv(add_exps(m_new), V(0), dead);
+  m = m_new;
+}
+
+// ---- forward, inner == 1 ------------------------------------------------------
+template <typename T>
+void fwd_row(const T* x, T* y, int64_t n, bool log) {
+  using A = acc_t<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t L = IO<T>::L;
+  const A ninf = -std::numeric_limits<A>::infinity();
+  V m(ninf), s(0);
+  int64_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    const V v0 = IO<T>::load(x + i), v1 = IO<T>::load(x + i + L);
+    const V v2 = IO<T>::load(x + i + 2 * L), v3 = IO<T>::load(x + i + 3 * L);
+    const V bm = at::vec::maximum(at::vec::maximum(v0, v1), at::vec::maximum(v2, v3));
+    online_update<A>(m, s, bm, [&](const V& mn) {
+      return (vexp(v0 - mn) + vexp(v1 - mn)) + (vexp(v2 - mn) + vexp(v3 - mn));
+    });
+  }
+  for (; i < n; i += L) {
+    const V v = i + L <= n ? IO<T>::load(x + i) : IO<T>::load_part(x + i, n - i, ninf);
+    online_update<A>(m, s, v, [&](const V& mn) { return vexp(v - mn); });
+  }
+  // Combine the lanes: M = max of lane maxima, S = sum of lane sums rescaled to M.
+  alignas(64) A ml[L], sl[L];
+  m.store(ml);
+  s.store(sl);
+  A M = ninf;
+  for (int64_t k = 0; k < L; ++k) M = (std::isnan(ml[k]) || ml[k] > M) ? ml[k] : M;
+  A S = 0;
+  for (int64_t k = 0; k < L; ++k) S += ml[k] == ninf ? A(0) : sl[k] * std::exp(ml[k] - M);
+  if (log) {
+    // (x - M) - log S: x - M is exact near the max, as in torch's kernel.
+    const V vm(M), ls(std::log(S));
+    for (i = 0; i + L <= n; i += L) IO<T>::store(y + i, (IO<T>::load(x + i) - vm) - ls);
+    if (i < n) IO<T>::store_part(y + i, (IO<T>::load_part(x + i, n - i, 0) - vm) - ls, n - i);
+  } else if (M == ninf) {
+    // A row of -inf has no softmax: NaN, as torch (exp_u20 of NaN is not NaN).
+    for (i = 0; i < n; ++i) y[i] = static_cast<T>(std::numeric_limits<A>::quiet_NaN());
+  } else {
+    const V vm(M), inv(A(1) / S);
+    for (i = 0; i + L <= n; i += L) IO<T>::store(y + i, vexp(IO<T>::load(x + i) - vm) * inv);
+    if (i < n) IO<T>::store_part(y + i, vexp(IO<T>::load_part(x + i, n - i, 0) - vm) * inv, n - i);
+  }
+}
+
+template <typename T>
+void fwd_rows(const T* x, T* y, int64_t n, int64_t r0, int64_t r1, bool log) {
+  for (int64_t r = r0; r < r1; ++r) fwd_row(x + r * n, y + r * n, n, log);
+}
+
+// ---- forward, inner > 1 --------------------------------------------------------
+// Scalar path for a partial tile (the last < 64 columns of a row of columns).
+template <typename T>
+void fwd_cols_scalar(const T* x, T* y, int64_t n, int64_t inner, int64_t width, bool log) {
+  using A = acc_t<T>;
+  const A ninf = -std::numeric_limits<A>::infinity();
+  for (int64_t c = 0; c < width; ++c) {
+    A m = ninf, s = 0;
+    for (int64_t r = 0; r < n; ++r) {
+      const A v = static_cast<A>(x[r * inner + c]);
+      const A mn = (std::isnan(v) || v > m) ? v : m;
+      if (mn != ninf) s = s * std::exp(m - mn) + std::exp(v - mn);
+      m = mn;
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const A v = static_cast<A>(x[r * inner + c]);
+      y[r * inner + c] = static_cast<T>(log ? (v - m) - std::log(s) : std::exp(v - m) / s);
+    }
+  }
+}
+
+template <typename T>
+void fwd_cols(const T* x, T* y, int64_t n, int64_t inner, int64_t u0, int64_t u1, bool log) {
+  using A = acc_t<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t L = IO<T>::L;
+  constexpr int64_t NV = kSoftmaxColTile / L;
+  const int64_t tiles = (inner + kSoftmaxColTile - 1) / kSoftmaxColTile;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t o = u / tiles, c0 = (u % tiles) * kSoftmaxColTile;
+    const T* xb = x + o * n * inner + c0;
+    T* yb = y + o * n * inner + c0;
+    if (c0 + kSoftmaxColTile > inner) {
+      fwd_cols_scalar(xb, yb, n, inner, inner - c0, log);
+      continue;
+    }
+    V m[NV], s[NV];
+    for (int64_t j = 0; j < NV; ++j) {
+      m[j] = V(-std::numeric_limits<A>::infinity());
+      s[j] = V(0);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const T* row = xb + r * inner;
+      for (int64_t j = 0; j < NV; ++j) {
+        const V v = IO<T>::load(row + j * L);
+        online_update<A>(m[j], s[j], v, [&](const V& mn) { return vexp(v - mn); });
+      }
+    }
+    // Columns of -inf, or holding +inf, give NaN as in torch; spelled out
+    // because exp_u20 of NaN (inf - inf) is not NaN.
+    V c[NV], inv[NV];
+    const V nan(std::numeric_limits<A>::quiet_NaN()), inf(std::numeric_limits<A>::infinity());
+    for (int64_t j = 0; j < NV; ++j) {
+      const V no_softmax = (m[j] == inf) | (m[j] == -inf);
+      if (log) {
+        c[j] = V::blendv(s[j].log(), nan, m[j] == inf);
+      } else {
+        inv[j] = V::blendv(V(1) / s[j], nan, no_softmax);
+      }
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const T* row = xb + r * inner;
+      T* out = yb + r * inner;
+      for (int64_t j = 0; j < NV; ++j) {
+        const V v = IO<T>::load(row + j * L);
+        IO<T>::store(out + j * L, log ? (v - m[j]) - c[j] : vexp(v - m[j]) * inv[j]);
+      }
+    }
+  }
+}
+
+// ---- backward -----------------------------------------------------------------
+// softmax:     gx = y * (g - sum(g * y))
+// log_softmax: gx = g - exp(y) * sum(g)
+template <typename T>
+void bwd_row(const T* g, const T* y, T* gx, int64_t n, bool log) {
+  using A = acc_t<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t L = IO<T>::L;
+  V acc0(0), acc1(0);
+  int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    const V g0 = IO<T>::load(g + i), g1 = IO<T>::load(g + i + L);
+    acc0 += log ? g0 : g0 * IO<T>::load(y + i);
+    acc1 += log ? g1 : g1 * IO<T>::load(y + i + L);
+  }
+  for (; i < n; i += L) {
+    const int64_t k = std::min(L, n - i);
+    const V gv = k == L ? IO<T>::load(g + i) : IO<T>::load_part(g + i, k, 0);
+    const V yv = k == L ? IO<T>::load(y + i) : IO<T>::load_part(y + i, k, 0);
+    acc0 += log ? gv : gv * yv;
+  }
+  const V dot(at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, acc0 + acc1));
+  for (i = 0; i < n; i += L) {
+    const int64_t k = std::min(L, n - i);
+    const V gv = k == L ? IO<T>::load(g + i) : IO<T>::load_part(g + i, k, 0);
+    const V yv = k == L ? IO<T>::load(y + i) : IO<T>::load_part(y + i, k, 0);
+    const V r = log ? gv - vexp(yv) * dot : yv * (gv - dot);
+    if (k == L) {
+      IO<T>::store(gx + i, r);
+    } else {
+      IO<T>::store_part(gx + i, r, k);
+    }
+  }
+}
+
+template <typename T>
+void bwd_rows(const T* g, const T* y, T* gx, int64_t n, int64_t r0, int64_t r1, bool log) {
+  for (int64_t r = r0; r < r1; ++r) bwd_row(g + r * n, y + r * n, gx + r * n, n, log);
+}
+
+template <typename T>
+void bwd_cols(const T* g, const T* y, T* gx, int64_t n, int64_t inner, int64_t u0, int64_t u1, bool log) {
+  using A = acc_t<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t L = IO<T>::L;
+  constexpr int64_t NV = kSoftmaxColTile / L;
+  const int64_t tiles = (inner + kSoftmaxColTile - 1) / kSoftmaxColTile;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t o = u / tiles, c0 = (u % tiles) * kSoftmaxColTile;
+    const int64_t off = o * n * inner + c0;
+    if (c0 + kSoftmaxColTile > inner) {
+      for (int64_t c = 0; c < inner - c0; ++c) {
+        A dot = 0;
+        for (int64_t r = 0; r < n; ++r) {
+          const A gv = static_cast<A>(g[off + r * inner + c]);
+          dot += log ? gv : gv * static_cast<A>(y[off + r * inner + c]);
+        }
+        for (int64_t r = 0; r < n; ++r) {
+          const A gv = static_cast<A>(g[off + r * inner + c]), yv = static_cast<A>(y[off + r * inner + c]);
+          gx[off + r * inner + c] = static_cast<T>(log ? gv - std::exp(yv) * dot : yv * (gv - dot));
+        }
+      }
+      continue;
+    }
+    V dot[NV];
+    for (int64_t j = 0; j < NV; ++j) dot[j] = V(0);
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t j = 0; j < NV; ++j) {
+        const V gv = IO<T>::load(g + off + r * inner + j * L);
+        dot[j] += log ? gv : gv * IO<T>::load(y + off + r * inner + j * L);
+      }
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t j = 0; j < NV; ++j) {
+        const int64_t p = off + r * inner + j * L;
+        const V gv = IO<T>::load(g + p), yv = IO<T>::load(y + p);
+        IO<T>::store(gx + p, log ? gv - vexp(yv) * dot[j] : yv * (gv - dot[j]));
+      }
+    }
+  }
+}
+
+template <typename T>
+constexpr SoftmaxFns<T> fns() {
+  return {&fwd_rows<T>, &fwd_cols<T>, &bwd_rows<T>, &bwd_cols<T>};
+}
+
+}  // namespace
+
+extern const SoftmaxKernels kSoftmaxKernels;
+const SoftmaxKernels kSoftmaxKernels = {fns<float>(), fns<double>(), fns<c10::Half>(), fns<c10::BFloat16>()};
+
+}  // namespace CPU_CAPABILITY
+}  // namespace teachcompute_ext

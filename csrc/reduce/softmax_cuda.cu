@@ -1,0 +1,258 @@
+// softmax / log_softmax forward and backward on CUDA.
+// Rows (inner == 1): a warp per row when n <= 1024, a block of 512 threads per
+// longer row. Each thread keeps an online (max, sum) pair over its strided
+// elements; pairs are merged by warp shuffles (and shared memory across the
+// warps of a block), then a second pass writes the output. Columns (inner > 1):
+// one thread per column, adjacent threads on adjacent columns, so every row
+// step is a coalesced load; no transposing copy. Bound: memory (one read of x
+// for the statistics, one read and one write for the output).
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cmath>
+#include <limits>
+
+#include "common/cuda_utils.cuh"
+#include "ops.h"
+#include "reduce/softmax.h"
+
+namespace teachcompute_ext {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kRowsPerWarpBlock = 8;
+constexpr int kBlockThreads = 512;
+constexpr int kColThreads = 256;
+
+template <typename T>
+using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+__device__ __forceinline__ float dexp(float v) { return expf(v); }
+__device__ __forceinline__ double dexp(double v) { return exp(v); }
+__device__ __forceinline__ float dlog(float v) { return logf(v); }
+__device__ __forceinline__ double dlog(double v) { return log(v); }
+
+template <typename A>
+struct MaxSum {
+  A m;
+  A s;
+};
+
+// NaN-propagating max, as torch's.
+template <typename A>
+__device__ __forceinline__ A nan_max(A a, A b) {
+  return (a != a || a > b) ? a : b;
+}
+
+template <typename A>
+__device__ __forceinline__ MaxSum<A> merge(MaxSum<A> a, MaxSum<A> b) {
+  const A M = nan_max(a.m, b.m);
+  if (M == -std::numeric_limits<A>::infinity()) return {M, A(0)};
+  return {M, a.s * dexp(a.m - M) + b.s * dexp(b.m - M)};
+}
+
+template <typename A>
+__device__ __forceinline__ MaxSum<A> warp_merge(MaxSum<A> v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) {
+    MaxSum<A> other{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)};
+    v = merge(v, other);
+  }
+  return v;
+}
+
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Merges the per-warp results of a block (all threads get the result).
+template <typename A>
+__device__ MaxSum<A> block_merge(MaxSum<A> v) {
+  __shared__ A sm[kBlockThreads / kWarp], ss[kBlockThreads / kWarp];
+  v = warp_merge(v);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  if (lane == 0) {
+    sm[warp] = v.m;
+    ss[warp] = v.s;
+  }
+  __syncthreads();
+  MaxSum<A> r{sm[0], ss[0]};
+  for (int w = 1; w < kBlockThreads / kWarp; ++w) r = merge(r, MaxSum<A>{sm[w], ss[w]});
+  __syncthreads();
+  return r;
+}
+
+template <typename A>
+__device__ A block_sum(A v) {
+  __shared__ A sh[kBlockThreads / kWarp];
+  v = warp_sum(v);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  A r = 0;
+  for (int w = 0; w < kBlockThreads / kWarp; ++w) r += sh[w];
+  __syncthreads();
+  return r;
+}
+
+// ---- forward --------------------------------------------------------------------
+// kWarpRow: a warp per row (blockDim = 32 x 8); otherwise a block per row.
+template <typename T, bool kWarpRow>
+__global__ void fwd_rows(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int64_t n, bool log) {
+  using A = acc_type<T>;
+  const int64_t row = kWarpRow ? static_cast<int64_t>(blockIdx.x) * kRowsPerWarpBlock + threadIdx.y : blockIdx.x;
+  if (row >= rows) return;  // whole warps leave together: the shuffles below stay full
+  const int tid = kWarpRow ? threadIdx.x : threadIdx.x;
+  const int nthreads = kWarpRow ? kWarp : kBlockThreads;
+  const T* xr = x + row * n;
+  T* yr = y + row * n;
+  MaxSum<A> st{-std::numeric_limits<A>::infinity(), A(0)};
+  for (int64_t i = tid; i < n; i += nthreads) st = merge(st, MaxSum<A>{static_cast<A>(xr[i]), A(1)});
+  st = kWarpRow ? warp_merge(st) : block_merge(st);
+  if (log) {
+    const A ls = dlog(st.s);
+    for (int64_t i = tid; i < n; i += nthreads) yr[i] = static_cast<T>((static_cast<A>(xr[i]) - st.m) - ls);
+  } else {
+    const A inv = A(1) / st.s;
+    for (int64_t i = tid; i < n; i += nthreads) yr[i] = static_cast<T>(dexp(static_cast<A>(xr[i]) - st.m) * inv);
+  }
+}
+
+template <typename T>
+__global__ void fwd_cols(const T* __restrict__ x, T* __restrict__ y, int64_t outer, int64_t n, int64_t inner,
+                         bool log) {
+  using A = acc_type<T>;
+  const int64_t total = outer * inner;
+  for (int64_t col = static_cast<int64_t>(blockIdx.x) * kColThreads + threadIdx.x; col < total;
+       col += static_cast<int64_t>(gridDim.x) * kColThreads) {
+    const int64_t base = (col / inner) * n * inner + col % inner;
+    MaxSum<A> st{-std::numeric_limits<A>::infinity(), A(0)};
+    for (int64_t r = 0; r < n; ++r) st = merge(st, MaxSum<A>{static_cast<A>(x[base + r * inner]), A(1)});
+    const A ls = dlog(st.s), inv = A(1) / st.s;
+    for (int64_t r = 0; r < n; ++r) {
+      const A v = static_cast<A>(x[base + r * inner]);
+      y[base + r * inner] = static_cast<T>(log ? (v - st.m) - ls : dexp(v - st.m) * inv);
+    }
+  }
+}
+
+// ---- backward -------------------------------------------------------------------
+template <typename T, bool kWarpRow>
+__global__ void bwd_rows(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ gx, int64_t rows,
+                         int64_t n, bool log) {
+  using A = acc_type<T>;
+  const int64_t row = kWarpRow ? static_cast<int64_t>(blockIdx.x) * kRowsPerWarpBlock + threadIdx.y : blockIdx.x;
+  if (row >= rows) return;
+  const int tid = threadIdx.x;
+  const int nthreads = kWarpRow ? kWarp : kBlockThreads;
+  const int64_t off = row * n;
+  A acc = 0;
+  for (int64_t i = tid; i < n; i += nthreads) {
+    const A gv = static_cast<A>(g[off + i]);
+    acc += log ? gv : gv * static_cast<A>(y[off + i]);
+  }
+  const A dot = kWarpRow ? warp_sum(acc) : block_sum(acc);
+  for (int64_t i = tid; i < n; i += nthreads) {
+    const A gv = static_cast<A>(g[off + i]), yv = static_cast<A>(y[off + i]);
+    gx[off + i] = static_cast<T>(log ? gv - dexp(yv) * dot : yv * (gv - dot));
+  }
+}
+
+template <typename T>
+__global__ void bwd_cols(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ gx, int64_t outer,
+                         int64_t n, int64_t inner, bool log) {
+  using A = acc_type<T>;
+  const int64_t total = outer * inner;
+  for (int64_t col = static_cast<int64_t>(blockIdx.x) * kColThreads + threadIdx.x; col < total;
+       col += static_cast<int64_t>(gridDim.x) * kColThreads) {
+    const int64_t base = (col / inner) * n * inner + col % inner;
+    A dot = 0;
+    for (int64_t r = 0; r < n; ++r) {
+      const A gv = static_cast<A>(g[base + r * inner]);
+      dot += log ? gv : gv * static_cast<A>(y[base + r * inner]);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const A gv = static_cast<A>(g[base + r * inner]), yv = static_cast<A>(y[base + r * inner]);
+      gx[base + r * inner] = static_cast<T>(log ? gv - dexp(yv) * dot : yv * (gv - dot));
+    }
+  }
+}
+
+int64_t col_grid(int64_t cols) {
+  return std::max<int64_t>(1, std::min<int64_t>((cols + kColThreads - 1) / kColThreads, 8LL * cuda::sm_count()));
+}
+
+at::Tensor forward(const char* op, const at::Tensor& x, int64_t dim, bool log) {
+  check_float_dtype(op, "x", x);
+  const SoftmaxShape sh = softmax_shape(op, x, dim);
+  c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  if (x.numel() == 0) return y;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softmax", [&] {
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    if (sh.inner == 1 && sh.n <= 1024) {
+      const dim3 block(kWarp, kRowsPerWarpBlock);
+      const int64_t grid = (sh.outer + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock;
+      fwd_rows<scalar_t, true><<<grid, block, 0, stream>>>(xp, yp, sh.outer, sh.n, log);
+    } else if (sh.inner == 1) {
+      fwd_rows<scalar_t, false><<<sh.outer, kBlockThreads, 0, stream>>>(xp, yp, sh.outer, sh.n, log);
+    } else {
+      fwd_cols<scalar_t><<<col_grid(sh.outer * sh.inner), kColThreads, 0, stream>>>(xp, yp, sh.outer, sh.n,
+                                                                                   sh.inner, log);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+at::Tensor backward(const char* op, const at::Tensor& grad, const at::Tensor& out, int64_t dim, bool log) {
+  check_softmax_backward(op, grad, out);
+  check_float_dtype(op, "out", out);
+  const SoftmaxShape sh = softmax_shape(op, out, dim);
+  c10::cuda::CUDAGuard guard(out.device());
+  const at::Tensor gc = grad.contiguous(), yc = out.contiguous();
+  at::Tensor gx = at::empty(out.sizes(), out.options());
+  if (out.numel() == 0) return gx;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "softmax_backward", [&] {
+    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+    const scalar_t* yp = yc.const_data_ptr<scalar_t>();
+    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    if (sh.inner == 1 && sh.n <= 1024) {
+      const dim3 block(kWarp, kRowsPerWarpBlock);
+      const int64_t grid = (sh.outer + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock;
+      bwd_rows<scalar_t, true><<<grid, block, 0, stream>>>(gp, yp, gxp, sh.outer, sh.n, log);
+    } else if (sh.inner == 1) {
+      bwd_rows<scalar_t, false><<<sh.outer, kBlockThreads, 0, stream>>>(gp, yp, gxp, sh.outer, sh.n, log);
+    } else {
+      bwd_cols<scalar_t><<<col_grid(sh.outer * sh.inner), kColThreads, 0, stream>>>(gp, yp, gxp, sh.outer,
+                                                                                    sh.n, sh.inner, log);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return gx;
+}
+
+}  // namespace
+
+at::Tensor softmax_cuda(const at::Tensor& x, int64_t dim) {
+  return forward("softmax", x, dim, false);
+}
+at::Tensor log_softmax_cuda(const at::Tensor& x, int64_t dim) {
+  return forward("log_softmax", x, dim, true);
+}
+at::Tensor softmax_backward_cuda(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
+  return backward("softmax_backward", grad, out, dim, false);
+}
+at::Tensor log_softmax_backward_cuda(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
+  return backward("log_softmax_backward", grad, out, dim, true);
+}
+
+}  // namespace teachcompute_ext
