@@ -1,4 +1,5 @@
-"""Reduce family benchmarks: vector_sum against torch.sum (and torch.compile of it).
+"""Reduce family benchmarks: vector_sum against torch.sum; softmax and log_softmax
+(forward, and forward+backward) against torch's.
 
     python benchmarks/bench_reduce.py [--device cpu|cuda] [--quick] [--out DIR]
 """
@@ -41,10 +42,48 @@ def vector_sum_cases(device, quick):
     return cases
 
 
+def softmax_cases(device, quick):
+    """softmax / log_softmax along the last dim, forward and forward+backward."""
+    cases = []
+    shapes = [(4096, 4096), (256, 32000)] if device == "cpu" else [(8192, 8192), (4096, 50257)]
+    if quick:
+        shapes = [(512, 1024)]
+    dtypes = [torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]
+    g = torch.Generator(device=device).manual_seed(1)
+    for dtype in dtypes:
+        for shape in shapes:
+            x = torch.randn(shape, device=device, generator=g).to(dtype)
+            grad = torch.randn(shape, device=device, generator=g).to(dtype)
+            label = "x".join(map(str, shape))
+            nbytes = x.numel() * x.element_size()
+            for name, torch_fn in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax)):
+                ours_fn = getattr(teachcompute_ext, name)
+                cases.append(harness.Case(
+                    op=name, shape=label, dtype=dtype, device=device,
+                    ours=lambda f=ours_fn, x=x: f(x, -1),
+                    baselines={f"torch.{name}": lambda f=torch_fn, x=x: f(x, -1)},
+                    bytes_moved=2 * nbytes,  # read x, write y
+                ))
+                xr = x.clone().requires_grad_()
+
+                def fwd_bwd(f, xr=xr, grad=grad):
+                    y = f(xr, -1)
+                    (gx,) = torch.autograd.grad(y, xr, grad)
+                    return gx
+
+                cases.append(harness.Case(
+                    op=f"{name} fwd+bwd", shape=label, dtype=dtype, device=device,
+                    ours=lambda f=ours_fn: fwd_bwd(f),
+                    baselines={f"torch.{name}": lambda f=torch_fn: fwd_bwd(f)},
+                    bytes_moved=5 * nbytes,  # fwd: read x, write y; bwd: read grad and y, write gx
+                ))
+    return cases
+
+
 def run(device, quick, out_dir, progress=None):
     rounds = 5 if quick else 21
     bound = harness.copy_bandwidth(device, nbytes=(64 << 20) if quick else (512 << 20))
-    cases = vector_sum_cases(device, quick)
+    cases = vector_sum_cases(device, quick) + softmax_cases(device, quick)
     results = harness.run_cases(cases, bound_bytes_per_s=bound, rounds=rounds,
                                 min_batch_s=0.01 if quick else 0.05, progress=progress)
     path = harness.write_json(os.path.join(out_dir, f"reduce-{device}.json"), "reduce", device, results,
