@@ -9,6 +9,18 @@ TORCH_LIBRARY(teachcompute_ext, m) {
   // ---- reduce -------------------------------------------------------------
   // Sum of every element of x (any shape, any strides) as a 0-dim tensor of x's dtype.
   m.def("vector_sum(Tensor x) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Sum over dims (torch.sum); None or [] reduces every dim.
+  m.def("reduce_sum(Tensor x, int[1]? dim=None, bool keepdim=False) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Mean over dims (torch.mean); NaN over an empty dim.
+  m.def("reduce_mean(Tensor x, int[1]? dim=None, bool keepdim=False) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Max along one dim and the index of its first occurrence (torch.max(x, dim)); NaN wins.
+  m.def("reduce_max(Tensor x, int dim, bool keepdim=False) -> (Tensor values, Tensor indices)",
+        {at::Tag::pt2_compliant_tag});
+  // Min along one dim and the index of its first occurrence (torch.min(x, dim)); NaN wins.
+  m.def("reduce_min(Tensor x, int dim, bool keepdim=False) -> (Tensor values, Tensor indices)",
+        {at::Tag::pt2_compliant_tag});
+  // log(sum(exp(x))) over dims (torch.logsumexp), one online pass.
+  m.def("logsumexp(Tensor x, int[1] dim, bool keepdim=False) -> Tensor", {at::Tag::pt2_compliant_tag});
   // softmax of x along dim (torch.softmax); one pass for max and sum, one for the output.
   m.def("softmax(Tensor x, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
   // log_softmax of x along dim (torch.log_softmax).
@@ -21,6 +33,11 @@ TORCH_LIBRARY(teachcompute_ext, m) {
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
   m.impl("vector_sum", &teachcompute_ext::vector_sum_cpu);
+  m.impl("reduce_sum", &teachcompute_ext::reduce_sum_cpu);
+  m.impl("reduce_mean", &teachcompute_ext::reduce_mean_cpu);
+  m.impl("reduce_max", &teachcompute_ext::reduce_max_cpu);
+  m.impl("reduce_min", &teachcompute_ext::reduce_min_cpu);
+  m.impl("logsumexp", &teachcompute_ext::logsumexp_cpu);
   m.impl("softmax", &teachcompute_ext::softmax_cpu);
   m.impl("log_softmax", &teachcompute_ext::log_softmax_cpu);
   m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cpu);
@@ -29,6 +46,11 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
   m.impl("vector_sum", &teachcompute_ext::vector_sum_autograd);
+  m.impl("reduce_sum", &teachcompute_ext::reduce_sum_autograd);
+  m.impl("reduce_mean", &teachcompute_ext::reduce_mean_autograd);
+  m.impl("reduce_max", &teachcompute_ext::reduce_max_autograd);
+  m.impl("reduce_min", &teachcompute_ext::reduce_min_autograd);
+  m.impl("logsumexp", &teachcompute_ext::logsumexp_autograd);
   m.impl("softmax", &teachcompute_ext::softmax_autograd);
   m.impl("log_softmax", &teachcompute_ext::log_softmax_autograd);
 }
@@ -36,6 +58,11 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
 #ifdef TEACHCOMPUTE_EXT_WITH_CUDA
 TORCH_LIBRARY_IMPL(teachcompute_ext, CUDA, m) {
   m.impl("vector_sum", &teachcompute_ext::vector_sum_cuda);
+  m.impl("reduce_sum", &teachcompute_ext::reduce_sum_cuda);
+  m.impl("reduce_mean", &teachcompute_ext::reduce_mean_cuda);
+  m.impl("reduce_max", &teachcompute_ext::reduce_max_cuda);
+  m.impl("reduce_min", &teachcompute_ext::reduce_min_cuda);
+  m.impl("logsumexp", &teachcompute_ext::logsumexp_cuda);
   m.impl("softmax", &teachcompute_ext::softmax_cuda);
   m.impl("log_softmax", &teachcompute_ext::log_softmax_cuda);
   m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cuda);

@@ -343,3 +343,183 @@ def test_softmax_torch_compile_fullgraph_dynamic(device):
         xe = x.detach().requires_grad_()
         (ge,) = torch.autograd.grad(f(xe).sum(), xe)
         torch.testing.assert_close(g, ge)
+
+
+# ---------------------------------------------------------------------------
+# reduce_sum, reduce_mean, logsumexp (dims), reduce_max, reduce_min (one dim)
+# ---------------------------------------------------------------------------
+DIMS_OPS = [
+    pytest.param(teachcompute_ext.reduce_sum, lambda x, d, k: torch.sum(x, d, keepdim=k), id="reduce_sum"),
+    pytest.param(teachcompute_ext.reduce_mean, lambda x, d, k: torch.mean(x, d, keepdim=k), id="reduce_mean"),
+    pytest.param(teachcompute_ext.logsumexp, lambda x, d, k: torch.logsumexp(x, d, keepdim=k), id="logsumexp"),
+]
+# (shape, dims): inner rows, outer columns, several dims (GENERAL), every dim,
+# few long rows (split across threads), 0-dim.
+DIMS_CASES = [
+    ((37, 130), [1]), ((37, 130), [0]), ((37, 130), [-1, 0]), ((6, 70, 5), [1]), ((6, 70, 5), [0, 2]),
+    ((6, 70, 5), [2]), ((4, 3, 200), [0, 1]), ((2, 140001), [1]), ((140001, 2), [0]), ((), [0]), ((5,), [-1]),
+]
+
+
+def _dims_ref(ref_fn, x, dims, keepdim):
+    xd = x.double()
+    if x.dim() == 0:
+        return ref_fn(xd, dims, keepdim)
+    return ref_fn(xd, dims, keepdim)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("shape,dims", DIMS_CASES)
+@pytest.mark.parametrize("ours,ref", DIMS_OPS)
+def test_reduce_dims_match_float64_reference(ours, ref, shape, dims, keepdim, dtype, device):
+    x = _rand(shape, dtype, device, seed=len(shape) * 10 + len(dims))
+    out = ours(x, dims, keepdim)
+    expected = _dims_ref(ref, x, dims, keepdim)
+    assert out.dtype == dtype and out.shape == expected.shape
+    torch.testing.assert_close(out, expected.to(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ours,ref", DIMS_OPS)
+def test_reduce_dims_none_and_views(ours, ref, device):
+    x = _rand((40, 33, 7), torch.float32, device, 51)
+    if ours is not teachcompute_ext.logsumexp:  # logsumexp's dim is required
+        for keepdim in (False, True):
+            torch.testing.assert_close(ours(x, None, keepdim), ref(x.double(), list(range(3)), keepdim).float())
+    for view in (x.transpose(0, 2), x[:, ::2, 1:], x.permute(1, 2, 0), x[:1].expand(5, 33, 7)):
+        for dims in ([0], [1], [2], [0, 2]):
+            torch.testing.assert_close(ours(view, dims), ref(view.double(), dims, False).float())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("name", ["reduce_max", "reduce_min"])
+def test_reduce_maxmin_values_and_indices_as_torch(name, dtype, device):
+    ours, theirs = getattr(teachcompute_ext, name), getattr(torch, name.split("_")[1])
+    g = torch.Generator().manual_seed(52)
+    ties = torch.randint(0, 4, (70, 150), generator=g).to(device=device, dtype=dtype)  # many ties
+    rand = _rand((70, 150), dtype, device, 53)
+    for x in (ties, rand, rand.t(), rand[:, ::3], _rand((3, 100, 70), dtype, device, 54), _rand((2, 140001), dtype, device, 55)):
+        for dim in range(-x.dim(), x.dim()):
+            for keepdim in (False, True):
+                v, i = ours(x, dim, keepdim)
+                ev, ei = theirs(x, dim, keepdim)
+                assert torch.equal(v, ev) and torch.equal(i, ei), (tuple(x.shape), dim, keepdim)
+    v, i = ours(torch.tensor(3.5, dtype=dtype, device=device), 0)
+    assert v.item() == 3.5 and i.item() == 0 and v.shape == ()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reduce_special_values_as_torch(device):
+    inf, nan = float("inf"), float("nan")
+    x = _rand((5, 130), torch.float32, device, 56)
+    x[0] = -inf
+    x[1, 5] = inf
+    x[2, 9] = nan
+    x[3, 4] = nan
+    x[3, 80] = nan
+    for dim in (0, 1):
+        torch.testing.assert_close(teachcompute_ext.logsumexp(x, [dim]), torch.logsumexp(x, [dim]), equal_nan=True)
+        torch.testing.assert_close(teachcompute_ext.reduce_sum(x, [dim]), torch.sum(x, dim), equal_nan=True)
+        for name in ("max", "min"):
+            v, i = getattr(teachcompute_ext, f"reduce_{name}")(x, dim)
+            ev, ei = getattr(torch, name)(x, dim)
+            torch.testing.assert_close(v, ev, equal_nan=True)
+            assert torch.equal(i, ei)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reduce_empty(device):
+    x = torch.empty(3, 0, 4, device=device)
+    assert torch.equal(teachcompute_ext.reduce_sum(x, [1]), torch.zeros(3, 4, device=device))
+    assert teachcompute_ext.reduce_mean(x, [1]).isnan().all()
+    assert (teachcompute_ext.logsumexp(x, [1]) == -float("inf")).all()
+    assert teachcompute_ext.reduce_sum(x, [0]).shape == (0, 4)
+    v, i = teachcompute_ext.reduce_max(x, 0)
+    assert v.shape == (0, 4) and i.dtype == torch.int64
+    for name in ("reduce_max", "reduce_min"):
+        with pytest.raises(IndexError, match=rf"teachcompute_ext.{name}: cannot reduce over dim 1 of size 0"):
+            getattr(teachcompute_ext, name)(x, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["reduce_sum", "reduce_mean", "logsumexp", "reduce_max", "reduce_min"])
+def test_reduce_bad_input(name, device):
+    op = getattr(teachcompute_ext, name)
+    x = _rand((3, 4), torch.float32, device, 57)
+    with pytest.raises(IndexError, match=rf"teachcompute_ext.{name}: dim 2 out of range for argument 'dim' "
+                                          r"of a 2-d tensor \(expected in \[-2, 1\]\)"):
+        op(x, 2)
+    with pytest.raises(TypeError, match=rf"teachcompute_ext.{name}: unsupported dtype torch.int32 for argument 'x'"):
+        op(torch.ones(3, 4, dtype=torch.int32, device=device), 0)
+    with pytest.raises(Exception, match=rf"teachcompute_ext.{name}: dim 3 out of range"):  # the fake kernel
+        torch.compile(lambda t: op(t, 3), fullgraph=True, backend="eager")(x)
+    if name in ("reduce_sum", "reduce_mean", "logsumexp"):
+        with pytest.raises(RuntimeError, match=rf"teachcompute_ext.{name}: dim 1 appears more than once"):
+            op(x, [1, -1])
+        with pytest.raises(Exception, match=rf"teachcompute_ext.{name}: dim 1 appears more than once"):
+            torch.compile(lambda t: op(t, [1, -1]), fullgraph=True, backend="eager")(x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["reduce_sum", "reduce_mean", "logsumexp", "reduce_max", "reduce_min"])
+def test_reduce_gradcheck(name, device):
+    op = getattr(teachcompute_ext, name)
+    x = _rand((4, 5, 3), torch.float64, device, 58).requires_grad_()
+    if name in ("reduce_max", "reduce_min"):
+        cases = [(1, False), (-1, True), (0, False)]
+        fn = lambda t, d, k: op(t, d, k)[0]  # noqa: E731
+    else:
+        cases = [([1], False), ([0, 2], True), (None if name != "logsumexp" else [0, 1, 2], False)]
+        fn = op
+    for dims, keepdim in cases:
+        assert torch.autograd.gradcheck(lambda t: fn(t, dims, keepdim), (x,))
+    xs = _rand((), torch.float64, device, 59).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: fn(t, 0 if name in ("reduce_max", "reduce_min") else [0], False), (xs,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reduce_maxmin_gradient_goes_to_the_returned_index(device):
+    x = torch.tensor([[1.0, 3.0, 3.0], [2.0, 0.0, 2.0]], device=device, requires_grad=True)
+    v, i = teachcompute_ext.reduce_max(x, 1)
+    v.sum().backward()
+    assert torch.equal(x.grad, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("name", ["reduce_sum", "reduce_mean", "logsumexp", "reduce_max", "reduce_min"])
+def test_reduce_opcheck(name, dtype, device):
+    op = getattr(torch.ops.teachcompute_ext, name).default
+    grad_ok = dtype in (torch.float32, torch.float64)
+    x = _rand((4, 33, 5), dtype, device, 60).requires_grad_(grad_ok)
+    if name in ("reduce_max", "reduce_min"):
+        args = [(x, 1, False), (x, -1, True), (x.detach().transpose(0, 2), 0, False)]
+    else:
+        args = [(x, [1], False), (x, [0, 2], True), (x.detach().transpose(0, 2), [0], False)]
+        if name != "logsumexp":
+            args.append((x, None, False))
+    for a in args:
+        torch.library.opcheck(op, a)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reduce_torch_compile_fullgraph_dynamic(device):
+    def f(x):
+        s = teachcompute_ext.reduce_sum(x, [1], keepdim=True)
+        m = teachcompute_ext.reduce_mean(x * 2, [0])
+        v, _ = teachcompute_ext.reduce_max(x, 1)
+        w, _ = teachcompute_ext.reduce_min(x, 0, True)
+        return (s * 0.5).sum() + m.sum() + v.sum() + w.sum() + teachcompute_ext.logsumexp(x, [1]).sum()
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    for rows in (5, 17, 64):
+        x = _rand((rows, 40), torch.float32, device, rows).requires_grad_()
+        out = compiled(x)
+        torch.testing.assert_close(out, f(x.detach()))
+        (g,) = torch.autograd.grad(out, x)
+        xe = x.detach().requires_grad_()
+        (ge,) = torch.autograd.grad(f(xe), xe)
+        torch.testing.assert_close(g, ge)

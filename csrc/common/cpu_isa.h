@@ -4,7 +4,29 @@
 // steers our kernels, which keeps comparisons with torch fair.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <type_traits>
+
 namespace teachcompute_ext {
+
+// One kernel struct per dtype (Fns<float>, ...), and the one for scalar_t.
+template <template <typename> class Fns>
+struct PerDtype {
+  Fns<float> f32;
+  Fns<double> f64;
+  Fns<c10::Half> f16;
+  Fns<c10::BFloat16> bf16;
+};
+
+template <typename scalar_t, template <typename> class Fns>
+const Fns<scalar_t>& for_dtype(const PerDtype<Fns>& t) {
+  if constexpr (std::is_same_v<scalar_t, float>) return t.f32;
+  else if constexpr (std::is_same_v<scalar_t, double>) return t.f64;
+  else if constexpr (std::is_same_v<scalar_t, c10::Half>) return t.f16;
+  else return t.bf16;
+}
 
 enum class CpuIsa { DEFAULT = 0, AVX2 = 1, AVX512 = 2 };
 

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace teachcompute_ext::cuda {
 
@@ -25,6 +26,10 @@ inline int64_t misaligned_head(const T* p, int64_t n) {
   const int64_t head = static_cast<int64_t>(((16 - addr % 16) % 16) / sizeof(T));
   return head < n ? head : n;
 }
+
+// Accumulator type: float for float32 and the half types, double for float64.
+template <typename T>
+using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 inline int sm_count() {
   return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;

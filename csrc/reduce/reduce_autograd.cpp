@@ -4,7 +4,11 @@
 // as much as summing 1e5 floats. Fake kernels stay in Python (ops/reduce.py).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "ops.h"
 
@@ -64,7 +68,161 @@ struct SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction<kLog>>
   }
 };
 
+// Reduced dims of x, wrapped and ascending (None or [] means all).
+std::vector<int64_t> reduced_dims(const at::Tensor& x, at::OptionalIntArrayRef dim) {
+  std::vector<int64_t> out;
+  const int64_t wrap = std::max<int64_t>(x.dim(), 1);
+  if (x.dim() == 0) return out;
+  if (!dim.has_value() || dim->empty()) {
+    for (int64_t d = 0; d < x.dim(); ++d) out.push_back(d);
+  } else {
+    for (int64_t d : *dim) out.push_back(d < 0 ? d + wrap : d);
+    std::sort(out.begin(), out.end());
+  }
+  return out;
+}
+
+// grad of a reduction, reshaped to broadcast against x: the reduced dims put back.
+at::Tensor unsqueeze_reduced(at::Tensor g, const std::vector<int64_t>& dims, bool keepdim) {
+  if (!keepdim) {
+    for (int64_t d : dims) g = g.unsqueeze(d);
+  }
+  return g;
+}
+
+// sum and mean: the gradient is a broadcast view of grad (divided by the count for mean).
+template <bool kMean>
+struct SumMeanFunction : public torch::autograd::Function<SumMeanFunction<kMean>> {
+  using Sig = at::Tensor(const at::Tensor&, at::OptionalIntArrayRef, bool);
+  static at::Tensor call(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
+    static auto op = find_op<Sig>(kMean ? "teachcompute_ext::reduce_mean" : "teachcompute_ext::reduce_sum");
+    return op.call(x, dim, keepdim);
+  }
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
+    const std::vector<int64_t> dims = reduced_dims(x, dim);
+    c10::SymInt count = 1;
+    for (int64_t d : dims) count = count * x.sym_size(d);
+    ctx->saved_data["sizes"] = c10::IValue(x.sym_sizes());
+    ctx->saved_data["dims"] = dims;
+    ctx->saved_data["keepdim"] = keepdim;
+    ctx->saved_data["count"] = c10::IValue(count);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call(x, dim, keepdim);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    at::Tensor g = unsqueeze_reduced(grad_out[0], ctx->saved_data["dims"].toIntVector(),
+                                     ctx->saved_data["keepdim"].toBool());
+    if (kMean) g = g.div(c10::Scalar(ctx->saved_data["count"].toSymInt()));
+    return {g.expand_symint(ctx->saved_data["sizes"].toSymIntVector()), at::Tensor(), at::Tensor()};
+  }
+};
+
+// max and min: the gradient goes to the returned index.
+template <bool kMax>
+struct MaxMinFunction : public torch::autograd::Function<MaxMinFunction<kMax>> {
+  using Sig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, bool);
+  static std::tuple<at::Tensor, at::Tensor> call(const at::Tensor& x, int64_t dim, bool keepdim) {
+    static auto op = find_op<Sig>(kMax ? "teachcompute_ext::reduce_max" : "teachcompute_ext::reduce_min");
+    return op.call(x, dim, keepdim);
+  }
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, int64_t dim, bool keepdim) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [values, indices] = call(x, dim, keepdim);
+    const int64_t w = x.dim() == 0 ? 0 : (dim < 0 ? dim + x.dim() : dim);
+    ctx->saved_data["sizes"] = c10::IValue(x.sym_sizes());
+    ctx->saved_data["dim"] = w;
+    ctx->saved_data["keepdim"] = keepdim;
+    ctx->save_for_backward({indices});
+    ctx->mark_non_differentiable({indices});
+    return {values, indices};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto sizes = ctx->saved_data["sizes"].toSymIntVector();
+    if (sizes.empty()) return {grad_out[0], at::Tensor(), at::Tensor()};
+    const int64_t dim = ctx->saved_data["dim"].toInt();
+    const bool keepdim = ctx->saved_data["keepdim"].toBool();
+    at::Tensor idx = ctx->get_saved_variables()[0];
+    at::Tensor g = grad_out[0];
+    if (!keepdim) {
+      g = g.unsqueeze(dim);
+      idx = idx.unsqueeze(dim);
+    }
+    return {at::zeros_symint(sizes, g.options()).scatter(dim, idx, g), at::Tensor(), at::Tensor()};
+  }
+};
+
+// logsumexp: d/dx = exp(x - out), as torch's formula.
+struct LogSumExpFunction : public torch::autograd::Function<LogSumExpFunction> {
+  using Sig = at::Tensor(const at::Tensor&, at::IntArrayRef, bool);
+  static at::Tensor call(const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
+    static auto op = find_op<Sig>("teachcompute_ext::logsumexp");
+    return op.call(x, dim, keepdim);
+  }
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor out = call(x, dim, keepdim);
+    ctx->saved_data["dims"] = reduced_dims(x, dim);
+    ctx->saved_data["keepdim"] = keepdim;
+    ctx->save_for_backward({x, out});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const auto dims = ctx->saved_data["dims"].toIntVector();
+    const bool keepdim = ctx->saved_data["keepdim"].toBool();
+    const at::Tensor g = unsqueeze_reduced(grad_out[0], dims, keepdim);
+    const at::Tensor out = unsqueeze_reduced(saved[1], dims, keepdim);
+    return {g.mul(saved[0].sub(out).exp()), at::Tensor(), at::Tensor()};
+  }
+};
+
+bool needs_grad(const at::Tensor& x) {
+  return x.requires_grad() && at::GradMode::is_enabled();
+}
+
 }  // namespace
+
+at::Tensor reduce_sum_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
+  if (!needs_grad(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return SumMeanFunction<false>::call(x, dim, keepdim);
+  }
+  return SumMeanFunction<false>::apply(x, dim, keepdim);
+}
+
+at::Tensor reduce_mean_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
+  if (!needs_grad(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return SumMeanFunction<true>::call(x, dim, keepdim);
+  }
+  return SumMeanFunction<true>::apply(x, dim, keepdim);
+}
+
+template <bool kMax>
+std::tuple<at::Tensor, at::Tensor> maxmin_autograd(const at::Tensor& x, int64_t dim, bool keepdim) {
+  if (!needs_grad(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return MaxMinFunction<kMax>::call(x, dim, keepdim);
+  }
+  auto outs = MaxMinFunction<kMax>::apply(x, dim, keepdim);
+  return {outs[0], outs[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor> reduce_max_autograd(const at::Tensor& x, int64_t dim, bool keepdim) {
+  return maxmin_autograd<true>(x, dim, keepdim);
+}
+
+std::tuple<at::Tensor, at::Tensor> reduce_min_autograd(const at::Tensor& x, int64_t dim, bool keepdim) {
+  return maxmin_autograd<false>(x, dim, keepdim);
+}
+
+at::Tensor logsumexp_autograd(const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
+  if (!needs_grad(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return LogSumExpFunction::call(x, dim, keepdim);
+  }
+  return LogSumExpFunction::apply(x, dim, keepdim);
+}
 
 at::Tensor softmax_autograd(const at::Tensor& x, int64_t dim) {
   if (!x.requires_grad() || !at::GradMode::is_enabled()) {

@@ -59,12 +59,7 @@ struct SoftmaxFns {
                    int64_t u1, bool log);
 };
 
-struct SoftmaxKernels {
-  SoftmaxFns<float> f32;
-  SoftmaxFns<double> f64;
-  SoftmaxFns<c10::Half> f16;
-  SoftmaxFns<c10::BFloat16> bf16;
-};
+using SoftmaxKernels = PerDtype<SoftmaxFns>;
 TCE_DECLARE_ISA_TABLE(SoftmaxKernels, kSoftmaxKernels)
 
 }  // namespace teachcompute_ext

@@ -15,10 +15,7 @@ namespace {
 template <typename scalar_t>
 const SoftmaxFns<scalar_t>& softmax_fns() {
   static const SoftmaxKernels& k = TCE_ISA_TABLE(kSoftmaxKernels);
-  if constexpr (std::is_same_v<scalar_t, float>) return k.f32;
-  else if constexpr (std::is_same_v<scalar_t, double>) return k.f64;
-  else if constexpr (std::is_same_v<scalar_t, c10::Half>) return k.f16;
-  else return k.bf16;
+  return for_dtype<scalar_t>(k);
 }
 
 // About 32K elements of work per task: enough to amortize the scheduling.

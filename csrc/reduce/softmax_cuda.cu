@@ -25,8 +25,7 @@ constexpr int kRowsPerWarpBlock = 8;
 constexpr int kBlockThreads = 512;
 constexpr int kColThreads = 256;
 
-template <typename T>
-using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
+using cuda::acc_type;
 
 __device__ __forceinline__ float dexp(float v) { return expf(v); }
 __device__ __forceinline__ double dexp(double v) { return exp(v); }

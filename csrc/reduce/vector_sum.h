@@ -29,4 +29,13 @@ struct VectorSumKernels {
 };
 TCE_DECLARE_ISA_TABLE(VectorSumKernels, kVectorSumKernels)
 
+// The kernel of this machine's ISA for scalar_t, and the parallel sum of a
+// dense span (vector_sum_cpu.cpp; also used by reduce_sum).
+template <typename scalar_t>
+using SumFn = double (*)(const scalar_t* p, int64_t n, int64_t stride);
+template <typename scalar_t>
+SumFn<scalar_t> sum_kernel();
+template <typename scalar_t>
+double sum_dense(const scalar_t* p, int64_t n);
+
 }  // namespace teachcompute_ext

@@ -10,7 +10,6 @@
 #include <ATen/ops/empty.h>
 
 #include <c10/util/SmallVector.h>
-#include <c10/util/bit_cast.h>
 
 #include <cmath>
 #include <cstdint>
@@ -18,6 +17,7 @@
 #include <vector>
 
 #include "common/layout.h"
+#include "common/rounding.h"
 #include "ops.h"
 #include "reduce/vector_sum.h"
 
@@ -36,8 +36,7 @@ int64_t chunk_for(int64_t n) {
   return n <= kCacheResidentMax ? kCacheResidentChunk : kChunk;
 }
 
-template <typename scalar_t>
-using SumFn = double (*)(const scalar_t*, int64_t, int64_t);
+}  // namespace
 
 template <typename scalar_t>
 SumFn<scalar_t> sum_kernel() {
@@ -47,6 +46,12 @@ SumFn<scalar_t> sum_kernel() {
   else if constexpr (std::is_same_v<scalar_t, c10::Half>) return k.f16;
   else return k.bf16;
 }
+template SumFn<float> sum_kernel<float>();
+template SumFn<double> sum_kernel<double>();
+template SumFn<c10::Half> sum_kernel<c10::Half>();
+template SumFn<c10::BFloat16> sum_kernel<c10::BFloat16>();
+
+namespace {
 
 double pairwise_combine(const double* v, int64_t n) {
   if (n <= 8) {
@@ -57,7 +62,10 @@ double pairwise_combine(const double* v, int64_t n) {
   return pairwise_combine(v, n / 2) + pairwise_combine(v + n / 2, n - n / 2);
 }
 
-// Sum of a dense span of n elements.
+}  // namespace
+
+// Sum of a dense span of n elements, in parallel (also reduce_sum's path when
+// there are few long rows).
 template <typename scalar_t>
 double sum_dense(const scalar_t* p, int64_t n) {
   const auto fn = sum_kernel<scalar_t>();
@@ -73,6 +81,12 @@ double sum_dense(const scalar_t* p, int64_t n) {
   });
   return pairwise_combine(partial.data(), nchunks);
 }
+template double sum_dense<float>(const float*, int64_t);
+template double sum_dense<double>(const double*, int64_t);
+template double sum_dense<c10::Half>(const c10::Half*, int64_t);
+template double sum_dense<c10::BFloat16>(const c10::BFloat16*, int64_t);
+
+namespace {
 
 // Sum of a general strided view: rows along the innermost collapsed dim;
 // rows are grouped into fixed groups of about kChunk elements.
@@ -129,22 +143,6 @@ double sum_strided(const scalar_t* base, const std::vector<Dim>& dims) {
     }
   });
   return pairwise_combine(partial.data(), ngroups);
-}
-
-// double -> x's dtype with one rounding. For Half and BFloat16, going through
-// float would round twice (1 + 2^-11 + 2^-24 in half gives 1.0, not 1 + 2^-10);
-// rounding to float with round-to-odd first makes the second rounding exact.
-template <typename scalar_t>
-scalar_t round_to(double total) {
-  if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
-    float f = static_cast<float>(total);
-    if (static_cast<double>(f) != total && std::isfinite(f) && (c10::bit_cast<uint32_t>(f) & 1u) == 0) {
-      f = std::nextafter(f, total > static_cast<double>(f) ? INFINITY : -INFINITY);
-    }
-    return static_cast<scalar_t>(f);
-  } else {
-    return static_cast<scalar_t>(total);
-  }
 }
 
 }  // namespace

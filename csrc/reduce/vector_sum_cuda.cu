@@ -27,8 +27,7 @@ constexpr int kThreads = 256;
 constexpr int kUnroll = 4;
 constexpr int kMaxDims = 10;
 
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+using cuda::acc_type;
 
 template <typename acc_t>
 __device__ __forceinline__ void block_store(acc_t acc, acc_t* out) {

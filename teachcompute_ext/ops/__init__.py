@@ -4,6 +4,16 @@ Importing this package registers the fake kernels and autograd of every op, so
 torch.compile, torch.export and autograd work as soon as `import teachcompute_ext`
 has run.
 """
-from .reduce import log_softmax, softmax, vector_sum
+from .reduce import (
+    log_softmax,
+    logsumexp,
+    reduce_max,
+    reduce_mean,
+    reduce_min,
+    reduce_sum,
+    softmax,
+    vector_sum,
+)
 
-__all__ = ["vector_sum", "softmax", "log_softmax"]
+__all__ = ["vector_sum", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "logsumexp", "softmax",
+           "log_softmax"]

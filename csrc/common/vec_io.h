@@ -1,0 +1,80 @@
+// Vector helpers for the per-ISA CPU kernels (included only by files in
+// TCE_CPU_KERNEL_SOURCES, which are compiled with CPU_CAPABILITY set): loads
+// and stores of accumulator vectors from any of the four float dtypes, exp,
+// and the online (max, sum-of-exp) update of softmax and logsumexp.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <limits>
+#include <type_traits>
+
+namespace teachcompute_ext {
+namespace CPU_CAPABILITY {
+namespace vec_io {
+
+using at::vec::Vectorized;
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename T>
+constexpr bool kIsReduced = !(std::is_same_v<T, float> || std::is_same_v<T, double>);
+
+// Loads and stores of one accumulator-width vector from T memory (Half and
+// BFloat16 are widened to float on load and narrowed on store).
+template <typename T>
+struct IO {
+  using A = acc_t<T>;
+  using V = Vectorized<A>;
+  static constexpr int64_t L = V::size();
+  static V load(const T* p) {
+    if constexpr (kIsReduced<T>) {
+      return std::get<0>(at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, L)));
+    } else {
+      return V::loadu(p);
+    }
+  }
+  // Loads count < L elements; the other lanes hold `fill`.
+  static V load_part(const T* p, int64_t count, A fill) {
+    alignas(64) A buf[L];
+    for (int64_t k = 0; k < L; ++k) buf[k] = k < count ? static_cast<A>(p[k]) : fill;
+    return V::loadu(buf);
+  }
+  static void store(T* p, const V& v) {
+    if constexpr (kIsReduced<T>) {
+      at::vec::convert_from_float<T>(v, v).store(p, L);
+    } else {
+      v.store(p);
+    }
+  }
+  static void store_part(T* p, const V& v, int64_t count) {
+    alignas(64) A buf[L];
+    v.store(buf);
+    for (int64_t k = 0; k < count; ++k) p[k] = static_cast<T>(buf[k]);
+  }
+};
+
+template <typename A>
+inline Vectorized<A> vexp(const Vectorized<A>& v) {
+  return v.exp_u20();
+}
+
+// Online update of lane-wise (max, sum) with the lane-wise max `bm` of a block
+// whose exponentials (relative to the new max) are added by `add_exps`.
+// Lanes whose max is still -inf hold sum 0 (exp(-inf - -inf) would be NaN).
+template <typename A, typename AddExps>
+inline void online_update(Vectorized<A>& m, Vectorized<A>& s, const Vectorized<A>& bm, AddExps add_exps) {
+  using V = Vectorized<A>;
+  const V ninf(-std::numeric_limits<A>::infinity());
+  const V m_new = at::vec::maximum(m, bm);
+  const V dead = m_new == ninf;
+  const V alpha = V::blendv(vexp(m - m_new), V(0), dead);
+  s = s * alpha + V::blendv(add_exps(m_new), V(0), dead);
+  m = m_new;
+}
+
+}  // namespace vec_io
+}  // namespace CPU_CAPABILITY
+}  // namespace teachcompute_ext
