@@ -1,5 +1,6 @@
-"""Reduce family benchmarks: vector_sum against torch.sum; softmax and log_softmax
-(forward, and forward+backward) against torch's.
+"""Reduce family benchmarks against torch, same process: vector_sum; reduce_sum,
+reduce_mean, reduce_max, reduce_min, logsumexp over dim 0 and dim 1; softmax and
+log_softmax (forward, and forward+backward).
 
     python benchmarks/bench_reduce.py [--device cpu|cuda] [--quick] [--out DIR]
 """
@@ -80,10 +81,50 @@ def softmax_cases(device, quick):
     return cases
 
 
+def dim_reduction_cases(device, quick):
+    """reduce_sum / reduce_mean / reduce_max / reduce_min / logsumexp over the inner and the outer dim."""
+    cases = []
+    shapes = [(4096, 4096)] if device == "cpu" else [(8192, 8192), (4096, 50257)]
+    if quick:
+        shapes = [(512, 1024)]
+    dtypes = [torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]
+    g = torch.Generator(device=device).manual_seed(2)
+    ops = [
+        ("reduce_sum", lambda x, d: teachcompute_ext.reduce_sum(x, d), "torch.sum", lambda x, d: torch.sum(x, d)),
+        ("reduce_mean", lambda x, d: teachcompute_ext.reduce_mean(x, d), "torch.mean", lambda x, d: torch.mean(x, d)),
+        ("reduce_max", lambda x, d: teachcompute_ext.reduce_max(x, d), "torch.max", lambda x, d: torch.max(x, d)),
+        ("reduce_min", lambda x, d: teachcompute_ext.reduce_min(x, d), "torch.min", lambda x, d: torch.min(x, d)),
+        ("logsumexp", lambda x, d: teachcompute_ext.logsumexp(x, [d]), "torch.logsumexp",
+         lambda x, d: torch.logsumexp(x, d)),
+    ]
+
+    def check_pair(ours, theirs, dtype):
+        if isinstance(ours, tuple):  # max/min: values and indices must both match
+            harness.default_check(ours[0], theirs[0], dtype)
+            if not torch.equal(ours[1], theirs[1]):
+                raise AssertionError("indices differ from torch's")
+        else:
+            harness.default_check(ours, theirs, dtype)
+
+    for dtype in dtypes:
+        for shape in shapes:
+            x = torch.randn(shape, device=device, generator=g).to(dtype)
+            for dim in (0, 1):
+                for name, ours, tname, theirs in ops:
+                    cases.append(harness.Case(
+                        op=f"{name} dim{dim}", shape="x".join(map(str, shape)), dtype=dtype, device=device,
+                        ours=lambda f=ours, x=x, d=dim: f(x, d),
+                        baselines={tname: lambda f=theirs, x=x, d=dim: f(x, d)},
+                        bytes_moved=x.numel() * x.element_size(),
+                        check=lambda a, b, dt=dtype: check_pair(a, b, dt),
+                    ))
+    return cases
+
+
 def run(device, quick, out_dir, progress=None):
     rounds = 5 if quick else 21
     bound = harness.copy_bandwidth(device, nbytes=(64 << 20) if quick else (512 << 20))
-    cases = vector_sum_cases(device, quick) + softmax_cases(device, quick)
+    cases = vector_sum_cases(device, quick) + dim_reduction_cases(device, quick) + softmax_cases(device, quick)
     results = harness.run_cases(cases, bound_bytes_per_s=bound, rounds=rounds,
                                 min_batch_s=0.01 if quick else 0.05, progress=progress)
     path = harness.write_json(os.path.join(out_dir, f"reduce-{device}.json"), "reduce", device, results,
