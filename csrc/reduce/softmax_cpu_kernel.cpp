@@ -35,7 +35,9 @@ using namespace vec_io;
 // softmax costs 1 + 2/kBlockVecs exp per element and two passes (read x and
 // write y; read and write y), where the classic max / exp-sum / scale scheme
 // reads x twice. log_softmax's second pass is exp-free: y = (x - M) - log S.
-constexpr int64_t kBlockVecs = 16;
+// Measured (ratio to torch.softmax, 4096x4096 / 256x32000, allocator warm):
+// blocks of 16 vectors 0.93 / 1.15, 32: 0.97 / 1.18, 64: 1.07 / 1.20, 128: 1.04 / 1.23.
+constexpr int64_t kBlockVecs = 64;
 
 template <typename T>
 void fwd_row(const T* x, T* y, int64_t n, bool log, std::vector<acc_t<T>>& block_max) {
