@@ -72,10 +72,12 @@ def softmax_cases(device, quick):
                     (gx,) = torch.autograd.grad(y, xr, grad)
                     return gx
 
+                # fb=fwd_bwd binds this iteration's function (and so its xr and grad):
+                # a bare fwd_bwd would be looked up at call time, i.e. the last one defined.
                 cases.append(harness.Case(
                     op=f"{name} fwd+bwd", shape=label, dtype=dtype, device=device,
-                    ours=lambda f=ours_fn: fwd_bwd(f),
-                    baselines={f"torch.{name}": lambda f=torch_fn: fwd_bwd(f)},
+                    ours=lambda f=ours_fn, fb=fwd_bwd: fb(f),
+                    baselines={f"torch.{name}": lambda f=torch_fn, fb=fwd_bwd: fb(f)},
                     bytes_moved=5 * nbytes,  # fwd: read x, write y; bwd: read grad and y, write gx
                 ))
     return cases
@@ -137,7 +139,10 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--cold-allocator", action="store_true", help="see benchmarks/run.py --help")
     args = p.parse_args()
+    if not args.cold_allocator:
+        harness.ALLOCATOR = harness.keep_allocator_warm()
     results, bound, path = run(args.device, args.quick, args.out)
     print(f"copy bandwidth ({args.device}): {bound / 1e9:.1f} GB/s")
     print(harness.format_table(results))

@@ -85,6 +85,25 @@ def time_interleaved(fns: dict, device: str, rounds: int = 15, min_batch_s: floa
     return {label: Timing(statistics.median(s), rounds * iters[label], s) for label, s in samples.items()}
 
 
+def keep_allocator_warm() -> str:
+    """Stops glibc from returning large blocks to the OS between calls.
+
+    By default every tensor over 32 MB is a fresh mmap, so each call of an op
+    with a 64 MB output first page-faults 16K pages (about 20 ms here, five
+    times the kernel), for us and for torch alike; the ratio then measures the
+    OS. With mmap off and no trimming, freed memory is reused as in a training
+    loop's steady state. Returns what was done, for the JSON."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+        return "warm (glibc: no mmap, no trim)" if ok else "default (mallopt refused)"
+    except OSError:
+        return "default (not glibc)"
+
+
 def copy_bandwidth(device: str, nbytes: int = 256 << 20, rounds: int = 15) -> float:
     """Bytes/s of a large tensor copy (bytes read + bytes written): the memory bound."""
     n = nbytes // 4
@@ -117,8 +136,12 @@ def device_name(device: str) -> str:
     return f"{name} ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
 
 
+ALLOCATOR = "default"
+
+
 def environment(device: str) -> dict:
     return {
+        "cpu_allocator": ALLOCATOR,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "device_name": device_name(device),

@@ -25,7 +25,11 @@ def main():
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats: well under a minute on a CPU")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                    help="folder for the JSON results (default: benchmarks/results)")
+    p.add_argument("--cold-allocator", action="store_true",
+                   help="leave glibc returning large blocks to the OS (each big output page-faults anew)")
     args = p.parse_args()
+    if not args.cold_allocator:
+        harness.ALLOCATOR = harness.keep_allocator_warm()
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     all_results = []
     for device in devices:
