@@ -54,7 +54,9 @@ template <typename scalar_t>
 struct SoftmaxFns {
   void (*fwd_rows)(const scalar_t* x, scalar_t* y, int64_t n, int64_t r0, int64_t r1, bool log);
   void (*fwd_cols)(const scalar_t* x, scalar_t* y, int64_t n, int64_t inner, int64_t u0, int64_t u1, bool log);
-  void (*bwd_rows)(const scalar_t* g, const scalar_t* y, scalar_t* gx, int64_t n, int64_t r0, int64_t r1, bool log);
+  // stream: write gx with non-temporal stores (an output larger than the caches).
+  void (*bwd_rows)(const scalar_t* g, const scalar_t* y, scalar_t* gx, int64_t n, int64_t r0, int64_t r1, bool log,
+                   bool stream);
   void (*bwd_cols)(const scalar_t* g, const scalar_t* y, scalar_t* gx, int64_t n, int64_t inner, int64_t u0,
                    int64_t u1, bool log);
 };

@@ -12,6 +12,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -198,41 +199,83 @@ void fwd_cols(const T* x, T* y, int64_t n, int64_t inner, int64_t u0, int64_t u1
 // ---- backward -----------------------------------------------------------------
 // softmax:     gx = y * (g - sum(g * y))
 // log_softmax: gx = g - exp(y) * sum(g)
-template <typename T>
-void bwd_row(const T* g, const T* y, T* gx, int64_t n, bool log) {
+// Non-temporal store of a float32 vector at a vector-aligned address: the line
+// goes to memory without first being read into the cache (no read-for-
+// ownership), a third less DRAM traffic for an output too big to stay cached.
+template <typename T, typename V>
+inline bool stream_store(T* p, const V& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_stream_ps(p, v);
+    return true;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    _mm256_stream_ps(p, v);
+    return true;
+  }
+#endif
+  return false;
+}
+
+// kLog is a template parameter so each loop body is branch-free.
+template <typename T, bool kLog>
+void bwd_row(const T* g, const T* y, T* gx, int64_t n, bool stream) {
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
-  V acc0(0), acc1(0);
+  V acc[4] = {V(0), V(0), V(0), V(0)};
   int64_t i = 0;
-  for (; i + 2 * L <= n; i += 2 * L) {
-    const V g0 = IO<T>::load(g + i), g1 = IO<T>::load(g + i + L);
-    acc0 += log ? g0 : g0 * IO<T>::load(y + i);
-    acc1 += log ? g1 : g1 * IO<T>::load(y + i + L);
+  for (; i + 4 * L <= n; i += 4 * L) {
+    for (int k = 0; k < 4; ++k) {
+      const V gv = IO<T>::load(g + i + k * L);
+      acc[k] = kLog ? acc[k] + gv : at::vec::fmadd(gv, IO<T>::load(y + i + k * L), acc[k]);
+    }
   }
   for (; i < n; i += L) {
     const int64_t k = std::min(L, n - i);
-    const V gv = k == L ? IO<T>::load(g + i) : IO<T>::load_part(g + i, k, 0);
-    const V yv = k == L ? IO<T>::load(y + i) : IO<T>::load_part(y + i, k, 0);
-    acc0 += log ? gv : gv * yv;
+    const V gv = IO<T>::load_part(g + i, k, 0);
+    acc[0] += kLog ? gv : gv * IO<T>::load_part(y + i, k, 0);
   }
-  const V dot(at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, acc0 + acc1));
-  for (i = 0; i < n; i += L) {
-    const int64_t k = std::min(L, n - i);
-    const V gv = k == L ? IO<T>::load(g + i) : IO<T>::load_part(g + i, k, 0);
-    const V yv = k == L ? IO<T>::load(y + i) : IO<T>::load_part(y + i, k, 0);
-    const V r = log ? gv - vexp(yv) * dot : yv * (gv - dot);
-    if (k == L) {
-      IO<T>::store(gx + i, r);
-    } else {
-      IO<T>::store_part(gx + i, r, k);
+  const A dot_s = at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, (acc[0] + acc[1]) + (acc[2] + acc[3]));
+  const V dot(dot_s);
+  auto grad = [&](int64_t j) {
+    const V gv = IO<T>::load(g + j), yv = IO<T>::load(y + j);
+    return kLog ? gv - vexp(yv) * dot : yv * (gv - dot);
+  };
+  i = 0;
+  if (stream) {
+    // Plain stores up to the first vector-aligned address, then streaming ones.
+    const auto misalign = reinterpret_cast<std::uintptr_t>(gx) % (L * sizeof(T));
+    const int64_t head = misalign == 0 ? 0 : std::min<int64_t>(n, (L * sizeof(T) - misalign) / sizeof(T));
+    for (; i < head; ++i) {
+      const A gv = static_cast<A>(g[i]), yv = static_cast<A>(y[i]);
+      gx[i] = static_cast<T>(kLog ? gv - std::exp(yv) * dot_s : yv * (gv - dot_s));
     }
+    for (; i + L <= n; i += L) {
+      const V r = grad(i);
+      if (!stream_store(gx + i, r)) IO<T>::store(gx + i, r);
+    }
+  }
+  for (; i + L <= n; i += L) IO<T>::store(gx + i, grad(i));
+  if (i < n) {
+    const V gv = IO<T>::load_part(g + i, n - i, 0), yv = IO<T>::load_part(y + i, n - i, 0);
+    IO<T>::store_part(gx + i, kLog ? gv - vexp(yv) * dot : yv * (gv - dot), n - i);
   }
 }
 
 template <typename T>
-void bwd_rows(const T* g, const T* y, T* gx, int64_t n, int64_t r0, int64_t r1, bool log) {
-  for (int64_t r = r0; r < r1; ++r) bwd_row(g + r * n, y + r * n, gx + r * n, n, log);
+void bwd_rows(const T* g, const T* y, T* gx, int64_t n, int64_t r0, int64_t r1, bool log, bool stream) {
+  for (int64_t r = r0; r < r1; ++r) {
+    if (log) {
+      bwd_row<T, true>(g + r * n, y + r * n, gx + r * n, n, stream);
+    } else {
+      bwd_row<T, false>(g + r * n, y + r * n, gx + r * n, n, stream);
+    }
+  }
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if (stream) _mm_sfence();  // streaming stores are visible to other threads after this
+#endif
 }
 
 template <typename T>
