@@ -47,14 +47,18 @@ inline void check_softmax_backward(const char* op, const at::Tensor& grad, const
 // per row (256 bytes of float32: four AVX512 or eight AVX2 vectors).
 constexpr int64_t kSoftmaxColTile = 64;
 
+// Outputs past this size cannot stay in the caches for the next op: the row
+// kernels then stream them to memory (non-temporal stores, no read-for-ownership).
+constexpr int64_t kSoftmaxStreamBytes = 32LL << 20;
+
 // CPU kernels, one table per ISA (softmax_cpu_kernel.cpp). `rows` work on
 // inner == 1 (rows r0..r1 of an (rows, n) matrix); `cols` on inner > 1 (units
 // u0..u1, a unit being one tile of kSoftmaxColTile columns of one outer index).
 template <typename scalar_t>
 struct SoftmaxFns {
-  void (*fwd_rows)(const scalar_t* x, scalar_t* y, int64_t n, int64_t r0, int64_t r1, bool log);
+  // stream: write y with non-temporal stores (an output larger than the caches).
+  void (*fwd_rows)(const scalar_t* x, scalar_t* y, int64_t n, int64_t r0, int64_t r1, bool log, bool stream);
   void (*fwd_cols)(const scalar_t* x, scalar_t* y, int64_t n, int64_t inner, int64_t u0, int64_t u1, bool log);
-  // stream: write gx with non-temporal stores (an output larger than the caches).
   void (*bwd_rows)(const scalar_t* g, const scalar_t* y, scalar_t* gx, int64_t n, int64_t r0, int64_t r1, bool log,
                    bool stream);
   void (*bwd_cols)(const scalar_t* g, const scalar_t* y, scalar_t* gx, int64_t n, int64_t inner, int64_t u0,

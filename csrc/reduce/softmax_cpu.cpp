@@ -34,8 +34,9 @@ at::Tensor softmax_forward(const char* op, const at::Tensor& x, int64_t dim, boo
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     if (sh.inner == 1) {
+      const bool stream = static_cast<int64_t>(y.nbytes()) > kSoftmaxStreamBytes;
       at::parallel_for(0, sh.outer, grain_for(sh.n),
-                       [&](int64_t r0, int64_t r1) { f.fwd_rows(xp, yp, sh.n, r0, r1, log); });
+                       [&](int64_t r0, int64_t r1) { f.fwd_rows(xp, yp, sh.n, r0, r1, log, stream); });
     } else {
       const int64_t units = sh.outer * ((sh.inner + kSoftmaxColTile - 1) / kSoftmaxColTile);
       at::parallel_for(0, units, grain_for(sh.n * kSoftmaxColTile), [&](int64_t u0, int64_t u1) {
@@ -60,8 +61,7 @@ at::Tensor softmax_backward(const char* op, const at::Tensor& grad, const at::Te
     const scalar_t* yp = yc.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     if (sh.inner == 1) {
-      // Past 32 MB the output cannot stay in cache for the next op: stream it.
-      const bool stream = gx.nbytes() > (32u << 20);
+      const bool stream = static_cast<int64_t>(gx.nbytes()) > kSoftmaxStreamBytes;
       at::parallel_for(0, sh.outer, grain_for(sh.n),
                        [&](int64_t r0, int64_t r1) { f.bwd_rows(gp, yp, gxp, sh.n, r0, r1, log, stream); });
     } else {

@@ -28,6 +28,57 @@ using at::vec::Vectorized;
 
 using namespace vec_io;
 
+// Non-temporal store of a float32 vector at a vector-aligned address: the line
+// goes to memory without first being read into the cache (no read-for-
+// ownership), a third less DRAM traffic for an output too big to stay cached.
+template <typename T, typename V>
+inline bool stream_store(T* p, const V& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_stream_ps(p, v);
+    return true;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    _mm256_stream_ps(p, v);
+    return true;
+  }
+#endif
+  return false;
+}
+
+// Writes out[0..n) = value(i, count) vector by vector (count < L only at the
+// edges). With stream, the body between the first and last vector-aligned
+// addresses uses non-temporal stores.
+template <typename T, typename F>
+inline void write_vectors(T* out, int64_t n, bool stream, F value) {
+  constexpr int64_t L = IO<T>::L;
+  int64_t i = 0;
+  if (stream) {
+    const auto misalign = reinterpret_cast<std::uintptr_t>(out) % (L * sizeof(T));
+    const int64_t head = misalign == 0 ? 0 : std::min<int64_t>(n, (L * sizeof(T) - misalign) / sizeof(T));
+    if (head > 0) IO<T>::store_part(out, value(0, head), head);
+    for (i = head; i + L <= n; i += L) {
+      const auto v = value(i, L);
+      if (!stream_store(out + i, v)) IO<T>::store(out + i, v);
+    }
+  }
+  for (; i + L <= n; i += L) IO<T>::store(out + i, value(i, L));
+  if (i < n) IO<T>::store_part(out + i, value(i, n - i), n - i);
+}
+
+// Loads count (<= L) elements; missing lanes are 0.
+template <typename T>
+inline Vectorized<acc_t<T>> load_n(const T* p, int64_t count) {
+  return count == IO<T>::L ? IO<T>::load(p) : IO<T>::load_part(p, count, 0);
+}
+
+inline void stream_fence(bool stream) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if (stream) _mm_sfence();  // streaming stores are visible to other threads after this
+#endif
+}
+
 // ---- forward, inner == 1 ------------------------------------------------------
 // The row is walked in blocks of kBlockVecs vectors (L1-resident): the block's
 // lane-wise max first (no exp), then one rescale of the running sum and one exp
@@ -41,14 +92,18 @@ using namespace vec_io;
 constexpr int64_t kBlockVecs = 64;
 
 template <typename T>
-void fwd_row(const T* x, T* y, int64_t n, bool log, std::vector<acc_t<T>>& block_max) {
+void fwd_row(const T* x, T* y, int64_t n, bool log, bool stream, std::vector<acc_t<T>>& block_max) {
+  // softmax keeps its exps in y even for large outputs: recomputing them to
+  // stream y out measured 0.80x torch on 4096x4096 against 1.07x this way.
+  // log_softmax's output pass needs no exp, so only it streams.
+  const bool keep_exps = !log;
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
   constexpr int64_t B = kBlockVecs * L;
   const A ninf = -std::numeric_limits<A>::infinity();
   const int64_t nblocks = (n + B - 1) / B;
-  if (!log) block_max.resize(nblocks * L);
+  if (keep_exps) block_max.resize(nblocks * L);
   V m(ninf), s(0);
   for (int64_t b = 0; b < nblocks; ++b) {
     const int64_t start = b * B, len = std::min(B, n - start);
@@ -61,7 +116,7 @@ void fwd_row(const T* x, T* y, int64_t n, bool log, std::vector<acc_t<T>>& block
       V e0(0), e1(0);
       for (int64_t k = 0; k < full; ++k) {
         const V e = vexp(IO<T>::load(xb + k * L) - mn);
-        if (!log) IO<T>::store(y + start + k * L, e);
+        if (keep_exps) IO<T>::store(y + start + k * L, e);
         (k & 1 ? e1 : e0) += e;
       }
       if (rest) {
@@ -69,12 +124,12 @@ void fwd_row(const T* x, T* y, int64_t n, bool log, std::vector<acc_t<T>>& block
         // the whole block is dropped by online_update).
         const V e = V::blendv(vexp(IO<T>::load_part(xb + full * L, rest, ninf) - mn), V(0),
                               IO<T>::load_part(xb + full * L, rest, ninf) == V(ninf));
-        if (!log) IO<T>::store_part(y + start + full * L, e, rest);
+        if (keep_exps) IO<T>::store_part(y + start + full * L, e, rest);
         e0 += e;
       }
       return e0 + e1;
     });
-    if (!log) m.store(block_max.data() + b * L);
+    if (keep_exps) m.store(block_max.data() + b * L);
   }
   // Combine the lanes: M = max of lane maxima, S = sum of lane sums rescaled to M.
   alignas(64) A ml[L], sl[L];
@@ -95,9 +150,7 @@ void fwd_row(const T* x, T* y, int64_t n, bool log, std::vector<acc_t<T>>& block
   if (log) {
     // (x - M) - log S: x - M is exact near the max, as in torch's kernel.
     const V vm(M), ls(std::log(S));
-    int64_t i = 0;
-    for (; i + L <= n; i += L) IO<T>::store(y + i, (IO<T>::load(x + i) - vm) - ls);
-    if (i < n) IO<T>::store_part(y + i, (IO<T>::load_part(x + i, n - i, 0) - vm) - ls, n - i);
+    write_vectors(y, n, stream, [&](int64_t i, int64_t c) { return (load_n(x + i, c) - vm) - ls; });
     return;
   }
   // y holds exp(x - m_b) with m_b the running lane max at block b: rescale by
@@ -120,9 +173,10 @@ void fwd_row(const T* x, T* y, int64_t n, bool log, std::vector<acc_t<T>>& block
 }
 
 template <typename T>
-void fwd_rows(const T* x, T* y, int64_t n, int64_t r0, int64_t r1, bool log) {
+void fwd_rows(const T* x, T* y, int64_t n, int64_t r0, int64_t r1, bool log, bool stream) {
   std::vector<acc_t<T>> block_max;  // one allocation per task, reused across its rows
-  for (int64_t r = r0; r < r1; ++r) fwd_row(x + r * n, y + r * n, n, log, block_max);
+  for (int64_t r = r0; r < r1; ++r) fwd_row(x + r * n, y + r * n, n, log, stream, block_max);
+  stream_fence(stream);
 }
 
 // ---- forward, inner > 1 --------------------------------------------------------
@@ -199,25 +253,6 @@ void fwd_cols(const T* x, T* y, int64_t n, int64_t inner, int64_t u0, int64_t u1
 // ---- backward -----------------------------------------------------------------
 // softmax:     gx = y * (g - sum(g * y))
 // log_softmax: gx = g - exp(y) * sum(g)
-// Non-temporal store of a float32 vector at a vector-aligned address: the line
-// goes to memory without first being read into the cache (no read-for-
-// ownership), a third less DRAM traffic for an output too big to stay cached.
-template <typename T, typename V>
-inline bool stream_store(T* p, const V& v) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<T, float>) {
-    _mm512_stream_ps(p, v);
-    return true;
-  }
-#elif defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<T, float>) {
-    _mm256_stream_ps(p, v);
-    return true;
-  }
-#endif
-  return false;
-}
-
 // kLog is a template parameter so each loop body is branch-free.
 template <typename T, bool kLog>
 void bwd_row(const T* g, const T* y, T* gx, int64_t n, bool stream) {
@@ -237,31 +272,11 @@ void bwd_row(const T* g, const T* y, T* gx, int64_t n, bool stream) {
     const V gv = IO<T>::load_part(g + i, k, 0);
     acc[0] += kLog ? gv : gv * IO<T>::load_part(y + i, k, 0);
   }
-  const A dot_s = at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, (acc[0] + acc[1]) + (acc[2] + acc[3]));
-  const V dot(dot_s);
-  auto grad = [&](int64_t j) {
-    const V gv = IO<T>::load(g + j), yv = IO<T>::load(y + j);
+  const V dot(at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, (acc[0] + acc[1]) + (acc[2] + acc[3])));
+  write_vectors(gx, n, stream, [&](int64_t i, int64_t c) {
+    const V gv = load_n(g + i, c), yv = load_n(y + i, c);
     return kLog ? gv - vexp(yv) * dot : yv * (gv - dot);
-  };
-  i = 0;
-  if (stream) {
-    // Plain stores up to the first vector-aligned address, then streaming ones.
-    const auto misalign = reinterpret_cast<std::uintptr_t>(gx) % (L * sizeof(T));
-    const int64_t head = misalign == 0 ? 0 : std::min<int64_t>(n, (L * sizeof(T) - misalign) / sizeof(T));
-    for (; i < head; ++i) {
-      const A gv = static_cast<A>(g[i]), yv = static_cast<A>(y[i]);
-      gx[i] = static_cast<T>(kLog ? gv - std::exp(yv) * dot_s : yv * (gv - dot_s));
-    }
-    for (; i + L <= n; i += L) {
-      const V r = grad(i);
-      if (!stream_store(gx + i, r)) IO<T>::store(gx + i, r);
-    }
-  }
-  for (; i + L <= n; i += L) IO<T>::store(gx + i, grad(i));
-  if (i < n) {
-    const V gv = IO<T>::load_part(g + i, n - i, 0), yv = IO<T>::load_part(y + i, n - i, 0);
-    IO<T>::store_part(gx + i, kLog ? gv - vexp(yv) * dot : yv * (gv - dot), n - i);
-  }
+  });
 }
 
 template <typename T>
@@ -273,9 +288,7 @@ void bwd_rows(const T* g, const T* y, T* gx, int64_t n, int64_t r0, int64_t r1, 
       bwd_row<T, false>(g + r * n, y + r * n, gx + r * n, n, stream);
     }
   }
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  if (stream) _mm_sfence();  // streaming stores are visible to other threads after this
-#endif
+  stream_fence(stream);
 }
 
 template <typename T>
