@@ -4,8 +4,9 @@
 // elements; pairs are merged by warp shuffles (and shared memory across the
 // warps of a block), then a second pass writes the output. Columns (inner > 1):
 // one thread per column, adjacent threads on adjacent columns, so every row
-// step is a coalesced load; no transposing copy. Bound: memory (one read of x
-// for the statistics, one read and one write for the output).
+// step is a coalesced load; no transposing copy. Rows are read and written in
+// 16-byte packs when aligned. Bound: memory (one read of x for the statistics,
+// one read and one write for the output). Not yet run on a GPU.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -110,15 +111,13 @@ __global__ void fwd_rows(const T* __restrict__ x, T* __restrict__ y, int64_t row
   const T* xr = x + row * n;
   T* yr = y + row * n;
   MaxSum<A> st{-std::numeric_limits<A>::infinity(), A(0)};
-  for (int64_t i = tid; i < n; i += nthreads) st = merge(st, MaxSum<A>{static_cast<A>(xr[i]), A(1)});
+  cuda::for_each_packed(xr, n, tid, nthreads,
+                        [&](T v, int64_t) { st = merge(st, MaxSum<A>{static_cast<A>(v), A(1)}); });
   st = kWarpRow ? warp_merge(st) : block_merge(st);
-  if (log) {
-    const A ls = dlog(st.s);
-    for (int64_t i = tid; i < n; i += nthreads) yr[i] = static_cast<T>((static_cast<A>(xr[i]) - st.m) - ls);
-  } else {
-    const A inv = A(1) / st.s;
-    for (int64_t i = tid; i < n; i += nthreads) yr[i] = static_cast<T>(dexp(static_cast<A>(xr[i]) - st.m) * inv);
-  }
+  const A M = st.m, ls = dlog(st.s), inv = A(1) / st.s;
+  cuda::map_packed<T>(xr, nullptr, yr, n, tid, nthreads, [&](T v, T) {
+    return static_cast<T>(log ? (static_cast<A>(v) - M) - ls : dexp(static_cast<A>(v) - M) * inv);
+  });
 }
 
 template <typename T>
@@ -150,15 +149,16 @@ __global__ void bwd_rows(const T* __restrict__ g, const T* __restrict__ y, T* __
   const int nthreads = kWarpRow ? kWarp : kBlockThreads;
   const int64_t off = row * n;
   A acc = 0;
-  for (int64_t i = tid; i < n; i += nthreads) {
-    const A gv = static_cast<A>(g[off + i]);
-    acc += log ? gv : gv * static_cast<A>(y[off + i]);
+  if (log) {
+    cuda::for_each_packed(g + off, n, tid, nthreads, [&](T v, int64_t) { acc += static_cast<A>(v); });
+  } else {
+    for (int64_t i = tid; i < n; i += nthreads) acc += static_cast<A>(g[off + i]) * static_cast<A>(y[off + i]);
   }
   const A dot = kWarpRow ? warp_sum(acc) : block_sum(acc);
-  for (int64_t i = tid; i < n; i += nthreads) {
-    const A gv = static_cast<A>(g[off + i]), yv = static_cast<A>(y[off + i]);
-    gx[off + i] = static_cast<T>(log ? gv - dexp(yv) * dot : yv * (gv - dot));
-  }
+  cuda::map_packed<T>(g + off, y + off, gx + off, n, tid, nthreads, [&](T gt, T yt) {
+    const A gv = static_cast<A>(gt), yv = static_cast<A>(yt);
+    return static_cast<T>(log ? gv - dexp(yv) * dot : yv * (gv - dot));
+  });
 }
 
 template <typename T>
