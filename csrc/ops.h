@@ -3,7 +3,9 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/SymIntArrayRef.h>
 #include <c10/util/OptionalArrayRef.h>
+#include <c10/util/string_view.h>
 
 #include <tuple>
 
@@ -28,6 +30,18 @@ std::tuple<at::Tensor, at::Tensor> reduce_max_autograd(const at::Tensor& x, int6
 std::tuple<at::Tensor, at::Tensor> reduce_min_autograd(const at::Tensor& x, int64_t dim, bool keepdim);
 at::Tensor logsumexp_autograd(const at::Tensor& x, at::IntArrayRef dim, bool keepdim);
 at::Tensor log_softmax_autograd(const at::Tensor& x, int64_t dim);
+
+// ---- scatter_nd/ : ScatterND with ONNX semantics --------------------------
+at::Tensor scatter_nd_cpu(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
+                          c10::string_view reduction);
+void scatter_nd__cpu(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
+                     c10::string_view reduction);
+at::Tensor scatter_nd_of_shape_cpu(c10::SymIntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates,
+                                   c10::string_view reduction);
+at::Tensor masked_scatter_nd_of_shape_cpu(c10::SymIntArrayRef shape, const at::Tensor& indices,
+                                          const at::Tensor& updates, int64_t masked_value,
+                                          c10::string_view reduction);
+
 #ifdef TEACHCOMPUTE_EXT_WITH_CUDA
 at::Tensor vector_sum_cuda(const at::Tensor& x);
 at::Tensor softmax_cuda(const at::Tensor& x, int64_t dim);
@@ -39,6 +53,15 @@ at::Tensor reduce_mean_cuda(const at::Tensor& x, at::OptionalIntArrayRef dim, bo
 std::tuple<at::Tensor, at::Tensor> reduce_max_cuda(const at::Tensor& x, int64_t dim, bool keepdim);
 std::tuple<at::Tensor, at::Tensor> reduce_min_cuda(const at::Tensor& x, int64_t dim, bool keepdim);
 at::Tensor logsumexp_cuda(const at::Tensor& x, at::IntArrayRef dim, bool keepdim);
+at::Tensor scatter_nd_cuda(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
+                           c10::string_view reduction);
+void scatter_nd__cuda(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
+                      c10::string_view reduction);
+at::Tensor scatter_nd_of_shape_cuda(c10::SymIntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates,
+                                    c10::string_view reduction);
+at::Tensor masked_scatter_nd_of_shape_cuda(c10::SymIntArrayRef shape, const at::Tensor& indices,
+                                           const at::Tensor& updates, int64_t masked_value,
+                                           c10::string_view reduction);
 #endif
 
 }  // namespace teachcompute_ext

@@ -1,6 +1,7 @@
 // Every schema of teachcompute_ext, one comment each, and the kernels behind them:
-// CPU, CUDA and Autograd (C++, see reduce/reduce_autograd.cpp for why). Fake
-// kernels are registered from Python, in teachcompute_ext/ops/<family>.py.
+// CPU, CUDA and Autograd (C++ for the reductions, see reduce/reduce_autograd.cpp
+// for why). Fake kernels, and the scatter family's autograd, are registered
+// from Python, in teachcompute_ext/ops/<family>.py.
 #include <torch/library.h>
 
 #include "ops.h"
@@ -29,6 +30,22 @@ TORCH_LIBRARY(teachcompute_ext, m) {
   m.def("softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
   // Gradient of log_softmax given its output: grad - exp(out) * sum(grad, dim), fused.
   m.def("log_softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
+
+  // ---- scatter_nd -----------------------------------------------------------
+  // ONNX ScatterND (opset 18) on a copy of data; reduction: none, add, mul, max, min.
+  m.def("scatter_nd(Tensor data, Tensor indices, Tensor updates, str reduction=\"none\") -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // The same, in place on data.
+  m.def("scatter_nd_(Tensor(a!) data, Tensor indices, Tensor updates, str reduction=\"none\") -> ()",
+        {at::Tag::pt2_compliant_tag});
+  // ScatterND into zeros of `shape`: the backward of a gather or an embedding.
+  m.def("scatter_nd_of_shape(SymInt[] shape, Tensor indices, Tensor updates, str reduction=\"add\") -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // scatter_nd_of_shape that skips the updates whose index equals masked_value (padding rows).
+  m.def(
+      "masked_scatter_nd_of_shape(SymInt[] shape, Tensor indices, Tensor updates, int masked_value, "
+      "str reduction=\"add\") -> Tensor",
+      {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
@@ -38,6 +55,10 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
   m.impl("reduce_max", &teachcompute_ext::reduce_max_cpu);
   m.impl("reduce_min", &teachcompute_ext::reduce_min_cpu);
   m.impl("logsumexp", &teachcompute_ext::logsumexp_cpu);
+  m.impl("scatter_nd", &teachcompute_ext::scatter_nd_cpu);
+  m.impl("scatter_nd_", &teachcompute_ext::scatter_nd__cpu);
+  m.impl("scatter_nd_of_shape", &teachcompute_ext::scatter_nd_of_shape_cpu);
+  m.impl("masked_scatter_nd_of_shape", &teachcompute_ext::masked_scatter_nd_of_shape_cpu);
   m.impl("softmax", &teachcompute_ext::softmax_cpu);
   m.impl("log_softmax", &teachcompute_ext::log_softmax_cpu);
   m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cpu);
@@ -63,6 +84,10 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, CUDA, m) {
   m.impl("reduce_max", &teachcompute_ext::reduce_max_cuda);
   m.impl("reduce_min", &teachcompute_ext::reduce_min_cuda);
   m.impl("logsumexp", &teachcompute_ext::logsumexp_cuda);
+  m.impl("scatter_nd", &teachcompute_ext::scatter_nd_cuda);
+  m.impl("scatter_nd_", &teachcompute_ext::scatter_nd__cuda);
+  m.impl("scatter_nd_of_shape", &teachcompute_ext::scatter_nd_of_shape_cuda);
+  m.impl("masked_scatter_nd_of_shape", &teachcompute_ext::masked_scatter_nd_of_shape_cuda);
   m.impl("softmax", &teachcompute_ext::softmax_cuda);
   m.impl("log_softmax", &teachcompute_ext::log_softmax_cuda);
   m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cuda);

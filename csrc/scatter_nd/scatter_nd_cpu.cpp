@@ -1,0 +1,176 @@
+// ScatterND family on the CPU. Three steps, all deterministic:
+//  1. each index tuple -> destination row (checked: out of range is an error);
+//  2. a stable bucketing of the updates by destination (counting sort when the
+//     rows are few enough, else a stable sort), so duplicates keep index order;
+//  3. in parallel over destinations (no two threads share one, so no races and
+//     no atomics), the per-ISA kernel applies each destination's updates.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "ops.h"
+#include "scatter_nd/scatter_nd.h"
+#include "scatter_nd/scatter_nd_kernels.h"
+
+namespace teachcompute_ext {
+namespace {
+
+constexpr int64_t kSkip = -1;  // a masked update
+
+template <typename scalar_t>
+const ScatterFns<scalar_t>& scatter_fns() {
+  static const ScatterKernels& k = TCE_ISA_TABLE(kScatterKernels);
+  return for_dtype<scalar_t>(k);
+}
+
+// Destination row of every update, or kSkip for masked ones.
+template <typename index_t>
+std::vector<int64_t> destination_rows(const char* op, const index_t* idx, const ScatterShape& s,
+                                      at::IntArrayRef shape, const int64_t* masked_value) {
+  std::vector<int64_t> rows(s.n_updates);
+  at::parallel_for(0, s.n_updates, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const index_t* t = idx + i * s.k;
+      if (masked_value != nullptr && static_cast<int64_t>(t[0]) == *masked_value) {
+        rows[i] = kSkip;
+        continue;
+      }
+      int64_t row = 0;
+      for (int64_t d = 0; d < s.k; ++d) {
+        const int64_t v = static_cast<int64_t>(t[d]), size = shape[d];
+        // Compared before any arithmetic: no value can wrap into range.
+        TORCH_CHECK_INDEX(v >= -size && v < size, "teachcompute_ext.", op, ": index ", v, " out of range for dim ",
+                          d, " of size ", size, " (argument 'indices', entry ", i, ")");
+        row = row * size + (v < 0 ? v + size : v);
+      }
+      rows[i] = row;
+    }
+  });
+  return rows;
+}
+
+struct Segment {
+  int64_t row, begin, end;  // order[begin..end) go to `row`
+};
+
+// Stable bucketing of the updates by destination.
+void bucketize(const std::vector<int64_t>& rows, int64_t n_rows, std::vector<int64_t>& order,
+               std::vector<Segment>& segs) {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  order.clear();
+  segs.clear();
+  if (n_rows <= 4 * n + (1 << 20)) {
+    std::vector<int64_t> start(n_rows + 1, 0);
+    for (int64_t r : rows) {
+      if (r != kSkip) ++start[r + 1];
+    }
+    for (int64_t r = 0; r < n_rows; ++r) {
+      if (start[r + 1] > 0) segs.push_back({r, start[r], start[r] + start[r + 1]});
+      start[r + 1] += start[r];
+    }
+    order.resize(start[n_rows]);
+    for (int64_t i = 0; i < n; ++i) {
+      if (rows[i] != kSkip) order[start[rows[i]]++] = i;
+    }
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (rows[i] != kSkip) order.push_back(i);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rows[a] < rows[b]; });
+  for (int64_t b = 0; b < static_cast<int64_t>(order.size());) {
+    int64_t e = b + 1;
+    while (e < static_cast<int64_t>(order.size()) && rows[order[e]] == rows[order[b]]) ++e;
+    segs.push_back({rows[order[b]], b, e});
+    b = e;
+  }
+}
+
+// Scatters into `out` (contiguous, of `shape`), in place.
+void scatter_into(const char* op, at::Tensor& out, at::IntArrayRef shape, const at::Tensor& indices_in,
+                  const at::Tensor& updates_in, ScatterReduction red, const ScatterShape& s,
+                  const int64_t* masked_value) {
+  const at::Tensor indices = indices_in.contiguous();
+  const at::Tensor updates = updates_in.contiguous();
+  std::vector<int64_t> rows;
+  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "scatter_nd_indices", [&] {
+    rows = destination_rows<index_t>(op, indices.const_data_ptr<index_t>(), s, shape, masked_value);
+  });
+  // The indices were checked even when there is nothing to write.
+  if (s.slice == 0 || out.numel() == 0) return;
+  std::vector<int64_t> order;
+  std::vector<Segment> segs;
+  bucketize(rows, s.n_rows, order, segs);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "scatter_nd_cpu", [&] {
+    const auto& f = scatter_fns<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* u = updates.const_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, s.slice));
+    at::parallel_for(0, static_cast<int64_t>(segs.size()), grain, [&](int64_t b, int64_t e) {
+      for (int64_t g = b; g < e; ++g) {
+        const Segment& sg = segs[g];
+        f.apply(o + sg.row * s.slice, u, order.data() + sg.begin, sg.end - sg.begin, s.slice,
+                static_cast<int>(red));
+      }
+    });
+  });
+}
+
+}  // namespace
+
+at::Tensor scatter_nd_cpu(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
+                          c10::string_view reduction) {
+  const char* op = "scatter_nd";
+  const ScatterReduction red = parse_reduction(op, reduction);
+  const ScatterShape s = check_scatter(op, data.sizes(), data.scalar_type(), indices, updates, true);
+  at::Tensor out = data.clone(at::MemoryFormat::Contiguous);
+  scatter_into(op, out, data.sizes(), indices, updates, red, s, nullptr);
+  return out;
+}
+
+void scatter_nd__cpu(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
+                     c10::string_view reduction) {
+  const char* op = "scatter_nd_";
+  const ScatterReduction red = parse_reduction(op, reduction);
+  const ScatterShape s = check_scatter(op, data.sizes(), data.scalar_type(), indices, updates, true);
+  if (data.is_contiguous()) {
+    at::Tensor out = data;
+    scatter_into(op, out, data.sizes(), indices, updates, red, s, nullptr);
+  } else {
+    at::Tensor out = data.contiguous();
+    scatter_into(op, out, data.sizes(), indices, updates, red, s, nullptr);
+    const_cast<at::Tensor&>(data).copy_(out);
+  }
+}
+
+at::Tensor scatter_nd_of_shape_cpu(c10::SymIntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates,
+                                   c10::string_view reduction) {
+  const char* op = "scatter_nd_of_shape";
+  const ScatterReduction red = parse_reduction(op, reduction);
+  const at::IntArrayRef sh = C10_AS_INTARRAYREF_SLOW(shape);
+  const ScatterShape s = check_scatter(op, sh, updates.scalar_type(), indices, updates, false);
+  at::Tensor out = at::zeros(sh, updates.options());
+  scatter_into(op, out, sh, indices, updates, red, s, nullptr);
+  return out;
+}
+
+at::Tensor masked_scatter_nd_of_shape_cpu(c10::SymIntArrayRef shape, const at::Tensor& indices,
+                                          const at::Tensor& updates, int64_t masked_value,
+                                          c10::string_view reduction) {
+  const char* op = "masked_scatter_nd_of_shape";
+  const ScatterReduction red = parse_reduction(op, reduction);
+  const at::IntArrayRef sh = C10_AS_INTARRAYREF_SLOW(shape);
+  const ScatterShape s = check_scatter(op, sh, updates.scalar_type(), indices, updates, false);
+  TORCH_CHECK(s.k == 1, "teachcompute_ext.", op, ": 'indices' must end in a dim of 1 (k = 1), got shape ",
+              indices.sizes());
+  at::Tensor out = at::zeros(sh, updates.options());
+  scatter_into(op, out, sh, indices, updates, red, s, &masked_value);
+  return out;
+}
+
+}  // namespace teachcompute_ext

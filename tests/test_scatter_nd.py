@@ -1,0 +1,278 @@
+"""ScatterND family: scatter_nd, scatter_nd_, scatter_nd_of_shape, masked_scatter_nd_of_shape.
+
+The oracle is ONNX's reference implementation (onnx.reference.ReferenceEvaluator
+on a one-node model), and onnxruntime's ScatterND where it supports the case.
+"""
+import numpy as np
+import pytest
+import torch
+
+import teachcompute_ext
+from conftest import DEVICES
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
+from onnx.reference import ReferenceEvaluator  # noqa: E402
+
+REDUCTIONS = ["none", "add", "mul", "max", "min"]
+NP_TYPES = {torch.float32: TensorProto.FLOAT, torch.float64: TensorProto.DOUBLE, torch.float16: TensorProto.FLOAT16}
+
+
+def _model(reduction, elem):
+    attrs = {} if reduction == "none" else {"reduction": reduction}
+    node = helper.make_node("ScatterND", ["data", "indices", "updates"], ["out"], **attrs)
+    graph = helper.make_graph(
+        [node], "scatter",
+        [helper.make_tensor_value_info("data", elem, None), helper.make_tensor_value_info("indices", TensorProto.INT64, None),
+         helper.make_tensor_value_info("updates", elem, None)],
+        [helper.make_tensor_value_info("out", elem, None)])
+    # IR version 10: what onnxruntime reads (the onnx package writes a newer one by default).
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def onnx_reference(data, indices, updates, reduction):
+    """ONNX's own ScatterND on float64 copies (bfloat16 has no numpy type)."""
+    ref = ReferenceEvaluator(_model(reduction, TensorProto.DOUBLE))
+    feeds = {"data": data.double().cpu().numpy(), "indices": indices.long().cpu().numpy(),
+             "updates": updates.double().cpu().numpy()}
+    return torch.from_numpy(ref.run(None, feeds)[0])
+
+
+def _case(shape, k, n, seed, dtype=torch.float32, device="cpu", duplicates=True):
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randn(shape, generator=g, dtype=torch.float64)
+    if duplicates:
+        idx = torch.stack([torch.randint(-s, s, (n,), generator=g) for s in shape[:k]], dim=-1)
+    else:
+        n_rows = int(np.prod(shape[:k]))
+        flat = torch.randperm(n_rows, generator=g)[:n]
+        idx = torch.stack(torch.unravel_index(flat, shape[:k]), dim=-1)
+    updates = torch.randn((n,) + tuple(shape[k:]), generator=g, dtype=torch.float64)
+    return data.to(device, dtype), idx.to(device), updates.to(device, dtype)
+
+
+def _tol(dtype):
+    return {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12),
+            torch.float16: dict(rtol=2e-3, atol=2e-3), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_scatter_nd_matches_onnx_reference(reduction, k, dtype, device):
+    # Many random cases, duplicates included (none: the last one wins, as in ONNX's reference loop).
+    for seed in range(4):
+        data, idx, upd = _case((6, 5, 4), k, 9, seed * 10 + k, dtype, device)
+        if reduction == "mul":  # keep products of half types in range
+            upd = upd.clamp(-2, 2)
+        ref = onnx_reference(data, idx, upd, reduction)
+        out = teachcompute_ext.scatter_nd(data, idx, upd, reduction)
+        assert out.shape == data.shape and out.dtype == dtype
+        torch.testing.assert_close(out.double().cpu(), ref, **_tol(dtype))
+
+
+@pytest.mark.parametrize("reduction", ["add", "mul", "max", "min", "none"])
+def test_scatter_nd_matches_onnxruntime(reduction):
+    ort = pytest.importorskip("onnxruntime")
+    data, idx, upd = _case((50, 8), 1, 30, 77, duplicates=(reduction != "none"))
+    sess = ort.InferenceSession(_model(reduction, TensorProto.FLOAT).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {"data": data.numpy(), "indices": idx.numpy(), "updates": upd.numpy()})[0]
+    torch.testing.assert_close(teachcompute_ext.scatter_nd(data, idx, upd, reduction), torch.from_numpy(ref))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scatter_nd_int32_indices_and_non_contiguous_inputs(device):
+    data, idx, upd = _case((7, 6, 5), 2, 11, 3, device=device)
+    ref = onnx_reference(data, idx, upd, "add")
+    torch.testing.assert_close(teachcompute_ext.scatter_nd(data, idx.int(), upd, "add").double().cpu(), ref)
+    dt = data.transpose(0, 2).contiguous().transpose(0, 2)   # same values, other strides
+    it = idx.t().contiguous().t()
+    ut = upd.t().contiguous().t()
+    assert not dt.is_contiguous() and not it.is_contiguous() and not ut.is_contiguous()
+    torch.testing.assert_close(teachcompute_ext.scatter_nd(dt, it, ut, "add").double().cpu(), ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scatter_nd_in_place(device):
+    data, idx, upd = _case((8, 3), 1, 5, 4, device=device)
+    ref = onnx_reference(data, idx, upd, "max")
+    d = data.clone()
+    assert teachcompute_ext.scatter_nd_(d, idx, upd, "max") is d
+    torch.testing.assert_close(d.double().cpu(), ref)
+    dn = data.t().contiguous().t()  # non-contiguous data, updated in place
+    teachcompute_ext.scatter_nd_(dn, idx, upd, "max")
+    torch.testing.assert_close(dn.double().cpu(), ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["add", "none", "max"])
+def test_scatter_nd_of_shape_and_masked(reduction, device):
+    _, idx, upd = _case((20, 6), 1, 40, 5, device=device)
+    zeros = torch.zeros(20, 6, device=device)
+    ref = onnx_reference(zeros, idx, upd, reduction)
+    out = teachcompute_ext.scatter_nd_of_shape([20, 6], idx, upd, reduction)
+    torch.testing.assert_close(out.double().cpu(), ref)
+    masked_idx = idx.clone()
+    masked_idx[::3] = -1  # padding: skipped, although -1 would be a valid (wrapped) index
+    keep = (masked_idx[:, 0] != -1)
+    ref_m = onnx_reference(zeros, masked_idx[keep], upd[keep], reduction)
+    out_m = teachcompute_ext.masked_scatter_nd_of_shape([20, 6], masked_idx, upd, -1, reduction)
+    torch.testing.assert_close(out_m.double().cpu(), ref_m)
+    # masked_value far outside the valid range is accepted
+    out_far = teachcompute_ext.masked_scatter_nd_of_shape([20, 6], idx, upd, 10**12, reduction)
+    torch.testing.assert_close(out_far, out)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scatter_nd_empty(device):
+    data, idx, upd = _case((5, 3), 1, 4, 6, device=device)
+    out = teachcompute_ext.scatter_nd(data, idx[:0], upd[:0], "add")
+    assert torch.equal(out, data)
+    e = torch.empty(0, 3, device=device)
+    assert teachcompute_ext.scatter_nd(e, torch.empty(0, 1, dtype=torch.long, device=device),
+                                       torch.empty(0, 3, device=device)).shape == (0, 3)
+    assert teachcompute_ext.scatter_nd_of_shape([4, 0], idx[:2], torch.empty(2, 0, device=device)).shape == (4, 0)
+
+
+@pytest.mark.parametrize("bad", [5, -6, 7, 2**62, 2**63 - 1, -(2**63), 2**62 + 3])
+def test_scatter_nd_cpu_out_of_range_is_an_error_whatever_its_size(bad):
+    data = torch.randn(5, 3)
+    idx = torch.tensor([[0], [bad], [1]])
+    with pytest.raises(IndexError, match=rf"teachcompute_ext.scatter_nd: index {bad} out of range for dim 0 of size 5 "
+                                         r"\(argument 'indices', entry 1\)"):
+        teachcompute_ext.scatter_nd(data, idx, torch.randn(3, 3), "add")
+    # k = 2: the second dim's size is the one named
+    with pytest.raises(IndexError, match=rf"index {bad} out of range for dim 1 of size 3"):
+        teachcompute_ext.scatter_nd(data, torch.tensor([[0, bad]]), torch.randn(1), "add")
+    with pytest.raises(IndexError, match="out of range"):
+        teachcompute_ext.scatter_nd_of_shape([5, 3], idx, torch.randn(3, 3))
+    with pytest.raises(IndexError, match="out of range"):
+        teachcompute_ext.masked_scatter_nd_of_shape([5, 3], idx, torch.randn(3, 3), -1)
+
+
+def test_scatter_nd_bad_input():
+    data = torch.randn(5, 4)
+    idx = torch.tensor([[1], [2]])
+    with pytest.raises(RuntimeError, match=r"teachcompute_ext.scatter_nd: 'updates' has shape \[2, 3\] but indices "
+                                           r"\[2, 1\] and data \[5, 4\] need \[2, 4\]"):
+        teachcompute_ext.scatter_nd(data, idx, torch.randn(2, 3))
+    with pytest.raises(RuntimeError, match=r"the last dim of 'indices' \(k = 3\) must be in \[1, rank of data = 2\]"):
+        teachcompute_ext.scatter_nd(data, torch.zeros(2, 3, dtype=torch.long), torch.randn(2))
+    with pytest.raises(TypeError, match=r"'updates' has dtype torch.float64 but 'data' has dtype torch.float32"):
+        teachcompute_ext.scatter_nd(data, idx, torch.randn(2, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"unsupported dtype torch.float32 for argument 'indices' \(expected int64 or int32\)"):
+        teachcompute_ext.scatter_nd(data, idx.float(), torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"unknown reduction 'sum' for argument 'reduction' \(expected one of none, add, "
+                                         r"mul, max, min\)"):
+        teachcompute_ext.scatter_nd(data, idx, torch.randn(2, 4), "sum")
+    with pytest.raises(RuntimeError, match=r"masked_scatter_nd_of_shape: 'indices' must end in a dim of 1"):
+        teachcompute_ext.masked_scatter_nd_of_shape([5, 4], torch.zeros(2, 2, dtype=torch.long), torch.randn(2), -1)
+    # The fake kernels say the same under torch.compile.
+    with pytest.raises(Exception, match=r"'updates' has shape \[2, 3\]"):
+        torch.compile(teachcompute_ext.scatter_nd, fullgraph=True, backend="eager")(data, idx, torch.randn(2, 3))
+    with pytest.raises(Exception, match=r"unknown reduction 'sum'"):
+        torch.compile(lambda d, i, u: teachcompute_ext.scatter_nd(d, i, u, "sum"), fullgraph=True,
+                      backend="eager")(data, idx, torch.randn(2, 4))
+
+
+def test_scatter_nd_cpu_deterministic_across_thread_counts():
+    data, idx, upd = _case((300, 64), 1, 20000, 8)
+    saved = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, saved):
+            torch.set_num_threads(threads)
+            outs.append(teachcompute_ext.scatter_nd(data, idx, upd, "add"))
+            outs.append(teachcompute_ext.scatter_nd(data, idx, upd, "add"))
+    finally:
+        torch.set_num_threads(saved)
+    assert all(torch.equal(o, outs[0]) for o in outs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "add"])
+def test_scatter_nd_gradcheck(reduction, device):
+    data, idx, upd = _case((6, 4), 1, 8, 9, torch.float64, device)  # duplicates included
+    data.requires_grad_()
+    upd.requires_grad_()
+    assert torch.autograd.gradcheck(lambda d, u: teachcompute_ext.scatter_nd(d, idx, u, reduction), (data, upd))
+    _, idx2, upd2 = _case((5, 3, 2), 2, 6, 10, torch.float64, device)
+    upd2.requires_grad_()
+    assert torch.autograd.gradcheck(lambda u: teachcompute_ext.scatter_nd_of_shape([5, 3, 2], idx2, u, reduction),
+                                    (upd2,))
+    midx = idx.clone()
+    midx[1::3] = -1
+    assert torch.autograd.gradcheck(
+        lambda u: teachcompute_ext.masked_scatter_nd_of_shape([6, 4], midx, u, -1, reduction), (upd,))
+
+
+def test_scatter_nd_none_gradient_goes_to_the_winning_duplicate():
+    data = torch.zeros(3, 2, requires_grad=True)
+    upd = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], requires_grad=True)
+    idx = torch.tensor([[1], [1], [2]])
+    out = teachcompute_ext.scatter_nd(data, idx, upd)
+    out.backward(torch.ones(3, 2))
+    assert torch.equal(upd.grad, torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
+    assert torch.equal(data.grad, torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("reduction", ["mul", "max", "min"])
+def test_scatter_nd_not_differentiable_reductions_say_so(reduction):
+    data, idx, upd = _case((4, 2), 1, 3, 11)
+    upd.requires_grad_()
+    out = teachcompute_ext.scatter_nd(data, idx, upd, reduction)
+    with pytest.raises(RuntimeError, match=rf"not differentiable for reduction='{reduction}'"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_scatter_nd_opcheck(dtype, device):
+    data, idx, upd = _case((6, 5), 1, 7, 12, dtype, device)
+    grad = dtype in (torch.float32, torch.float64)
+    ops = torch.ops.teachcompute_ext
+    torch.library.opcheck(ops.scatter_nd.default, (data.requires_grad_(grad), idx, upd.requires_grad_(grad), "add"))
+    torch.library.opcheck(ops.scatter_nd.default, (data.detach(), idx, upd.detach(), "none"))
+    torch.library.opcheck(ops.scatter_nd_.default, (data.detach().clone(), idx, upd.detach(), "add"))
+    torch.library.opcheck(ops.scatter_nd_of_shape.default, ([6, 5], idx, upd.detach().requires_grad_(grad), "add"))
+    midx = idx.clone()
+    midx[::2] = -1
+    torch.library.opcheck(ops.masked_scatter_nd_of_shape.default,
+                          ([6, 5], midx, upd.detach().requires_grad_(grad), -1, "add"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scatter_nd_torch_compile_fullgraph_dynamic(device):
+    def f(data, idx, upd):
+        a = teachcompute_ext.scatter_nd(data * 2, idx, upd, "add")
+        b = teachcompute_ext.scatter_nd_of_shape(data.shape, idx, upd * 3, "add")
+        return a + b
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    for n in (5, 9, 17):
+        data, idx, upd = _case((10, 4), 1, n, n, device=device)
+        upd.requires_grad_()
+        out = compiled(data, idx, upd)
+        torch.testing.assert_close(out, f(data, idx, upd.detach()))
+        (g,) = torch.autograd.grad(out.sum(), upd)
+        torch.testing.assert_close(g, torch.full_like(upd, 4.0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or "CUDA" not in teachcompute_ext.compiled_backends(),
+                    reason="no CUDA device or CUDA not compiled")
+def test_scatter_nd_cuda_deterministic_mode_is_bitwise_reproducible_and_skips_bad_indices():
+    data, idx, upd = _case((1000, 64), 1, 50000, 13, device="cuda")
+    torch.use_deterministic_algorithms(True)
+    try:
+        outs = [teachcompute_ext.scatter_nd(data, idx, upd, "add") for _ in range(3)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(o, outs[0]) for o in outs)
+    torch.testing.assert_close(outs[0].cpu(), teachcompute_ext.scatter_nd(data.cpu(), idx.cpu(), upd.cpu(), "add"))
+    bad = idx.clone()
+    bad[0] = 10**15  # skipped on CUDA, never written
+    out = teachcompute_ext.scatter_nd(data, bad, upd, "add")
+    ref = teachcompute_ext.scatter_nd(data.cpu(), idx[1:].cpu(), upd[1:].cpu(), "add")
+    torch.testing.assert_close(out.cpu(), ref)
