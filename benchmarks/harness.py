@@ -210,10 +210,10 @@ def run_cases(cases, bound_bytes_per_s=None, bound_flops_per_s=None, rounds=15, 
 
 
 def format_table(results) -> str:
-    header = f"{'op':<22}{'shape':<16}{'dtype':<10}{'device':<7}{'ours ms':>10}  {'baseline':<22}{'ms':>10}{'ratio':>8}{'GB/s':>9}{'TF/s':>7}{'%bound':>8}"
+    header = f"{'op':<26}{'shape':<26}{'dtype':<10}{'device':<7}{'ours ms':>10}  {'baseline':<22}{'ms':>10}{'ratio':>8}{'GB/s':>9}{'TF/s':>7}{'%bound':>8}"
     lines = [header, "-" * len(header)]
     for r in results:
-        head = f"{r['op']:<22}{r['shape']:<16}{r['dtype']:<10}{r['device']:<7}"
+        head = f"{r['op']:<26}{r['shape']:<26}{r['dtype']:<10}{r['device']:<7}"
         if "error" in r:
             lines.append(head + f"  WRONG RESULT, not timed: {r['error']}")
             continue

@@ -65,6 +65,7 @@ void bucketize(const std::vector<int64_t>& rows, int64_t n_rows, std::vector<int
   order.clear();
   segs.clear();
   if (n_rows <= 4 * n + (1 << 20)) {
+    segs.reserve(std::min<int64_t>(n, n_rows));
     std::vector<int64_t> start(n_rows + 1, 0);
     for (int64_t r : rows) {
       if (r != kSkip) ++start[r + 1];
@@ -114,8 +115,8 @@ void scatter_into(const char* op, at::Tensor& out, at::IntArrayRef shape, const 
     at::parallel_for(0, static_cast<int64_t>(segs.size()), grain, [&](int64_t b, int64_t e) {
       for (int64_t g = b; g < e; ++g) {
         const Segment& sg = segs[g];
-        f.apply(o + sg.row * s.slice, u, order.data() + sg.begin, sg.end - sg.begin, s.slice,
-                static_cast<int>(red));
+        f.apply(o + sg.row * s.slice, u, order.data() + sg.begin, sg.end - sg.begin,
+                static_cast<int64_t>(order.size()) - sg.begin, s.slice, static_cast<int>(red));
       }
     });
   });

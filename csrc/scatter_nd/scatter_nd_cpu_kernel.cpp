@@ -21,9 +21,23 @@ using at::vec::Vectorized;
 using namespace vec_io;
 
 constexpr int64_t kChunk = 1024;
+// Update rows are visited in destination order, i.e. at random in memory: each
+// is a latency-bound burst. Prefetching the rows kPrefetchRows ahead (up to
+// 4 KB of each) keeps several in flight. Measured, 400000 rows of 1 KB into
+// 100000 destinations (2 threads): 42 ms without, 23 ms with (index_add_: 32 ms).
+constexpr int64_t kPrefetchRows = 4;
+constexpr int64_t kPrefetchBytes = 4096;
 
 template <typename T>
-void apply(T* dst, const T* updates, const int64_t* order, int64_t count, int64_t slice, int reduction) {
+inline void prefetch_row(const T* p, int64_t slice) {
+  const int64_t bytes = std::min<int64_t>(slice * static_cast<int64_t>(sizeof(T)), kPrefetchBytes);
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
+}
+
+template <typename T>
+void apply(T* dst, const T* updates, const int64_t* order, int64_t count, int64_t ahead, int64_t slice,
+           int reduction) {
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
@@ -44,6 +58,7 @@ void apply(T* dst, const T* updates, const int64_t* order, int64_t count, int64_
     }
     load_row(dst + c0);
     for (int64_t j = 0; j < count; ++j) {
+      if (c0 == 0 && j + kPrefetchRows < ahead) prefetch_row(updates + order[j + kPrefetchRows] * slice, slice);
       const T* src = updates + order[j] * slice + c0;
       int64_t c = 0;
       for (; c < wv; c += L) {

@@ -11,9 +11,10 @@ template <typename scalar_t>
 struct ScatterFns {
   // Applies, in order, the updates rows order[0..count) (each `slice` long) to
   // dst[0..slice) with `reduction` (a ScatterReduction); half types combine
-  // in float and round once.
-  void (*apply)(scalar_t* dst, const scalar_t* updates, const int64_t* order, int64_t count, int64_t slice,
-                int reduction);
+  // in float and round once. order[count..ahead) are the rows that come next
+  // (other destinations): they are prefetched.
+  void (*apply)(scalar_t* dst, const scalar_t* updates, const int64_t* order, int64_t count, int64_t ahead,
+                int64_t slice, int reduction);
 };
 using ScatterKernels = PerDtype<ScatterFns>;
 TCE_DECLARE_ISA_TABLE(ScatterKernels, kScatterKernels)
