@@ -16,6 +16,7 @@
 #include "ops.h"
 #include "scatter_nd/scatter_nd.h"
 #include "scatter_nd/scatter_nd_kernels.h"
+#include "scatter_nd/scatter_rows.h"
 
 namespace teachcompute_ext {
 namespace {
@@ -104,25 +105,35 @@ void scatter_into(const char* op, at::Tensor& out, at::IntArrayRef shape, const 
   });
   // The indices were checked even when there is nothing to write.
   if (s.slice == 0 || out.numel() == 0) return;
+  at::Tensor out2d = out.view({s.n_rows, s.slice});  // same storage: destinations as rows
+  scatter_rows_cpu(out2d, rows, updates, nullptr, nullptr, red);
+}
+
+}  // namespace
+
+void scatter_rows_cpu(at::Tensor& out, const std::vector<int64_t>& dest, const at::Tensor& src,
+                      const int64_t* src_row, const double* scale, ScatterReduction red) {
+  const int64_t n_rows = out.size(0);
+  const int64_t slice = n_rows == 0 ? 0 : out.numel() / n_rows;
+  if (slice == 0 || dest.empty()) return;
   std::vector<int64_t> order;
   std::vector<Segment> segs;
-  bucketize(rows, s.n_rows, order, segs);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "scatter_nd_cpu", [&] {
+  bucketize(dest, n_rows, order, segs);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "scatter_rows_cpu", [&] {
     const auto& f = scatter_fns<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const scalar_t* u = updates.const_data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, s.slice));
+    const RowSource<scalar_t> rs{src.const_data_ptr<scalar_t>(), src_row, scale};
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, slice));
     at::parallel_for(0, static_cast<int64_t>(segs.size()), grain, [&](int64_t b, int64_t e) {
       for (int64_t g = b; g < e; ++g) {
         const Segment& sg = segs[g];
-        f.apply(o + sg.row * s.slice, u, order.data() + sg.begin, sg.end - sg.begin,
-                static_cast<int64_t>(order.size()) - sg.begin, s.slice, static_cast<int>(red));
+        f.apply(o + sg.row * slice, rs, order.data() + sg.begin, sg.end - sg.begin,
+                static_cast<int64_t>(order.size()) - sg.begin, slice, static_cast<int>(red));
       }
     });
   });
 }
 
-}  // namespace
 
 at::Tensor scatter_nd_cpu(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
                           c10::string_view reduction) {

@@ -36,12 +36,13 @@ inline void prefetch_row(const T* p, int64_t slice) {
 }
 
 template <typename T>
-void apply(T* dst, const T* updates, const int64_t* order, int64_t count, int64_t ahead, int64_t slice,
+void apply(T* dst, RowSource<T> rs, const int64_t* order, int64_t count, int64_t ahead, int64_t slice,
            int reduction) {
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
   const auto red = static_cast<ScatterReduction>(reduction);
+  auto row_of = [&](int64_t u) { return rs.src + (rs.src_row ? rs.src_row[u] : u) * slice; };
   alignas(64) A buf[kChunk];
   for (int64_t c0 = 0; c0 < slice; c0 += kChunk) {
     const int64_t w = std::min(kChunk, slice - c0);
@@ -52,14 +53,23 @@ void apply(T* dst, const T* updates, const int64_t* order, int64_t count, int64_
     };
     if (red == ScatterReduction::NONE) {
       // The last update in index order wins.
-      const T* src = updates + order[count - 1] * slice + c0;
+      const T* src = row_of(order[count - 1]) + c0;
       std::copy(src, src + w, dst + c0);
       continue;
     }
     load_row(dst + c0);
     for (int64_t j = 0; j < count; ++j) {
-      if (c0 == 0 && j + kPrefetchRows < ahead) prefetch_row(updates + order[j + kPrefetchRows] * slice, slice);
-      const T* src = updates + order[j] * slice + c0;
+      if (c0 == 0 && j + kPrefetchRows < ahead) prefetch_row(row_of(order[j + kPrefetchRows]), slice);
+      const T* src = row_of(order[j]) + c0;
+      if (rs.scale != nullptr) {
+        // Scaled add (bags: mean and per-sample weights).
+        const A f = static_cast<A>(rs.scale[order[j]]);
+        const V vf(f);
+        int64_t c = 0;
+        for (; c < wv; c += L) at::vec::fmadd(IO<T>::load(src + c), vf, V::loadu(buf + c)).store(buf + c);
+        for (; c < w; ++c) buf[c] += static_cast<A>(src[c]) * f;
+        continue;
+      }
       int64_t c = 0;
       for (; c < wv; c += L) {
         const V a = V::loadu(buf + c), b = IO<T>::load(src + c);
