@@ -7,6 +7,7 @@
 #include <c10/util/OptionalArrayRef.h>
 #include <c10/util/string_view.h>
 
+#include <optional>
 #include <tuple>
 
 namespace teachcompute_ext {
@@ -42,7 +43,27 @@ at::Tensor masked_scatter_nd_of_shape_cpu(c10::SymIntArrayRef shape, const at::T
                                           const at::Tensor& updates, int64_t masked_value,
                                           c10::string_view reduction);
 
+// ---- embedding/ : embedding and embedding_bag --------------------------------
+#define TCE_EMBEDDING_DECLS(dev)                                                                                  \
+  at::Tensor embedding_##dev(const at::Tensor& weight, const at::Tensor& indices, std::optional<int64_t> padding_idx); \
+  at::Tensor embedding_backward_##dev(const at::Tensor& grad, const at::Tensor& indices, int64_t num_weights,      \
+                                      std::optional<int64_t> padding_idx);                                         \
+  std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_##dev(                                                  \
+      const at::Tensor& weight, const at::Tensor& indices, const std::optional<at::Tensor>& offsets,               \
+      c10::string_view mode, const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,             \
+      bool include_last_offset);                                                                                   \
+  std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_##dev(                                                 \
+      const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices,                                 \
+      const std::optional<at::Tensor>& offsets, const at::Tensor& max_indices, c10::string_view mode,              \
+      const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx, bool include_last_offset);
+TCE_EMBEDDING_DECLS(cpu)
+at::Tensor embedding_bag_composite(const at::Tensor& weight, const at::Tensor& indices,
+                                   const std::optional<at::Tensor>& offsets, c10::string_view mode,
+                                   const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,
+                                   bool include_last_offset);
+
 #ifdef TEACHCOMPUTE_EXT_WITH_CUDA
+TCE_EMBEDDING_DECLS(cuda)
 at::Tensor vector_sum_cuda(const at::Tensor& x);
 at::Tensor softmax_cuda(const at::Tensor& x, int64_t dim);
 at::Tensor log_softmax_cuda(const at::Tensor& x, int64_t dim);

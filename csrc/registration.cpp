@@ -46,6 +46,32 @@ TORCH_LIBRARY(teachcompute_ext, m) {
       "masked_scatter_nd_of_shape(SymInt[] shape, Tensor indices, Tensor updates, int masked_value, "
       "str reduction=\"add\") -> Tensor",
       {at::Tag::pt2_compliant_tag});
+
+  // ---- embedding ------------------------------------------------------------
+  // weight[indices] (torch.nn.functional.embedding); padding_idx gets no gradient.
+  m.def("embedding(Tensor weight, Tensor indices, int? padding_idx=None) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Dense weight gradient of embedding: a deterministic scatter-add of grad rows.
+  m.def("embedding_backward(Tensor grad, Tensor indices, SymInt num_weights, int? padding_idx=None) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // Bags of embeddings reduced by sum, mean or max (torch.nn.functional.embedding_bag).
+  m.def(
+      "embedding_bag(Tensor weight, Tensor indices, Tensor? offsets=None, str mode=\"mean\", "
+      "Tensor? per_sample_weights=None, int? padding_idx=None, bool include_last_offset=False) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  // embedding_bag and the argmax rows of max mode (empty for sum and mean), kept for the backward.
+  m.def(
+      "embedding_bag_forward(Tensor weight, Tensor indices, Tensor? offsets, str mode, Tensor? per_sample_weights, "
+      "int? padding_idx, bool include_last_offset) -> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  // Gradients of embedding_bag for weight (dense) and per_sample_weights (empty when None).
+  m.def(
+      "embedding_bag_backward(Tensor grad, Tensor weight, Tensor indices, Tensor? offsets, Tensor max_indices, "
+      "str mode, Tensor? per_sample_weights, int? padding_idx, bool include_last_offset) -> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+}
+
+TORCH_LIBRARY_IMPL(teachcompute_ext, CompositeImplicitAutograd, m) {
+  m.impl("embedding_bag", &teachcompute_ext::embedding_bag_composite);
 }
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
@@ -59,6 +85,10 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
   m.impl("scatter_nd_", &teachcompute_ext::scatter_nd__cpu);
   m.impl("scatter_nd_of_shape", &teachcompute_ext::scatter_nd_of_shape_cpu);
   m.impl("masked_scatter_nd_of_shape", &teachcompute_ext::masked_scatter_nd_of_shape_cpu);
+  m.impl("embedding", &teachcompute_ext::embedding_cpu);
+  m.impl("embedding_backward", &teachcompute_ext::embedding_backward_cpu);
+  m.impl("embedding_bag_forward", &teachcompute_ext::embedding_bag_forward_cpu);
+  m.impl("embedding_bag_backward", &teachcompute_ext::embedding_bag_backward_cpu);
   m.impl("softmax", &teachcompute_ext::softmax_cpu);
   m.impl("log_softmax", &teachcompute_ext::log_softmax_cpu);
   m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cpu);
@@ -88,6 +118,10 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, CUDA, m) {
   m.impl("scatter_nd_", &teachcompute_ext::scatter_nd__cuda);
   m.impl("scatter_nd_of_shape", &teachcompute_ext::scatter_nd_of_shape_cuda);
   m.impl("masked_scatter_nd_of_shape", &teachcompute_ext::masked_scatter_nd_of_shape_cuda);
+  m.impl("embedding", &teachcompute_ext::embedding_cuda);
+  m.impl("embedding_backward", &teachcompute_ext::embedding_backward_cuda);
+  m.impl("embedding_bag_forward", &teachcompute_ext::embedding_bag_forward_cuda);
+  m.impl("embedding_bag_backward", &teachcompute_ext::embedding_bag_backward_cuda);
   m.impl("softmax", &teachcompute_ext::softmax_cuda);
   m.impl("log_softmax", &teachcompute_ext::log_softmax_cuda);
   m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cuda);

@@ -12,6 +12,7 @@ _BUILD_INFO = _load()
 
 from .ops import *  # noqa: E402,F401,F403  (wrappers, fake kernels, autograd)
 from .ops import __all__ as _ops_all  # noqa: E402
+from . import nn  # noqa: E402,F401  (drop-in modules)
 
 
 def compiled_backends():

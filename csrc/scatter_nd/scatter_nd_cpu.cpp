@@ -111,29 +111,41 @@ void scatter_into(const char* op, at::Tensor& out, at::IntArrayRef shape, const 
 
 }  // namespace
 
-void scatter_rows_cpu(at::Tensor& out, const std::vector<int64_t>& dest, const at::Tensor& src,
-                      const int64_t* src_row, const double* scale, ScatterReduction red) {
+void scatter_groups_cpu(at::Tensor& out, const std::vector<int64_t>& group_row, const std::vector<int64_t>& bounds,
+                        const std::vector<int64_t>& order, const at::Tensor& src, const int64_t* src_row,
+                        const double* scale, ScatterReduction red) {
   const int64_t n_rows = out.size(0);
   const int64_t slice = n_rows == 0 ? 0 : out.numel() / n_rows;
-  if (slice == 0 || dest.empty()) return;
-  std::vector<int64_t> order;
-  std::vector<Segment> segs;
-  bucketize(dest, n_rows, order, segs);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "scatter_rows_cpu", [&] {
+  if (slice == 0 || group_row.empty()) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "scatter_groups_cpu", [&] {
     const auto& f = scatter_fns<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const RowSource<scalar_t> rs{src.const_data_ptr<scalar_t>(), src_row, scale};
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, slice));
-    at::parallel_for(0, static_cast<int64_t>(segs.size()), grain, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, static_cast<int64_t>(group_row.size()), grain, [&](int64_t b, int64_t e) {
       for (int64_t g = b; g < e; ++g) {
-        const Segment& sg = segs[g];
-        f.apply(o + sg.row * slice, rs, order.data() + sg.begin, sg.end - sg.begin,
-                static_cast<int64_t>(order.size()) - sg.begin, slice, static_cast<int>(red));
+        if (bounds[g + 1] == bounds[g]) continue;
+        f.apply(o + group_row[g] * slice, rs, order.data() + bounds[g], bounds[g + 1] - bounds[g],
+                static_cast<int64_t>(order.size()) - bounds[g], slice, static_cast<int>(red));
       }
     });
   });
 }
 
+void scatter_rows_cpu(at::Tensor& out, const std::vector<int64_t>& dest, const at::Tensor& src,
+                      const int64_t* src_row, const double* scale, ScatterReduction red) {
+  if (out.numel() == 0 || dest.empty()) return;
+  std::vector<int64_t> order;
+  std::vector<Segment> segs;
+  bucketize(dest, out.size(0), order, segs);
+  std::vector<int64_t> group_row(segs.size()), bounds(segs.size() + 1, 0);
+  for (size_t g = 0; g < segs.size(); ++g) {
+    group_row[g] = segs[g].row;
+    bounds[g] = segs[g].begin;
+    bounds[g + 1] = segs[g].end;
+  }
+  scatter_groups_cpu(out, group_row, bounds, order, src, src_row, scale, red);
+}
 
 at::Tensor scatter_nd_cpu(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
                           c10::string_view reduction) {

@@ -16,4 +16,11 @@ namespace teachcompute_ext {
 void scatter_rows_cpu(at::Tensor& out, const std::vector<int64_t>& dest, const at::Tensor& src,
                       const int64_t* src_row, const double* scale, ScatterReduction red);
 
+// The same with the grouping given: group g applies order[bounds[g]..bounds[g+1])
+// to row group_row[g] (no two groups may share a row). The bag forward uses it
+// with one group per bag.
+void scatter_groups_cpu(at::Tensor& out, const std::vector<int64_t>& group_row, const std::vector<int64_t>& bounds,
+                        const std::vector<int64_t>& order, const at::Tensor& src, const int64_t* src_row,
+                        const double* scale, ScatterReduction red);
+
 }  // namespace teachcompute_ext

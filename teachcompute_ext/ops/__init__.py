@@ -15,7 +15,8 @@ from .reduce import (
     vector_sum,
 )
 
+from .embedding import embedding, embedding_bag
 from .scatter_nd import masked_scatter_nd_of_shape, scatter_nd, scatter_nd_, scatter_nd_of_shape
 
-__all__ = ["scatter_nd", "scatter_nd_", "scatter_nd_of_shape", "masked_scatter_nd_of_shape", "vector_sum", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "logsumexp", "softmax",
+__all__ = ["embedding", "embedding_bag", "scatter_nd", "scatter_nd_", "scatter_nd_of_shape", "masked_scatter_nd_of_shape", "vector_sum", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "logsumexp", "softmax",
            "log_softmax"]

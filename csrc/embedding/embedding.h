@@ -1,0 +1,75 @@
+// embedding / embedding_bag: the semantics shared by the CPU and CUDA paths
+// (the fake kernels in teachcompute_ext/ops/embedding.py mirror them), those of
+// torch.nn.functional.embedding and embedding_bag.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string_view>
+
+#include "common/checks.h"
+
+namespace teachcompute_ext {
+
+enum class BagMode { SUM = 0, MEAN = 1, MAX = 2 };
+
+inline BagMode parse_bag_mode(std::string_view mode) {
+  if (mode == "sum") return BagMode::SUM;
+  if (mode == "mean") return BagMode::MEAN;
+  if (mode == "max") return BagMode::MAX;
+  TORCH_CHECK_VALUE(false, "teachcompute_ext.embedding_bag: unknown mode '", mode,
+                    "' for argument 'mode' (expected one of sum, mean, max)");
+}
+
+inline void check_weight(const char* op, const at::Tensor& weight) {
+  check_float_dtype(op, "weight", weight);
+  TORCH_CHECK(weight.dim() == 2, "teachcompute_ext.", op, ": 'weight' must be 2-D [num_embeddings, dim], got shape ",
+              weight.sizes());
+}
+
+inline void check_indices(const char* op, const at::Tensor& indices, const char* name = "indices") {
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt, "teachcompute_ext.", op,
+                   ": unsupported dtype ", dtype_name(indices.scalar_type()), " for argument '", name,
+                   "' (expected int64 or int32)");
+}
+
+// padding_idx as torch: in [-num, num), negative counts from the end; -1 after wrapping means none.
+inline int64_t wrap_padding_idx(const char* op, std::optional<int64_t> padding_idx, int64_t num) {
+  if (!padding_idx.has_value()) return -1;
+  const int64_t p = *padding_idx;
+  TORCH_CHECK_INDEX(p >= -num && p < num, "teachcompute_ext.", op, ": padding_idx ", p,
+                    " out of range for argument 'padding_idx' of a weight with ", num, " rows");
+  return p < 0 ? p + num : p;
+}
+
+// Number of bags; checks the shapes of indices, offsets and per_sample_weights (not their values).
+inline int64_t bag_count(const at::Tensor& indices, const std::optional<at::Tensor>& offsets, BagMode mode,
+                         const std::optional<at::Tensor>& psw, bool include_last_offset) {
+  const char* op = "embedding_bag";
+  check_indices(op, indices);
+  int64_t bags;
+  if (indices.dim() == 2) {
+    TORCH_CHECK(!offsets.has_value(), "teachcompute_ext.", op,
+                ": 'offsets' must be None when 'indices' is 2-D (fixed-length bags), got shape ", indices.sizes());
+    bags = indices.size(0);
+  } else {
+    TORCH_CHECK(indices.dim() == 1, "teachcompute_ext.", op, ": 'indices' must be 1-D (with offsets) or 2-D, got shape ",
+                indices.sizes());
+    TORCH_CHECK(offsets.has_value(), "teachcompute_ext.", op, ": 'offsets' is required when 'indices' is 1-D");
+    check_indices(op, *offsets, "offsets");
+    TORCH_CHECK(offsets->dim() == 1, "teachcompute_ext.", op, ": 'offsets' must be 1-D, got shape ", offsets->sizes());
+    bags = offsets->size(0) - (include_last_offset ? 1 : 0);
+    TORCH_CHECK(bags >= 0, "teachcompute_ext.", op, ": 'offsets' is empty but include_last_offset=True needs at least one");
+  }
+  if (psw.has_value()) {
+    TORCH_CHECK(mode == BagMode::SUM, "teachcompute_ext.", op,
+                ": 'per_sample_weights' is only supported with mode='sum', got mode='",
+                mode == BagMode::MEAN ? "mean" : "max", "'");
+    TORCH_CHECK(psw->sizes() == indices.sizes(), "teachcompute_ext.", op, ": 'per_sample_weights' has shape ",
+                psw->sizes(), " but 'indices' has shape ", indices.sizes());
+  }
+  return bags;
+}
+
+}  // namespace teachcompute_ext

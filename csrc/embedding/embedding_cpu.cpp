@@ -1,0 +1,310 @@
+// embedding and embedding_bag on the CPU.
+// Forward: embedding copies rows in parallel; embedding_bag sums (scaled for
+// mean and per-sample weights) the rows of each bag straight into its output
+// row with the package's one scatter kernel (one group per bag), so the
+// [num_indices, dim] gathered matrix is never built. max keeps the argmax row
+// of every (bag, column) for its backward.
+// Backward: the dense weight gradient is a scatter-add of gradient rows with
+// many repeated destinations: the ScatterND kernel (bucketed by destination,
+// deterministic, parallel over destinations), reading grad rows through a
+// row mapping (the bag of each index) and scales, again without materializing.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "embedding/embedding.h"
+#include "ops.h"
+#include "scatter_nd/scatter_rows.h"
+
+namespace teachcompute_ext {
+namespace {
+
+// Each index as an int64 row of weight, checked before any use.
+std::vector<int64_t> checked_rows(const char* op, const at::Tensor& indices, int64_t num) {
+  const at::Tensor idx = indices.contiguous();
+  const int64_t n = idx.numel();
+  std::vector<int64_t> rows(n);
+  AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "embedding_rows", [&] {
+    const index_t* p = idx.const_data_ptr<index_t>();
+    at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t v = static_cast<int64_t>(p[i]);
+        TORCH_CHECK_INDEX(v >= 0 && v < num, "teachcompute_ext.", op, ": index ", v,
+                          " out of range for argument 'indices' (weight has ", num, " rows; entry ", i, ")");
+        rows[i] = v;
+      }
+    });
+  });
+  return rows;
+}
+
+// Bag b holds positions [begin[b], begin[b + 1]) of the flattened indices.
+std::vector<int64_t> bag_bounds(const at::Tensor& indices, const std::optional<at::Tensor>& offsets, int64_t bags,
+                                bool include_last_offset) {
+  const int64_t n = indices.numel();
+  std::vector<int64_t> begin(bags + 1);
+  if (indices.dim() == 2) {
+    const int64_t len = indices.size(1);
+    for (int64_t b = 0; b <= bags; ++b) begin[b] = b * len;
+    return begin;
+  }
+  const at::Tensor off = offsets->contiguous();
+  std::vector<int64_t> o(off.numel());
+  AT_DISPATCH_INDEX_TYPES(off.scalar_type(), "embedding_bag_offsets", [&] {
+    const index_t* p = off.const_data_ptr<index_t>();
+    for (int64_t i = 0; i < off.numel(); ++i) o[i] = static_cast<int64_t>(p[i]);
+  });
+  const char* op = "embedding_bag";
+  if (!o.empty()) {
+    TORCH_CHECK_VALUE(o[0] == 0, "teachcompute_ext.", op, ": offsets[0] must be 0, got ", o[0]);
+  }
+  for (size_t i = 1; i < o.size(); ++i) {
+    TORCH_CHECK_VALUE(o[i] >= o[i - 1], "teachcompute_ext.", op, ": 'offsets' must be non-decreasing, got offsets[",
+                      i, "] = ", o[i], " after offsets[", i - 1, "] = ", o[i - 1]);
+  }
+  for (size_t i = 0; i < o.size(); ++i) {
+    TORCH_CHECK_VALUE(o[i] <= n, "teachcompute_ext.", op, ": offsets[", i, "] = ", o[i],
+                      " is past the end of 'indices' (", n, " entries)");
+  }
+  for (int64_t b = 0; b < bags; ++b) begin[b] = o[b];
+  // include_last_offset: the last offset ends the last bag, as documented by
+  // torch (which, given a last offset short of the end, ignores the tail in
+  // float32 but not in float64); indices past it count for no bag.
+  begin[bags] = include_last_offset ? o[bags] : n;
+  return begin;
+}
+
+struct BagPlan {
+  std::vector<int64_t> rows;    // weight row of each position
+  std::vector<int64_t> bounds;  // bag b: positions order[bounds[b]..bounds[b+1]) (padding removed)
+  std::vector<int64_t> order;   // positions that count, bag after bag
+  std::vector<int64_t> bag_of;  // bag of each position, -1 when it counts for none
+};
+
+BagPlan plan_bags(const at::Tensor& weight, const at::Tensor& indices, const std::optional<at::Tensor>& offsets,
+                  int64_t bags, int64_t padding, bool include_last_offset) {
+  BagPlan p;
+  p.rows = checked_rows("embedding_bag", indices, weight.size(0));
+  const std::vector<int64_t> begin = bag_bounds(indices, offsets, bags, include_last_offset);
+  p.bag_of.assign(p.rows.size(), -1);
+  p.bounds.assign(bags + 1, 0);
+  p.order.reserve(p.rows.size());
+  for (int64_t b = 0; b < bags; ++b) {
+    p.bounds[b] = static_cast<int64_t>(p.order.size());
+    for (int64_t i = begin[b]; i < begin[b + 1]; ++i) {
+      if (p.rows[i] == padding) continue;
+      p.order.push_back(i);
+      p.bag_of[i] = b;
+    }
+  }
+  p.bounds[bags] = static_cast<int64_t>(p.order.size());
+  return p;
+}
+
+// Per-position scale: per-sample weight (sum) or 1 / (entries of its bag) (mean).
+std::vector<double> bag_scales(const BagPlan& p, BagMode mode, const std::optional<at::Tensor>& psw) {
+  std::vector<double> scale;
+  if (psw.has_value()) {
+    const at::Tensor w = psw->contiguous().to(at::kDouble);
+    const double* q = w.const_data_ptr<double>();
+    scale.assign(q, q + w.numel());
+  } else if (mode == BagMode::MEAN) {
+    scale.assign(p.rows.size(), 0.0);
+    for (size_t b = 0; b + 1 < p.bounds.size(); ++b) {
+      const int64_t cnt = p.bounds[b + 1] - p.bounds[b];
+      for (int64_t j = p.bounds[b]; j < p.bounds[b + 1]; ++j) scale[p.order[j]] = 1.0 / static_cast<double>(cnt);
+    }
+  }
+  return scale;
+}
+
+void check_psw_dtype(const std::optional<at::Tensor>& psw, const at::Tensor& weight) {
+  if (psw.has_value()) {
+    TORCH_CHECK_TYPE(psw->scalar_type() == weight.scalar_type(), "teachcompute_ext.embedding_bag: ",
+                     "'per_sample_weights' has dtype ", dtype_name(psw->scalar_type()), " but 'weight' has dtype ",
+                     dtype_name(weight.scalar_type()));
+  }
+}
+
+}  // namespace
+
+at::Tensor embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, std::optional<int64_t> padding_idx) {
+  const char* op = "embedding";
+  check_weight(op, weight);
+  check_indices(op, indices);
+  wrap_padding_idx(op, padding_idx, weight.size(0));
+  const std::vector<int64_t> rows = checked_rows(op, indices, weight.size(0));
+  const at::Tensor w = weight.contiguous();
+  const int64_t dim = w.size(1);
+  std::vector<int64_t> shape(indices.sizes().begin(), indices.sizes().end());
+  shape.push_back(dim);
+  at::Tensor out = at::empty(shape, w.options());
+  const int64_t bytes = dim * static_cast<int64_t>(w.element_size());
+  const char* src = static_cast<const char*>(w.const_data_ptr());
+  char* dst = static_cast<char*>(out.mutable_data_ptr());
+  at::parallel_for(0, static_cast<int64_t>(rows.size()), std::max<int64_t>(1, 65536 / std::max<int64_t>(1, bytes)),
+                   [&](int64_t b, int64_t e) {
+                     for (int64_t i = b; i < e; ++i) std::memcpy(dst + i * bytes, src + rows[i] * bytes, bytes);
+                   });
+  return out;
+}
+
+at::Tensor embedding_backward_cpu(const at::Tensor& grad, const at::Tensor& indices, int64_t num_weights,
+                                  std::optional<int64_t> padding_idx) {
+  const char* op = "embedding_backward";
+  check_float_dtype(op, "grad", grad);
+  check_indices(op, indices);
+  const int64_t padding = wrap_padding_idx(op, padding_idx, num_weights);
+  const int64_t dim = grad.size(-1);
+  std::vector<int64_t> dest = checked_rows(op, indices, num_weights);
+  if (padding >= 0) {
+    for (int64_t& r : dest) r = r == padding ? -1 : r;  // the padding row gets no gradient
+  }
+  at::Tensor gw = at::zeros({num_weights, dim}, grad.options());
+  const at::Tensor g2 = grad.contiguous().view({-1, dim});
+  scatter_rows_cpu(gw, dest, g2, nullptr, nullptr, ScatterReduction::ADD);
+  return gw;
+}
+
+std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_cpu(const at::Tensor& weight, const at::Tensor& indices,
+                                                             const std::optional<at::Tensor>& offsets,
+                                                             c10::string_view mode_s,
+                                                             const std::optional<at::Tensor>& psw,
+                                                             std::optional<int64_t> padding_idx,
+                                                             bool include_last_offset) {
+  const char* op = "embedding_bag";
+  check_weight(op, weight);
+  const BagMode mode = parse_bag_mode(mode_s);
+  const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset);
+  check_psw_dtype(psw, weight);
+  const int64_t padding = wrap_padding_idx(op, padding_idx, weight.size(0));
+  const at::Tensor w = weight.contiguous();
+  const int64_t dim = w.size(1);
+  const BagPlan p = plan_bags(w, indices, offsets, bags, padding, include_last_offset);
+  at::Tensor out = at::zeros({bags, dim}, w.options());
+  if (mode != BagMode::MAX) {
+    const std::vector<double> scale = bag_scales(p, mode, psw);
+    std::vector<int64_t> group_row(bags);
+    for (int64_t b = 0; b < bags; ++b) group_row[b] = b;
+    scatter_groups_cpu(out, group_row, p.bounds, p.order, w, p.rows.data(), scale.empty() ? nullptr : scale.data(),
+                       ScatterReduction::ADD);
+    return {out, at::empty({0}, indices.options().dtype(at::kLong))};
+  }
+  at::Tensor argmax = at::full({bags, dim}, -1, indices.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "embedding_bag_max", [&] {
+    using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+    int64_t* ap = argmax.mutable_data_ptr<int64_t>();
+    at::parallel_for(0, bags, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<A> best(dim);
+      for (int64_t b = b0; b < b1; ++b) {
+        int64_t* arg = ap + b * dim;
+        for (int64_t j = p.bounds[b]; j < p.bounds[b + 1]; ++j) {
+          const int64_t row = p.rows[p.order[j]];
+          const scalar_t* src = wp + row * dim;
+          for (int64_t c = 0; c < dim; ++c) {
+            const A v = static_cast<A>(src[c]);
+            if (arg[c] < 0 || v > best[c]) {  // the first maximum wins, as torch
+              best[c] = v;
+              arg[c] = row;
+            }
+          }
+        }
+        for (int64_t c = 0; c < dim; ++c) {
+          if (arg[c] >= 0) op_[b * dim + c] = static_cast<scalar_t>(best[c]);
+        }
+      }
+    });
+  });
+  return {out, argmax};
+}
+
+std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices,
+    const std::optional<at::Tensor>& offsets, const at::Tensor& max_indices, c10::string_view mode_s,
+    const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx, bool include_last_offset) {
+  const char* op = "embedding_bag_backward";
+  check_float_dtype(op, "grad", grad);
+  const BagMode mode = parse_bag_mode(mode_s);
+  const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset);
+  const int64_t padding = wrap_padding_idx(op, padding_idx, weight.size(0));
+  const int64_t num = weight.size(0), dim = weight.size(1);
+  const BagPlan p = plan_bags(weight, indices, offsets, bags, padding, include_last_offset);
+  const at::Tensor g = grad.contiguous();
+  at::Tensor gw = at::zeros({num, dim}, grad.options());
+  at::Tensor gpsw = psw.has_value() ? at::zeros(psw->sizes(), psw->options()) : at::empty({0}, grad.options());
+  if (mode == BagMode::MAX) {
+    const at::Tensor am = max_indices.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "embedding_bag_max_backward", [&] {
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      const int64_t* ap = am.const_data_ptr<int64_t>();
+      scalar_t* wp = gw.mutable_data_ptr<scalar_t>();
+      // Columns split across threads: each (row, column) has one writer, bags in order.
+      at::parallel_for(0, dim, 16, [&](int64_t c0, int64_t c1) {
+        for (int64_t b = 0; b < bags; ++b) {
+          for (int64_t c = c0; c < c1; ++c) {
+            const int64_t r = ap[b * dim + c];
+            using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+            if (r >= 0) wp[r * dim + c] = static_cast<scalar_t>(static_cast<A>(wp[r * dim + c]) +
+                                                                static_cast<A>(gp[b * dim + c]));
+          }
+        }
+      });
+    });
+    return {gw, gpsw};
+  }
+  std::vector<int64_t> dest(p.rows.size(), -1);
+  for (int64_t j : p.order) dest[j] = p.rows[j];
+  const std::vector<double> scale = bag_scales(p, mode, psw);
+  scatter_rows_cpu(gw, dest, g, p.bag_of.data(), scale.empty() ? nullptr : scale.data(), ScatterReduction::ADD);
+  if (psw.has_value() && !p.order.empty()) {
+    // d out[b] / d psw[i] = weight[row_i]: the gradient is <grad[b], weight[row_i]>.
+    const at::Tensor w = weight.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "embedding_bag_psw_backward", [&] {
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      const scalar_t* wp = w.const_data_ptr<scalar_t>();
+      scalar_t* out = gpsw.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, static_cast<int64_t>(p.order.size()), 256, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t i = p.order[j];
+          const scalar_t* a = gp + p.bag_of[i] * dim;
+          const scalar_t* bw = wp + p.rows[i] * dim;
+          double s = 0;
+          for (int64_t c = 0; c < dim; ++c) s += static_cast<double>(a[c]) * static_cast<double>(bw[c]);
+          out[i] = static_cast<scalar_t>(s);
+        }
+      });
+    });
+  }
+  return {gw, gpsw};
+}
+
+}  // namespace teachcompute_ext
+
+namespace teachcompute_ext {
+
+// embedding_bag itself is CompositeImplicitAutograd: it calls
+// embedding_bag_forward (which also returns the argmax rows that max mode needs
+// for its backward) and returns the bags. Autograd, fake kernels and
+// torch.compile see embedding_bag_forward.
+at::Tensor embedding_bag_composite(const at::Tensor& weight, const at::Tensor& indices,
+                                   const std::optional<at::Tensor>& offsets, c10::string_view mode,
+                                   const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,
+                                   bool include_last_offset) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("teachcompute_ext::embedding_bag_forward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+                           const std::optional<at::Tensor>&, std::optional<int64_t>, bool)>();
+  return std::get<0>(op.call(weight, indices, offsets, mode, psw, padding_idx, include_last_offset));
+}
+
+}  // namespace teachcompute_ext

@@ -1,0 +1,4 @@
+"""Drop-in modules: same constructor arguments, initialization and state_dict as torch.nn's."""
+from .embedding import Embedding, EmbeddingBag
+
+__all__ = ["Embedding", "EmbeddingBag"]
