@@ -4,7 +4,6 @@ log_softmax (forward, and forward+backward).
 
     python benchmarks/bench_reduce.py [--device cpu|cuda] [--quick] [--out DIR]
 """
-import argparse
 import os
 import sys
 
@@ -124,30 +123,9 @@ def dim_reduction_cases(device, quick):
 
 
 def run(device, quick, out_dir, progress=None):
-    rounds = 5 if quick else 21
-    bound = harness.copy_bandwidth(device, nbytes=(64 << 20) if quick else (512 << 20))
     cases = vector_sum_cases(device, quick) + dim_reduction_cases(device, quick) + softmax_cases(device, quick)
-    results = harness.run_cases(cases, bound_bytes_per_s=bound, rounds=rounds,
-                                min_batch_s=0.01 if quick else 0.05, progress=progress)
-    path = harness.write_json(os.path.join(out_dir, f"reduce-{device}.json"), "reduce", device, results,
-                              {"copy_GB_per_s": bound / 1e9})
-    return results, bound, path
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    p.add_argument("--cold-allocator", action="store_true", help="see benchmarks/run.py --help")
-    args = p.parse_args()
-    if not args.cold_allocator:
-        harness.ALLOCATOR = harness.keep_allocator_warm()
-    results, bound, path = run(args.device, args.quick, args.out)
-    print(f"copy bandwidth ({args.device}): {bound / 1e9:.1f} GB/s")
-    print(harness.format_table(results))
-    print(f"wrote {path}")
+    return harness.run_family("reduce", cases, device, quick, out_dir, progress, rounds=None if quick else 21)
 
 
 if __name__ == "__main__":
-    main()
+    harness.family_main(__doc__, run)

@@ -233,3 +233,33 @@ def write_json(path, family, device, results, bounds):
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     return path
+
+
+def run_family(family, cases, device, quick, out_dir, progress=None, rounds=None):
+    """Measures the bound, checks and times `cases`, writes <out_dir>/<family>-<device>.json."""
+    rounds = rounds or (5 if quick else 11)
+    bound = copy_bandwidth(device, nbytes=(64 << 20) if quick else (512 << 20))
+    results = run_cases(cases, bound_bytes_per_s=bound, rounds=rounds, min_batch_s=0.01 if quick else 0.05,
+                        progress=progress)
+    path = write_json(os.path.join(out_dir, f"{family}-{device}.json"), family, device, results,
+                      {"copy_GB_per_s": bound / 1e9})
+    return results, bound, path
+
+
+def family_main(doc, run):
+    """Command line of one family's script: `python benchmarks/bench_<family>.py --help`."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--cold-allocator", action="store_true", help="see benchmarks/run.py --help")
+    args = p.parse_args()
+    global ALLOCATOR
+    if not args.cold_allocator:
+        ALLOCATOR = keep_allocator_warm()
+    results, bound, path = run(args.device, args.quick, args.out)
+    print(f"copy bandwidth ({args.device}): {bound / 1e9:.1f} GB/s")
+    print(format_table(results))
+    print(f"wrote {path}")

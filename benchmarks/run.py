@@ -11,11 +11,12 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_embedding  # noqa: E402
 import bench_reduce  # noqa: E402
 import bench_scatter_nd  # noqa: E402
 import harness  # noqa: E402
 
-FAMILIES = {"reduce": bench_reduce, "scatter_nd": bench_scatter_nd}
+FAMILIES = {"reduce": bench_reduce, "scatter_nd": bench_scatter_nd, "embedding": bench_embedding}
 
 
 def main():

@@ -16,21 +16,36 @@
 #include <ATen/ops/zeros.h>
 
 #include <cstring>
+#include <memory>
 #include <limits>
 #include <vector>
 
 #include "embedding/embedding.h"
 #include "ops.h"
+#include "scatter_nd/scatter_nd_kernels.h"
 #include "scatter_nd/scatter_rows.h"
 
 namespace teachcompute_ext {
 namespace {
 
+// An int64 array left uninitialized: zero-filling the per-index arrays (and
+// faulting their pages in twice) cost as much as the bag sums themselves.
+struct Buf {
+  std::unique_ptr<int64_t[]> p;
+  int64_t n = 0;
+  explicit Buf(int64_t size = 0) : p(new int64_t[std::max<int64_t>(size, 1)]), n(size) {}
+  int64_t size() const { return n; }
+  int64_t* data() { return p.get(); }
+  const int64_t* data() const { return p.get(); }
+  int64_t& operator[](int64_t i) { return p[i]; }
+  int64_t operator[](int64_t i) const { return p[i]; }
+};
+
 // Each index as an int64 row of weight, checked before any use.
-std::vector<int64_t> checked_rows(const char* op, const at::Tensor& indices, int64_t num) {
+Buf checked_rows(const char* op, const at::Tensor& indices, int64_t num) {
   const at::Tensor idx = indices.contiguous();
   const int64_t n = idx.numel();
-  std::vector<int64_t> rows(n);
+  Buf rows(n);
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "embedding_rows", [&] {
     const index_t* p = idx.const_data_ptr<index_t>();
     at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
@@ -82,29 +97,51 @@ std::vector<int64_t> bag_bounds(const at::Tensor& indices, const std::optional<a
 }
 
 struct BagPlan {
-  std::vector<int64_t> rows;    // weight row of each position
+  Buf rows;                     // weight row of each position
   std::vector<int64_t> bounds;  // bag b: positions order[bounds[b]..bounds[b+1]) (padding removed)
-  std::vector<int64_t> order;   // positions that count, bag after bag
-  std::vector<int64_t> bag_of;  // bag of each position, -1 when it counts for none
+  Buf order;                    // positions that count, bag after bag (order.n of them)
+  Buf bag_of;                   // bag of each position, -1 when it counts for none (backward only)
 };
 
 BagPlan plan_bags(const at::Tensor& weight, const at::Tensor& indices, const std::optional<at::Tensor>& offsets,
-                  int64_t bags, int64_t padding, bool include_last_offset) {
+                  int64_t bags, int64_t padding, bool include_last_offset, bool need_bag_of) {
   BagPlan p;
   p.rows = checked_rows("embedding_bag", indices, weight.size(0));
+  const int64_t n = p.rows.size();
   const std::vector<int64_t> begin = bag_bounds(indices, offsets, bags, include_last_offset);
-  p.bag_of.assign(p.rows.size(), -1);
   p.bounds.assign(bags + 1, 0);
-  p.order.reserve(p.rows.size());
+  p.order = Buf(n);
+  if (need_bag_of) {
+    p.bag_of = Buf(n);
+    std::fill(p.bag_of.data(), p.bag_of.data() + n, -1);
+  }
+  if (padding < 0) {
+    // No padding: every position of a bag counts, the plan is the bag layout
+    // itself, built in parallel (serially it cost more than the bag sums).
+    const int64_t first = begin[0];
+    p.order.n = begin[bags] - first;
+    for (int64_t b = 0; b <= bags; ++b) p.bounds[b] = begin[b] - first;
+    at::parallel_for(0, bags, 256, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        for (int64_t i = begin[b]; i < begin[b + 1]; ++i) {
+          p.order[i - first] = i;
+          if (need_bag_of) p.bag_of[i] = b;
+        }
+      }
+    });
+    return p;
+  }
+  int64_t used = 0;
   for (int64_t b = 0; b < bags; ++b) {
-    p.bounds[b] = static_cast<int64_t>(p.order.size());
+    p.bounds[b] = used;
     for (int64_t i = begin[b]; i < begin[b + 1]; ++i) {
       if (p.rows[i] == padding) continue;
-      p.order.push_back(i);
-      p.bag_of[i] = b;
+      p.order[used++] = i;
+      if (need_bag_of) p.bag_of[i] = b;
     }
   }
-  p.bounds[bags] = static_cast<int64_t>(p.order.size());
+  p.bounds[bags] = used;
+  p.order.n = used;
   return p;
 }
 
@@ -117,10 +154,12 @@ std::vector<double> bag_scales(const BagPlan& p, BagMode mode, const std::option
     scale.assign(q, q + w.numel());
   } else if (mode == BagMode::MEAN) {
     scale.assign(p.rows.size(), 0.0);
-    for (size_t b = 0; b + 1 < p.bounds.size(); ++b) {
-      const int64_t cnt = p.bounds[b + 1] - p.bounds[b];
-      for (int64_t j = p.bounds[b]; j < p.bounds[b + 1]; ++j) scale[p.order[j]] = 1.0 / static_cast<double>(cnt);
-    }
+    at::parallel_for(0, static_cast<int64_t>(p.bounds.size()) - 1, 256, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t cnt = p.bounds[b + 1] - p.bounds[b];
+        for (int64_t j = p.bounds[b]; j < p.bounds[b + 1]; ++j) scale[p.order[j]] = 1.0 / static_cast<double>(cnt);
+      }
+    });
   }
   return scale;
 }
@@ -140,7 +179,7 @@ at::Tensor embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, st
   check_weight(op, weight);
   check_indices(op, indices);
   wrap_padding_idx(op, padding_idx, weight.size(0));
-  const std::vector<int64_t> rows = checked_rows(op, indices, weight.size(0));
+  const Buf rows = checked_rows(op, indices, weight.size(0));
   const at::Tensor w = weight.contiguous();
   const int64_t dim = w.size(1);
   std::vector<int64_t> shape(indices.sizes().begin(), indices.sizes().end());
@@ -163,7 +202,8 @@ at::Tensor embedding_backward_cpu(const at::Tensor& grad, const at::Tensor& indi
   check_indices(op, indices);
   const int64_t padding = wrap_padding_idx(op, padding_idx, num_weights);
   const int64_t dim = grad.size(-1);
-  std::vector<int64_t> dest = checked_rows(op, indices, num_weights);
+  const Buf rows = checked_rows(op, indices, num_weights);
+  std::vector<int64_t> dest(rows.data(), rows.data() + rows.size());
   if (padding >= 0) {
     for (int64_t& r : dest) r = r == padding ? -1 : r;  // the padding row gets no gradient
   }
@@ -187,16 +227,55 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_cpu(const at::Tensor& w
   const int64_t padding = wrap_padding_idx(op, padding_idx, weight.size(0));
   const at::Tensor w = weight.contiguous();
   const int64_t dim = w.size(1);
-  const BagPlan p = plan_bags(w, indices, offsets, bags, padding, include_last_offset);
-  at::Tensor out = at::zeros({bags, dim}, w.options());
+  if (padding < 0 && mode != BagMode::MAX) {
+    // The common case, no padding: each bag is a contiguous run of indices, summed
+    // straight into its output row by the scatter family's bag_sum kernel.
+    // int64 contiguous indices are only checked, not copied.
+    Buf converted;
+    const int64_t* rows_ptr;
+    if (indices.scalar_type() == at::kLong && indices.is_contiguous()) {
+      rows_ptr = indices.const_data_ptr<int64_t>();
+      const int64_t num = w.size(0), n = indices.numel();
+      at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          TORCH_CHECK_INDEX(rows_ptr[i] >= 0 && rows_ptr[i] < num, "teachcompute_ext.", op, ": index ", rows_ptr[i],
+                            " out of range for argument 'indices' (weight has ", num, " rows; entry ", i, ")");
+        }
+      });
+    } else {
+      converted = checked_rows(op, indices, w.size(0));
+      rows_ptr = converted.data();
+    }
+    const std::vector<int64_t> begin = bag_bounds(indices, offsets, bags, include_last_offset);
+    at::Tensor out = at::empty({bags, dim}, w.options());
+    const at::Tensor pw = psw.has_value() ? psw->contiguous() : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "embedding_bag_sum", [&] {
+      const auto& f = scatter_kernels<scalar_t>();
+      const scalar_t* wp = w.const_data_ptr<scalar_t>();
+      const scalar_t* pp = pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+      const int64_t per_bag = bags > 0 ? (begin[bags] - begin[0]) / bags + 1 : 1;
+      at::parallel_for(0, bags, std::max<int64_t>(1, 16384 / (per_bag * dim + 1)), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t cnt = begin[b + 1] - begin[b];
+          const double post = (mode == BagMode::MEAN && cnt > 0) ? 1.0 / static_cast<double>(cnt) : 1.0;
+          f.bag_sum(op_ + b * dim, wp, rows_ptr + begin[b], cnt, dim, pp ? pp + begin[b] : nullptr, post);
+        }
+      });
+    });
+    return {out, at::empty({0}, indices.options().dtype(at::kLong))};
+  }
+  const BagPlan p = plan_bags(w, indices, offsets, bags, padding, include_last_offset, /*need_bag_of=*/false);
   if (mode != BagMode::MAX) {
+    at::Tensor out = at::empty({bags, dim}, w.options());  // every row written once by the kernel
     const std::vector<double> scale = bag_scales(p, mode, psw);
     std::vector<int64_t> group_row(bags);
     for (int64_t b = 0; b < bags; ++b) group_row[b] = b;
-    scatter_groups_cpu(out, group_row, p.bounds, p.order, w, p.rows.data(), scale.empty() ? nullptr : scale.data(),
-                       ScatterReduction::ADD);
+    scatter_groups_cpu(out, group_row, p.bounds.data(), p.order.data(), p.order.size(), w, p.rows.data(),
+                       scale.empty() ? nullptr : scale.data(), ScatterReduction::ADD, /*out_is_zero=*/true);
     return {out, at::empty({0}, indices.options().dtype(at::kLong))};
   }
+  at::Tensor out = at::zeros({bags, dim}, w.options());
   at::Tensor argmax = at::full({bags, dim}, -1, indices.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "embedding_bag_max", [&] {
     using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -237,7 +316,7 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_cpu(
   const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset);
   const int64_t padding = wrap_padding_idx(op, padding_idx, weight.size(0));
   const int64_t num = weight.size(0), dim = weight.size(1);
-  const BagPlan p = plan_bags(weight, indices, offsets, bags, padding, include_last_offset);
+  const BagPlan p = plan_bags(weight, indices, offsets, bags, padding, include_last_offset, /*need_bag_of=*/true);
   const at::Tensor g = grad.contiguous();
   at::Tensor gw = at::zeros({num, dim}, grad.options());
   at::Tensor gpsw = psw.has_value() ? at::zeros(psw->sizes(), psw->options()) : at::empty({0}, grad.options());
@@ -262,17 +341,17 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_cpu(
     return {gw, gpsw};
   }
   std::vector<int64_t> dest(p.rows.size(), -1);
-  for (int64_t j : p.order) dest[j] = p.rows[j];
+  for (int64_t k = 0; k < p.order.size(); ++k) dest[p.order[k]] = p.rows[p.order[k]];
   const std::vector<double> scale = bag_scales(p, mode, psw);
   scatter_rows_cpu(gw, dest, g, p.bag_of.data(), scale.empty() ? nullptr : scale.data(), ScatterReduction::ADD);
-  if (psw.has_value() && !p.order.empty()) {
+  if (psw.has_value() && p.order.size() > 0) {
     // d out[b] / d psw[i] = weight[row_i]: the gradient is <grad[b], weight[row_i]>.
     const at::Tensor w = weight.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "embedding_bag_psw_backward", [&] {
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       const scalar_t* wp = w.const_data_ptr<scalar_t>();
       scalar_t* out = gpsw.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, static_cast<int64_t>(p.order.size()), 256, [&](int64_t j0, int64_t j1) {
+      at::parallel_for(0, p.order.size(), 256, [&](int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t i = p.order[j];
           const scalar_t* a = gp + p.bag_of[i] * dim;

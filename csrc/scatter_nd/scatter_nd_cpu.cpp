@@ -19,14 +19,24 @@
 #include "scatter_nd/scatter_rows.h"
 
 namespace teachcompute_ext {
+
+template <typename scalar_t>
+const ScatterFns<scalar_t>& scatter_kernels() {
+  static const ScatterKernels& k = TCE_ISA_TABLE(kScatterKernels);
+  return for_dtype<scalar_t>(k);
+}
+template const ScatterFns<float>& scatter_kernels<float>();
+template const ScatterFns<double>& scatter_kernels<double>();
+template const ScatterFns<c10::Half>& scatter_kernels<c10::Half>();
+template const ScatterFns<c10::BFloat16>& scatter_kernels<c10::BFloat16>();
+
 namespace {
 
 constexpr int64_t kSkip = -1;  // a masked update
 
 template <typename scalar_t>
 const ScatterFns<scalar_t>& scatter_fns() {
-  static const ScatterKernels& k = TCE_ISA_TABLE(kScatterKernels);
-  return for_dtype<scalar_t>(k);
+  return scatter_kernels<scalar_t>();
 }
 
 // Destination row of every update, or kSkip for masked ones.
@@ -111,22 +121,25 @@ void scatter_into(const char* op, at::Tensor& out, at::IntArrayRef shape, const 
 
 }  // namespace
 
-void scatter_groups_cpu(at::Tensor& out, const std::vector<int64_t>& group_row, const std::vector<int64_t>& bounds,
-                        const std::vector<int64_t>& order, const at::Tensor& src, const int64_t* src_row,
-                        const double* scale, ScatterReduction red) {
+void scatter_groups_cpu(at::Tensor& out, const std::vector<int64_t>& group_row, const int64_t* bounds,
+                        const int64_t* order, int64_t order_size, const at::Tensor& src, const int64_t* src_row,
+                        const double* scale, ScatterReduction red, bool out_is_zero) {
   const int64_t n_rows = out.size(0);
   const int64_t slice = n_rows == 0 ? 0 : out.numel() / n_rows;
   if (slice == 0 || group_row.empty()) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "scatter_groups_cpu", [&] {
     const auto& f = scatter_fns<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const RowSource<scalar_t> rs{src.const_data_ptr<scalar_t>(), src_row, scale};
+    const RowSource<scalar_t> rs{src.const_data_ptr<scalar_t>(), src_row, scale, out_is_zero};
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, slice));
     at::parallel_for(0, static_cast<int64_t>(group_row.size()), grain, [&](int64_t b, int64_t e) {
       for (int64_t g = b; g < e; ++g) {
-        if (bounds[g + 1] == bounds[g]) continue;
-        f.apply(o + group_row[g] * slice, rs, order.data() + bounds[g], bounds[g + 1] - bounds[g],
-                static_cast<int64_t>(order.size()) - bounds[g], slice, static_cast<int>(red));
+        if (bounds[g + 1] == bounds[g]) {
+          if (out_is_zero) std::fill(o + group_row[g] * slice, o + (group_row[g] + 1) * slice, scalar_t(0));
+          continue;
+        }
+        f.apply(o + group_row[g] * slice, rs, order + bounds[g], bounds[g + 1] - bounds[g], order_size - bounds[g],
+                slice, static_cast<int>(red));
       }
     });
   });
@@ -144,7 +157,8 @@ void scatter_rows_cpu(at::Tensor& out, const std::vector<int64_t>& dest, const a
     bounds[g] = segs[g].begin;
     bounds[g + 1] = segs[g].end;
   }
-  scatter_groups_cpu(out, group_row, bounds, order, src, src_row, scale, red);
+  scatter_groups_cpu(out, group_row, bounds.data(), order.data(), static_cast<int64_t>(order.size()), src, src_row,
+                     scale, red, false);
 }
 
 at::Tensor scatter_nd_cpu(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,

@@ -17,6 +17,7 @@ struct RowSource {
   const scalar_t* src;
   const int64_t* src_row;  // nullable
   const double* scale;     // nullable
+  bool dst_is_zero = false;  // add only: dst is known to hold zeros, it is not read
 };
 
 template <typename scalar_t>
@@ -27,6 +28,10 @@ struct ScatterFns {
   // next (other destinations): their rows are prefetched.
   void (*apply)(scalar_t* dst, RowSource<scalar_t> rows, const int64_t* order, int64_t count, int64_t ahead,
                 int64_t slice, int reduction);
+  // The bag form of the same loop: dst = post * sum_j w[j] * src[rows[j]] (w null: 1) over
+  // count rows, dst written, not read. embedding_bag's forward without padding.
+  void (*bag_sum)(scalar_t* dst, const scalar_t* src, const int64_t* rows, int64_t count, int64_t slice,
+                  const scalar_t* w, double post);
 };
 using ScatterKernels = PerDtype<ScatterFns>;
 TCE_DECLARE_ISA_TABLE(ScatterKernels, kScatterKernels)

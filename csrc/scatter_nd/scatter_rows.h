@@ -18,9 +18,16 @@ void scatter_rows_cpu(at::Tensor& out, const std::vector<int64_t>& dest, const a
 
 // The same with the grouping given: group g applies order[bounds[g]..bounds[g+1])
 // to row group_row[g] (no two groups may share a row). The bag forward uses it
-// with one group per bag.
-void scatter_groups_cpu(at::Tensor& out, const std::vector<int64_t>& group_row, const std::vector<int64_t>& bounds,
-                        const std::vector<int64_t>& order, const at::Tensor& src, const int64_t* src_row,
-                        const double* scale, ScatterReduction red);
+// with one group per bag. out_is_zero (add): out is not read, only written
+// (empty groups get zeros), so out may come from at::empty.
+void scatter_groups_cpu(at::Tensor& out, const std::vector<int64_t>& group_row, const int64_t* bounds,
+                        const int64_t* order, int64_t order_size, const at::Tensor& src, const int64_t* src_row,
+                        const double* scale, ScatterReduction red, bool out_is_zero);
+
+// The kernels of this machine's ISA (bag_sum is used by embedding_bag).
+template <typename scalar_t>
+struct ScatterFns;
+template <typename scalar_t>
+const ScatterFns<scalar_t>& scatter_kernels();
 
 }  // namespace teachcompute_ext
