@@ -127,53 +127,56 @@ void apply(T* dst, RowSource<T> rs, const int64_t* order, int64_t count, int64_t
   }
 }
 
-// Two rows per step into two accumulator sets: the FP-add chain of one set
-// would otherwise cap the loop at one row per add latency (measured: 15 cycles
-// a row for 64 floats with one set and the weight test inside the loop).
-// Bag rows are mostly cache hits (popular ids): prefetching them measured
-// slower (2.36 ms against 2.08 ms for 16384 bags of 32 rows of 128 floats).
-constexpr bool kBagPrefetch = false;
-
-template <typename T, bool kWeighted>
+// Whole rows of up to NV vectors (128 floats with AVX512) stay in registers, so
+// each row is walked once (two 64-float passes re-read each row's index and
+// missed again on its second half); two rows are added together before they
+// meet the accumulator, halving the FP-add chain. Measured on 16384 bags of 32
+// Zipf rows of 128 floats (2 threads): 2.03 ms with 64-float blocks, 1.90 ms
+// this way (F.embedding_bag: 1.36 ms). Software prefetch 4, 8 or 16 rows ahead
+// measured slower (2.08 to 2.36 ms): most rows are cache hits.
+template <typename T, bool kWeighted, int NV>
 void bag_sum_impl(T* dst, const T* src, const int64_t* rows, int64_t count, int64_t slice, const T* w, double post) {
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
-  constexpr int64_t B = 4 * L;
+  constexpr int64_t B = NV * L;
   const V vpost(static_cast<A>(post));
-  auto add_row = [&](V& a0, V& a1, V& a2, V& a3, int64_t j, int64_t c0) {
-    const T* r = src + rows[j] * slice + c0;
-    const V s0 = IO<T>::load(r), s1 = IO<T>::load(r + L), s2 = IO<T>::load(r + 2 * L), s3 = IO<T>::load(r + 3 * L);
-    if constexpr (kWeighted) {
-      const V f(static_cast<A>(w[j]));
-      a0 = at::vec::fmadd(s0, f, a0);
-      a1 = at::vec::fmadd(s1, f, a1);
-      a2 = at::vec::fmadd(s2, f, a2);
-      a3 = at::vec::fmadd(s3, f, a3);
-    } else {
-      a0 += s0;
-      a1 += s1;
-      a2 += s2;
-      a3 += s3;
-    }
-  };
   int64_t c0 = 0;
   for (; c0 + B <= slice; c0 += B) {
-    V a0(0), a1(0), a2(0), a3(0), b0(0), b1(0), b2(0), b3(0);
+    V acc[NV];
+    for (int k = 0; k < NV; ++k) acc[k] = V(0);
     int64_t j = 0;
     for (; j + 2 <= count; j += 2) {
-      if (kBagPrefetch && c0 == 0 && j + kPrefetchRows + 1 < count) {
-        prefetch_row(src + rows[j + kPrefetchRows] * slice, slice);
-        prefetch_row(src + rows[j + kPrefetchRows + 1] * slice, slice);
+      const T* r0 = src + rows[j] * slice + c0;
+      const T* r1 = src + rows[j + 1] * slice + c0;
+      if constexpr (kWeighted) {
+        const V f0(static_cast<A>(w[j])), f1(static_cast<A>(w[j + 1]));
+#pragma GCC unroll 8
+        for (int k = 0; k < NV; ++k) {
+          acc[k] = at::vec::fmadd(IO<T>::load(r0 + k * L), f0, acc[k]);
+          acc[k] = at::vec::fmadd(IO<T>::load(r1 + k * L), f1, acc[k]);
+        }
+      } else {
+#pragma GCC unroll 8
+        for (int k = 0; k < NV; ++k) acc[k] += IO<T>::load(r0 + k * L) + IO<T>::load(r1 + k * L);
       }
-      add_row(a0, a1, a2, a3, j, c0);
-      add_row(b0, b1, b2, b3, j + 1, c0);
     }
-    if (j < count) add_row(a0, a1, a2, a3, j, c0);
-    IO<T>::store(dst + c0, (a0 + b0) * vpost);
-    IO<T>::store(dst + c0 + L, (a1 + b1) * vpost);
-    IO<T>::store(dst + c0 + 2 * L, (a2 + b2) * vpost);
-    IO<T>::store(dst + c0 + 3 * L, (a3 + b3) * vpost);
+    if (j < count) {
+      const T* r0 = src + rows[j] * slice + c0;
+      const V f0(kWeighted ? static_cast<A>(w[j]) : A(1));
+#pragma GCC unroll 8
+      for (int k = 0; k < NV; ++k) acc[k] = at::vec::fmadd(IO<T>::load(r0 + k * L), f0, acc[k]);
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < NV; ++k) IO<T>::store(dst + c0 + k * L, acc[k] * vpost);
+  }
+  // Remaining columns (fewer than NV vectors): vector by vector, then scalars.
+  for (; c0 + L <= slice; c0 += L) {
+    V a(0);
+    for (int64_t j = 0; j < count; ++j) {
+      a = at::vec::fmadd(IO<T>::load(src + rows[j] * slice + c0), V(kWeighted ? static_cast<A>(w[j]) : A(1)), a);
+    }
+    IO<T>::store(dst + c0, a * vpost);
   }
   for (int64_t c = c0; c < slice; ++c) {
     A a = 0;
@@ -186,10 +189,12 @@ void bag_sum_impl(T* dst, const T* src, const int64_t* rows, int64_t count, int6
 
 template <typename T>
 void bag_sum(T* dst, const T* src, const int64_t* rows, int64_t count, int64_t slice, const T* w, double post) {
+  // 8 vectors of accumulators with 32 vector registers (AVX512), 4 with 16.
+  constexpr int NV = IO<T>::L >= 16 ? 8 : 4;
   if (w != nullptr) {
-    bag_sum_impl<T, true>(dst, src, rows, count, slice, w, post);
+    bag_sum_impl<T, true, NV>(dst, src, rows, count, slice, w, post);
   } else {
-    bag_sum_impl<T, false>(dst, src, rows, count, slice, w, post);
+    bag_sum_impl<T, false, NV>(dst, src, rows, count, slice, w, post);
   }
 }
 
