@@ -1,0 +1,108 @@
+"""The paths a user's model takes: torch.export with a dynamic batch, and
+DistributedDataParallel (2 CPU processes, gloo) on a model built from our modules."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import teachcompute_ext
+
+
+class TinyModel(torch.nn.Module):
+    """A bag-of-embeddings classifier that touches every op family."""
+
+    def __init__(self, vocab=100, dim=16, classes=4):
+        super().__init__()
+        self.bag = teachcompute_ext.nn.EmbeddingBag(vocab, dim, mode="mean")
+        self.emb = teachcompute_ext.nn.Embedding(vocab, dim, padding_idx=0)
+        self.proj = torch.nn.Linear(dim, classes)
+
+    def forward(self, tokens):  # tokens: [batch, length]
+        b, n = tokens.shape
+        offsets = torch.arange(0, b * n, n, device=tokens.device)
+        h = self.bag(tokens.reshape(-1), offsets) + teachcompute_ext.reduce_mean(self.emb(tokens), [1])
+        rows = torch.arange(b, device=h.device).unsqueeze(1)  # per sample: the batch stays separable
+        h = teachcompute_ext.scatter_nd(h, rows, h * 0.5, "add") + teachcompute_ext.scatter_nd_of_shape(
+            h.shape, rows, h, "add")
+        logits = self.proj(h)
+        p = teachcompute_ext.softmax(logits, -1)
+        values, _ = teachcompute_ext.reduce_max(p, 1, keepdim=True)
+        return teachcompute_ext.log_softmax(logits, -1) + values + teachcompute_ext.logsumexp(logits, [1], True) * 0
+
+
+def test_torch_export_dynamic_batch_matches_eager():
+    torch.manual_seed(0)
+    model = TinyModel().eval()
+    tokens = torch.randint(0, 100, (6, 5))
+    batch = torch.export.Dim("batch", min=2, max=64)
+    ep = torch.export.export(model, (tokens,), dynamic_shapes={"tokens": {0: batch}})
+    for b in (3, 6, 17):
+        t = torch.randint(0, 100, (b, 5))
+        torch.testing.assert_close(ep.module()(t), model(t))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(model, batches, lr=0.1):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for tokens, labels in batches:
+        opt.zero_grad()
+        loss = torch.nn.functional.nll_loss(model(tokens), labels)
+        loss.backward()
+        opt.step()
+
+
+def _ddp_worker(rank, world, port, init_state, batches, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = TinyModel()
+    model.load_state_dict(init_state)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    # Each rank trains on its half of every global batch; DDP averages the gradients.
+    local = [(t.chunk(world)[rank], y.chunk(world)[rank]) for t, y in batches]
+    _train(ddp, local)
+    if rank == 0:
+        torch.save(model.state_dict(), out_path)
+    dist.destroy_process_group()
+
+
+def test_ddp_two_cpu_processes_match_a_single_process(tmp_path):
+    torch.manual_seed(1)
+    model = TinyModel()
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(2)
+    batches = [(torch.randint(0, 100, (8, 5), generator=g), torch.randint(0, 4, (8,), generator=g)) for _ in range(4)]
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), init_state, batches, out), nprocs=2, join=True)
+    _train(model, batches)  # single process on the same global batches
+    ddp_state = torch.load(out)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(ddp_state[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_whole_model_compiles_with_no_graph_break_and_no_recompile():
+    torch.manual_seed(3)
+    model = TinyModel()
+    tokens = torch.randint(0, 100, (6, 5))
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(tokens)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    compiled(tokens)  # compiles once, for a symbolic batch
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for b in (3, 11, 20):
+            t = torch.randint(0, 100, (b, 5))
+            out = compiled(t)
+            torch.testing.assert_close(out, model(t))
+            gc = torch.autograd.grad(out.sum(), list(model.parameters()))
+            ge = torch.autograd.grad(model(t).sum(), list(model.parameters()))
+            for a, e in zip(gc, ge):
+                torch.testing.assert_close(a, e)
