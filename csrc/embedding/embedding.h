@@ -72,4 +72,26 @@ inline int64_t bag_count(const at::Tensor& indices, const std::optional<at::Tens
   return bags;
 }
 
+// The checked arguments of embedding_bag_forward / _backward (CPU and CUDA).
+struct BagArgs {
+  BagMode mode;
+  int64_t bags;
+  int64_t padding;  // wrapped; -1 for none
+};
+
+inline BagArgs check_bag_args(const char* op, const at::Tensor& weight, const at::Tensor& indices,
+                              const std::optional<at::Tensor>& offsets, std::string_view mode_s,
+                              const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,
+                              bool include_last_offset) {
+  check_weight(op, weight);
+  const BagMode mode = parse_bag_mode(mode_s);
+  const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset);
+  if (psw.has_value()) {
+    TORCH_CHECK_TYPE(psw->scalar_type() == weight.scalar_type(), "teachcompute_ext.embedding_bag: ",
+                     "'per_sample_weights' has dtype ", dtype_name(psw->scalar_type()), " but 'weight' has dtype ",
+                     dtype_name(weight.scalar_type()));
+  }
+  return {mode, bags, wrap_padding_idx(op, padding_idx, weight.size(0))};
+}
+
 }  // namespace teachcompute_ext

@@ -164,14 +164,6 @@ std::vector<double> bag_scales(const BagPlan& p, BagMode mode, const std::option
   return scale;
 }
 
-void check_psw_dtype(const std::optional<at::Tensor>& psw, const at::Tensor& weight) {
-  if (psw.has_value()) {
-    TORCH_CHECK_TYPE(psw->scalar_type() == weight.scalar_type(), "teachcompute_ext.embedding_bag: ",
-                     "'per_sample_weights' has dtype ", dtype_name(psw->scalar_type()), " but 'weight' has dtype ",
-                     dtype_name(weight.scalar_type()));
-  }
-}
-
 }  // namespace
 
 at::Tensor embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, std::optional<int64_t> padding_idx) {
@@ -220,11 +212,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_cpu(const at::Tensor& w
                                                              std::optional<int64_t> padding_idx,
                                                              bool include_last_offset) {
   const char* op = "embedding_bag";
-  check_weight(op, weight);
-  const BagMode mode = parse_bag_mode(mode_s);
-  const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset);
-  check_psw_dtype(psw, weight);
-  const int64_t padding = wrap_padding_idx(op, padding_idx, weight.size(0));
+  const auto [mode, bags, padding] =
+      check_bag_args(op, weight, indices, offsets, mode_s, psw, padding_idx, include_last_offset);
   const at::Tensor w = weight.contiguous();
   const int64_t dim = w.size(1);
   if (padding < 0 && mode != BagMode::MAX) {
@@ -312,9 +301,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_cpu(
     const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx, bool include_last_offset) {
   const char* op = "embedding_bag_backward";
   check_float_dtype(op, "grad", grad);
-  const BagMode mode = parse_bag_mode(mode_s);
-  const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset);
-  const int64_t padding = wrap_padding_idx(op, padding_idx, weight.size(0));
+  const auto [mode, bags, padding] =
+      check_bag_args(op, weight, indices, offsets, mode_s, psw, padding_idx, include_last_offset);
   const int64_t num = weight.size(0), dim = weight.size(1);
   const BagPlan p = plan_bags(weight, indices, offsets, bags, padding, include_last_offset, /*need_bag_of=*/true);
   const at::Tensor g = grad.contiguous();

@@ -135,11 +135,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_cuda(const at::Tensor& 
                                                               const std::optional<at::Tensor>& psw,
                                                               std::optional<int64_t> padding_idx,
                                                               bool include_last_offset) {
-  const char* op = "embedding_bag";
-  check_weight(op, weight);
-  const BagMode mode = parse_bag_mode(mode_s);
-  const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset);
-  const int64_t padding = wrap_padding_idx(op, padding_idx, weight.size(0));
+  const auto [mode, bags, padding] =
+      check_bag_args("embedding_bag", weight, indices, offsets, mode_s, psw, padding_idx, include_last_offset);
   c10::cuda::CUDAGuard guard(weight.device());
   const at::Tensor w = weight.contiguous(), idx = indices.contiguous();
   const int64_t dim = w.size(1);
@@ -169,9 +166,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_cuda(
     const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx, bool include_last_offset) {
   const char* op = "embedding_bag_backward";
   check_float_dtype(op, "grad", grad);
-  const BagMode mode = parse_bag_mode(mode_s);
-  const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset);
-  const int64_t padding = wrap_padding_idx(op, padding_idx, weight.size(0));
+  const auto [mode, bags, padding] =
+      check_bag_args(op, weight, indices, offsets, mode_s, psw, padding_idx, include_last_offset);
   c10::cuda::CUDAGuard guard(grad.device());
   const int64_t num = weight.size(0), dim = weight.size(1);
   const at::Tensor idx = indices.reshape({-1}).to(at::kLong);

@@ -68,4 +68,13 @@ inline ScatterShape check_scatter(const char* op, at::IntArrayRef shape, c10::Sc
   return s;
 }
 
+// masked_scatter_nd_of_shape: the checks of scatter_nd_of_shape, and k == 1.
+inline ScatterShape check_masked_scatter(at::IntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates) {
+  const char* op = "masked_scatter_nd_of_shape";
+  const ScatterShape s = check_scatter(op, shape, updates.scalar_type(), indices, updates, false);
+  TORCH_CHECK(s.k == 1, "teachcompute_ext.", op, ": 'indices' must end in a dim of 1 (k = 1), got shape ",
+              indices.sizes());
+  return s;
+}
+
 }  // namespace teachcompute_ext

@@ -176,9 +176,7 @@ at::Tensor masked_scatter_nd_of_shape_cuda(c10::SymIntArrayRef shape, const at::
   const char* op = "masked_scatter_nd_of_shape";
   const ScatterReduction red = parse_reduction(op, reduction);
   const at::IntArrayRef sh = C10_AS_INTARRAYREF_SLOW(shape);
-  const ScatterShape s = check_scatter(op, sh, updates.scalar_type(), indices, updates, false);
-  TORCH_CHECK(s.k == 1, "teachcompute_ext.", op, ": 'indices' must end in a dim of 1 (k = 1), got shape ",
-              indices.sizes());
+  const ScatterShape s = check_masked_scatter(sh, indices, updates);
   c10::cuda::CUDAGuard guard(updates.device());
   at::Tensor out = at::zeros(sh, updates.options());
   scatter_into(out, sh, indices, updates, red, s, true, masked_value);
