@@ -9,6 +9,8 @@
 
 namespace teachcompute_ext::cuda {
 
+constexpr int kWarp = 32;
+
 // N elements loaded with one 16-byte instruction (LDG.128) when the address
 // is 16-byte aligned: a quarter of the load instructions of 4-byte loads.
 template <typename T, int N>

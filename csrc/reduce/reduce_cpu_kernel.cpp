@@ -23,6 +23,15 @@ namespace {
 using at::vec::Vectorized;
 using namespace vec_io;
 
+// Lanes of NV vectors (one COLS tile) into out[0 .. NV * L), converted.
+template <typename Out, typename A, int64_t NV>
+inline void store_tile(const Vectorized<A> (&v)[NV], Out* out) {
+  constexpr int64_t L = Vectorized<A>::size();
+  alignas(64) A lanes[NV * L];
+  for (int64_t j = 0; j < NV; ++j) v[j].store(lanes + j * L);
+  for (int64_t c = 0; c < NV * L; ++c) out[c] = static_cast<Out>(lanes[c]);
+}
+
 // ---- sum, COLS: out[c] = sum_r p[r * stride + c], c < width <= kReduceColTile --
 // Two-level cascade per lane (blocks of 64 rows, block sums added in double)
 // keeps a 4096-row float32 column sum within a few ulps.
@@ -122,15 +131,8 @@ void maxmin_cols(const T* p, int64_t R, int64_t stride, int64_t width, bool is_m
     const V pos(static_cast<A>(r));
     for (int64_t j = 0; j < NV; ++j) maxmin_update<A>(best[j], bidx[j], IO<T>::load(p + r * stride + j * L), pos, is_max);
   }
-  alignas(64) A bv[kReduceColTile], bi[kReduceColTile];
-  for (int64_t j = 0; j < NV; ++j) {
-    best[j].store(bv + j * L);
-    bidx[j].store(bi + j * L);
-  }
-  for (int64_t c = 0; c < kReduceColTile; ++c) {
-    val[c] = static_cast<double>(bv[c]);
-    idx[c] = static_cast<int64_t>(bi[c]);
-  }
+  store_tile(best, val);
+  store_tile(bidx, idx);
 }
 
 // ---- logsumexp: online (max, sum of exp) -----------------------------------------
@@ -197,15 +199,8 @@ void lse_cols(const T* p, int64_t R, int64_t stride, int64_t width, double* m_ou
       online_update<A>(m[j], s[j], v, [&](const V& mn) { return vexp(v - mn); });
     }
   }
-  alignas(64) A ml[kReduceColTile], sl[kReduceColTile];
-  for (int64_t j = 0; j < NV; ++j) {
-    m[j].store(ml + j * L);
-    s[j].store(sl + j * L);
-  }
-  for (int64_t c = 0; c < kReduceColTile; ++c) {
-    m_out[c] = static_cast<double>(ml[c]);
-    s_out[c] = static_cast<double>(sl[c]);
-  }
+  store_tile(m, m_out);
+  store_tile(s, s_out);
 }
 
 template <typename T>

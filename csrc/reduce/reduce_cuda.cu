@@ -17,12 +17,13 @@
 
 #include "common/cuda_utils.cuh"
 #include "ops.h"
+#include "reduce/online_softmax.cuh"
 #include "reduce/reduce_dims.h"
 
 namespace teachcompute_ext {
 namespace {
 
-constexpr int kWarp = 32;
+using cuda::kWarp;
 constexpr int kBlockThreads = 512;
 constexpr int kGeneralThreads = 256;
 constexpr int kMaxDims = 10;
@@ -68,24 +69,10 @@ struct SumOp {
 };
 
 template <typename A>
-__device__ __forceinline__ A nan_max(A a, A b) {
-  return (a != a || a > b) ? a : b;
-}
-
-template <typename A>
 struct LseOp {
-  struct State {
-    A m;
-    A s;
-  };
+  using State = cuda::MaxSum<A>;
   __device__ State init() const { return {-std::numeric_limits<A>::infinity(), A(0)}; }
-  __device__ State merge(State a, State b) const {
-    const A M = nan_max(a.m, b.m);
-    if (M == -std::numeric_limits<A>::infinity()) return {M, A(0)};
-    const A ea = a.m == -std::numeric_limits<A>::infinity() ? A(0) : a.s * exp(a.m - M);
-    const A eb = b.m == -std::numeric_limits<A>::infinity() ? A(0) : b.s * exp(b.m - M);
-    return {M, ea + eb};
-  }
+  __device__ State merge(State a, State b) const { return cuda::merge(a, b); }
   __device__ void update(State& st, A v, int64_t) const { st = merge(st, State{v, A(1)}); }
   // As torch.logsumexp: -inf, +inf and NaN maxima are the result.
   __device__ A result(State st) const { return (isnan(st.m) || isinf(st.m)) ? st.m : st.m + log(st.s); }

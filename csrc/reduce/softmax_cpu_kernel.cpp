@@ -180,6 +180,16 @@ void fwd_rows(const T* x, T* y, int64_t n, int64_t r0, int64_t r1, bool log, boo
 }
 
 // ---- forward, inner > 1 --------------------------------------------------------
+// COLS unit u: outer index u / tiles, columns from c0; offset of its first element.
+struct ColTile {
+  int64_t offset, c0;
+};
+inline ColTile col_tile(int64_t u, int64_t n, int64_t inner) {
+  const int64_t tiles = (inner + kSoftmaxColTile - 1) / kSoftmaxColTile;
+  const int64_t c0 = (u % tiles) * kSoftmaxColTile;
+  return {(u / tiles) * n * inner + c0, c0};
+}
+
 // Scalar path for a partial tile (the last < 64 columns of a row of columns).
 template <typename T>
 void fwd_cols_scalar(const T* x, T* y, int64_t n, int64_t inner, int64_t width, bool log) {
@@ -206,11 +216,10 @@ void fwd_cols(const T* x, T* y, int64_t n, int64_t inner, int64_t u0, int64_t u1
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
   constexpr int64_t NV = kSoftmaxColTile / L;
-  const int64_t tiles = (inner + kSoftmaxColTile - 1) / kSoftmaxColTile;
   for (int64_t u = u0; u < u1; ++u) {
-    const int64_t o = u / tiles, c0 = (u % tiles) * kSoftmaxColTile;
-    const T* xb = x + o * n * inner + c0;
-    T* yb = y + o * n * inner + c0;
+    const auto [off, c0] = col_tile(u, n, inner);
+    const T* xb = x + off;
+    T* yb = y + off;
     if (c0 + kSoftmaxColTile > inner) {
       fwd_cols_scalar(xb, yb, n, inner, inner - c0, log);
       continue;
@@ -297,10 +306,8 @@ void bwd_cols(const T* g, const T* y, T* gx, int64_t n, int64_t inner, int64_t u
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
   constexpr int64_t NV = kSoftmaxColTile / L;
-  const int64_t tiles = (inner + kSoftmaxColTile - 1) / kSoftmaxColTile;
   for (int64_t u = u0; u < u1; ++u) {
-    const int64_t o = u / tiles, c0 = (u % tiles) * kSoftmaxColTile;
-    const int64_t off = o * n * inner + c0;
+    const auto [off, c0] = col_tile(u, n, inner);
     if (c0 + kSoftmaxColTile > inner) {
       for (int64_t c = 0; c < inner - c0; ++c) {
         A dot = 0;

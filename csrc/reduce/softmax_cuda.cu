@@ -16,41 +16,23 @@
 
 #include "common/cuda_utils.cuh"
 #include "ops.h"
+#include "reduce/online_softmax.cuh"
 #include "reduce/softmax.h"
 
 namespace teachcompute_ext {
 namespace {
 
-constexpr int kWarp = 32;
+using cuda::kWarp;
 constexpr int kRowsPerWarpBlock = 8;
 constexpr int kBlockThreads = 512;
 constexpr int kColThreads = 256;
 
 using cuda::acc_type;
 
-__device__ __forceinline__ float dexp(float v) { return expf(v); }
-__device__ __forceinline__ double dexp(double v) { return exp(v); }
-__device__ __forceinline__ float dlog(float v) { return logf(v); }
-__device__ __forceinline__ double dlog(double v) { return log(v); }
-
-template <typename A>
-struct MaxSum {
-  A m;
-  A s;
-};
-
-// NaN-propagating max, as torch's.
-template <typename A>
-__device__ __forceinline__ A nan_max(A a, A b) {
-  return (a != a || a > b) ? a : b;
-}
-
-template <typename A>
-__device__ __forceinline__ MaxSum<A> merge(MaxSum<A> a, MaxSum<A> b) {
-  const A M = nan_max(a.m, b.m);
-  if (M == -std::numeric_limits<A>::infinity()) return {M, A(0)};
-  return {M, a.s * dexp(a.m - M) + b.s * dexp(b.m - M)};
-}
+using cuda::dexp;
+using cuda::dlog;
+using cuda::MaxSum;
+using cuda::merge;
 
 template <typename A>
 __device__ __forceinline__ MaxSum<A> warp_merge(MaxSum<A> v) {
