@@ -7,6 +7,7 @@
 #include <c10/util/OptionalArrayRef.h>
 #include <c10/util/string_view.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -62,8 +63,23 @@ at::Tensor embedding_bag_composite(const at::Tensor& weight, const at::Tensor& i
                                    const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,
                                    bool include_last_offset);
 
+// ---- matmul/ : fused_matmul and fused_linear ----------------------------------
+// fused_matmul is device-generic (the GEMM library takes alpha and the transposes).
+at::Tensor fused_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, bool trans_a, bool trans_b);
+#define TCE_FUSED_LINEAR_DECLS(dev)                                                                              \
+  std::tuple<at::Tensor, at::Tensor> fused_linear_forward_##dev(const at::Tensor& x, const at::Tensor& weight,   \
+                                                                const std::optional<at::Tensor>& bias,          \
+                                                                c10::string_view activation, bool save_pre);    \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_##dev(                                   \
+      const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& aux,            \
+      c10::string_view activation, bool has_bias, std::array<bool, 3> output_mask);
+TCE_FUSED_LINEAR_DECLS(cpu)
+at::Tensor fused_linear_composite(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                  c10::string_view activation);
+
 #ifdef TEACHCOMPUTE_EXT_WITH_CUDA
 TCE_EMBEDDING_DECLS(cuda)
+TCE_FUSED_LINEAR_DECLS(cuda)
 at::Tensor vector_sum_cuda(const at::Tensor& x);
 at::Tensor softmax_cuda(const at::Tensor& x, int64_t dim);
 at::Tensor log_softmax_cuda(const at::Tensor& x, int64_t dim);

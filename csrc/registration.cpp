@@ -68,10 +68,28 @@ TORCH_LIBRARY(teachcompute_ext, m) {
       "embedding_bag_backward(Tensor grad, Tensor weight, Tensor indices, Tensor? offsets, Tensor max_indices, "
       "str mode, Tensor? per_sample_weights, int? padding_idx, bool include_last_offset) -> (Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
+
+  // ---- matmul -----------------------------------------------------------------
+  // alpha * op(a) @ op(b), op transposing the last two dims; batch dims broadcast (torch.matmul).
+  m.def("fused_matmul(Tensor a, Tensor b, float alpha=1.0, bool trans_a=False, bool trans_b=False) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // act(x @ weight.T + bias), act in none, relu, gelu, gelu_tanh, silu (F.linear then the activation).
+  m.def("fused_linear(Tensor x, Tensor weight, Tensor? bias=None, str activation=\"none\") -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // fused_linear and its pre-activation (empty unless save_pre and the activation's backward needs it).
+  m.def("fused_linear_forward(Tensor x, Tensor weight, Tensor? bias, str activation, bool save_pre) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+  // Gradients of fused_linear for x, weight, bias from grad and aux (the pre-activation, or the
+  // output for relu); grad * act' and the bias sums fused in one pass. Masked-out ones are empty.
+  m.def(
+      "fused_linear_backward(Tensor grad, Tensor x, Tensor weight, Tensor aux, str activation, bool has_bias, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, CompositeImplicitAutograd, m) {
   m.impl("embedding_bag", &teachcompute_ext::embedding_bag_composite);
+  m.impl("fused_linear", &teachcompute_ext::fused_linear_composite);
 }
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
@@ -93,6 +111,9 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
   m.impl("log_softmax", &teachcompute_ext::log_softmax_cpu);
   m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cpu);
   m.impl("log_softmax_backward", &teachcompute_ext::log_softmax_backward_cpu);
+  m.impl("fused_matmul", &teachcompute_ext::fused_matmul);
+  m.impl("fused_linear_forward", &teachcompute_ext::fused_linear_forward_cpu);
+  m.impl("fused_linear_backward", &teachcompute_ext::fused_linear_backward_cpu);
 }
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
@@ -126,5 +147,6 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, CUDA, m) {
   m.impl("log_softmax", &teachcompute_ext::log_softmax_cuda);
   m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cuda);
   m.impl("log_softmax_backward", &teachcompute_ext::log_softmax_backward_cuda);
+  m.impl("fused_matmul", &teachcompute_ext::fused_matmul);
 }
 #endif

@@ -16,7 +16,8 @@ from .reduce import (
 )
 
 from .embedding import embedding, embedding_bag
+from .matmul import fused_linear, fused_matmul
 from .scatter_nd import masked_scatter_nd_of_shape, scatter_nd, scatter_nd_, scatter_nd_of_shape
 
-__all__ = ["embedding", "embedding_bag", "scatter_nd", "scatter_nd_", "scatter_nd_of_shape", "masked_scatter_nd_of_shape", "vector_sum", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "logsumexp", "softmax",
+__all__ = ["fused_matmul", "fused_linear", "embedding", "embedding_bag", "scatter_nd", "scatter_nd_", "scatter_nd_of_shape", "masked_scatter_nd_of_shape", "vector_sum", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "logsumexp", "softmax",
            "log_softmax"]

@@ -1,0 +1,126 @@
+// fused_matmul and fused_linear: the semantics shared by the CPU and CUDA paths
+// (argument checks, activation names, output shapes; the fake kernels in
+// teachcompute_ext/ops/matmul.py mirror them), and the CPU epilogue kernels'
+// table. Device files only compute.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/cpu_isa.h"
+
+namespace teachcompute_ext {
+
+// The activations fused_linear applies after the bias. The derivative of each
+// depends only on its input (the pre-activation), except relu whose mask is
+// also readable from its output, which the caller keeps anyway: relu saves no
+// extra tensor for its backward.
+enum class Act : int { None = 0, Relu = 1, Gelu = 2, GeluTanh = 3, Silu = 4 };
+
+constexpr const char* kActNames = "none, relu, gelu, gelu_tanh, silu";
+
+inline Act parse_activation(const char* op, c10::string_view s) {
+  if (s == "none") return Act::None;
+  if (s == "relu") return Act::Relu;
+  if (s == "gelu") return Act::Gelu;
+  if (s == "gelu_tanh") return Act::GeluTanh;
+  if (s == "silu") return Act::Silu;
+  TORCH_CHECK_VALUE(false, "teachcompute_ext.", op, ": unknown activation '", std::string(s),
+                    "' for argument 'activation' (expected one of ", kActNames, ")");
+}
+
+// Activations whose backward needs the pre-activation saved (relu reads its output).
+inline bool act_needs_pre(Act a) { return a == Act::Gelu || a == Act::GeluTanh || a == Act::Silu; }
+
+inline void check_same(const char* op, const char* what, const at::Tensor& t, const char* ref_what,
+                       const at::Tensor& ref) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "teachcompute_ext.", op, ": argument '", what, "' has dtype ",
+              dtype_name(t.scalar_type()), " but '", ref_what, "' has dtype ", dtype_name(ref.scalar_type()));
+  TORCH_CHECK(t.device() == ref.device(), "teachcompute_ext.", op, ": argument '", what, "' is on ", t.device(),
+              " but '", ref_what, "' is on ", ref.device());
+}
+
+// x [..., in], weight [out, in], bias [out]: checks and returns (M, N, K) with
+// M the product of x's leading dims.
+struct LinearShape {
+  int64_t m, n, k;
+};
+
+inline LinearShape check_linear(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias) {
+  check_float_dtype(op, "x", x);
+  check_float_dtype(op, "weight", weight);
+  TORCH_CHECK(weight.dim() == 2, "teachcompute_ext.", op, ": argument 'weight' must be 2-D [out_features, in_features], got shape ",
+              weight.sizes());
+  TORCH_CHECK(x.dim() >= 1, "teachcompute_ext.", op, ": argument 'x' must have at least 1 dim [..., in_features], got a 0-d tensor");
+  check_same(op, "weight", weight, "x", x);
+  TORCH_CHECK(x.size(-1) == weight.size(1), "teachcompute_ext.", op, ": in_features mismatch: 'x' has shape ",
+              x.sizes(), " (last dim ", x.size(-1), ") but 'weight' has shape ", weight.sizes(), " (in_features ",
+              weight.size(1), ")");
+  if (bias.has_value()) {
+    check_same(op, "bias", *bias, "x", x);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "teachcompute_ext.", op,
+                ": argument 'bias' must have shape [", weight.size(0), "] (out_features), got ", bias->sizes());
+  }
+  const int64_t k = weight.size(1);
+  const int64_t m = k > 0 ? x.numel() / k : c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+  return {m, weight.size(0), k};
+}
+
+inline std::vector<int64_t> linear_out_shape(const at::Tensor& x, int64_t n) {
+  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
+  s.back() = n;
+  return s;
+}
+
+// fused_matmul: op(a) is a, or a with its last two dims swapped.
+struct MatmulShape {
+  std::vector<int64_t> batch;  // broadcast batch dims
+  int64_t m, n, k;
+};
+
+inline MatmulShape check_matmul(const char* op, const at::Tensor& a, const at::Tensor& b, bool trans_a, bool trans_b) {
+  check_float_dtype(op, "a", a);
+  check_float_dtype(op, "b", b);
+  check_same(op, "b", b, "a", a);
+  TORCH_CHECK(a.dim() >= 2, "teachcompute_ext.", op, ": argument 'a' must have at least 2 dims, got shape ", a.sizes());
+  TORCH_CHECK(b.dim() >= 2, "teachcompute_ext.", op, ": argument 'b' must have at least 2 dims, got shape ", b.sizes());
+  const int64_t m = a.size(trans_a ? -1 : -2), ka = a.size(trans_a ? -2 : -1);
+  const int64_t kb = b.size(trans_b ? -1 : -2), n = b.size(trans_b ? -2 : -1);
+  TORCH_CHECK(ka == kb, "teachcompute_ext.", op, ": inner dims do not match: op(a) is ", m, "x", ka, " (a ", a.sizes(),
+              ", trans_a=", trans_a, ") but op(b) is ", kb, "x", n, " (b ", b.sizes(), ", trans_b=", trans_b, ")");
+  const int64_t da = a.dim() - 2, db = b.dim() - 2, d = std::max(da, db);
+  std::vector<int64_t> batch(d);
+  for (int64_t i = 0; i < d; ++i) {
+    const int64_t sa = i - (d - da) >= 0 ? a.size(i - (d - da)) : 1;
+    const int64_t sb = i - (d - db) >= 0 ? b.size(i - (d - db)) : 1;
+    TORCH_CHECK(sa == sb || sa == 1 || sb == 1, "teachcompute_ext.", op, ": batch dims do not broadcast: 'a' has ",
+                "batch shape ", a.sizes().slice(0, da), " and 'b' has batch shape ", b.sizes().slice(0, db));
+    batch[i] = sa == 1 ? sb : sa;
+  }
+  return {batch, m, n, ka};
+}
+
+// CPU epilogue kernels, one table per ISA (fused_linear_cpu_kernel.cpp); they
+// work on `rows` rows of `cols` columns, each array with its own row stride.
+template <typename scalar_t>
+struct FusedLinearFns {
+  // y holds x @ W^T on entry; writes y = act(y + bias) and, when pre is not
+  // null, pre = y + bias (the pre-activation the backward needs). bias may be null.
+  void (*forward)(scalar_t* y, int64_t ldy, scalar_t* pre, int64_t ldp, const scalar_t* bias, int64_t rows,
+                  int64_t cols, Act act);
+  // dpre = grad * act'(aux), aux being the pre-activation (or the output for
+  // relu); dpre may alias nothing else. When bias_acc is not null, adds each
+  // column's sum of dpre into bias_acc[col] (float, double for float64).
+  void (*backward)(const scalar_t* grad, int64_t ldg, const scalar_t* aux, int64_t lda, scalar_t* dpre, int64_t ldd,
+                   int64_t rows, int64_t cols, Act act, void* bias_acc);
+};
+
+using FusedLinearKernels = PerDtype<FusedLinearFns>;
+TCE_DECLARE_ISA_TABLE(FusedLinearKernels, kFusedLinearKernels)
+
+}  // namespace teachcompute_ext

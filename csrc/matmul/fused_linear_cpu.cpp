@@ -1,0 +1,190 @@
+// fused_linear on the CPU: act(x @ W^T + bias), forward and backward.
+// The GEMMs are torch's BLAS (MKL here) through at::mm_out; what we fuse is
+// everything around them. Forward: the output is computed tile by tile, each
+// thread running a single-threaded GEMM on its tile and applying bias and
+// activation right away, while the tile is still in its L2, so the [M, N]
+// output is written once and never read back (eager: a bias copy, the GEMM,
+// then gelu reading it and writing a second tensor). Backward: for a block of
+// rows, grad * act'(pre) and the bias gradient's column sums in one pass, then
+// that block's grad_x GEMM while the block is hot; grad_weight is one GEMM over
+// all rows. Bound: the three GEMMs (6 M N K FLOPs); see
+// benchmarks/results/matmul-cpu.json for the ratios against eager and compile.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+
+#include "matmul/fused_linear.h"
+#include "ops.h"
+
+namespace teachcompute_ext {
+namespace {
+
+// Forward tile: 128 rows x 512 columns of float32 is 256 KiB, so the GEMM's
+// output tile stays in L2 (1 MiB per core here) for the epilogue that follows;
+// 128 rows keep MKL's packed panels efficient (measured: tiles of 64 rows
+// lost 4% to packing, 256 rows x 1024 columns spilled to L3).
+constexpr int64_t kTileRows = 128;
+constexpr int64_t kTileCols = 512;
+// Backward row block: its dpre rows (64 x N) are read by the grad_x GEMM right
+// after being written.
+constexpr int64_t kBwdRows = 64;
+// Below this many FLOPs one untiled GEMM with all threads wins (tiling would
+// leave threads idle).
+constexpr double kTileMinFlops = 64.0 * 1024 * 1024;
+
+// A 2-D operand BLAS can read without a copy (one unit stride).
+at::Tensor blas_ready(const at::Tensor& t) {
+  return (t.stride(-1) == 1 || t.stride(-2) == 1) ? t : t.contiguous();
+}
+
+template <typename T>
+const FusedLinearFns<T>& kernels() {
+  return for_dtype<T>(TCE_ISA_TABLE(kFusedLinearKernels));
+}
+
+#define TCE_DISPATCH_FLOAT(type, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                            const std::optional<at::Tensor>& bias,
+                                                            c10::string_view activation, bool save_pre) {
+  const char* op = "fused_linear";
+  const LinearShape s = check_linear(op, x, weight, bias);
+  const Act act = parse_activation(op, activation);
+  const at::Tensor x2 = blas_ready(x.reshape({s.m, s.k}));
+  const at::Tensor w = blas_ready(weight);
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({s.m, s.n}, x.options());
+  const bool keep_pre = save_pre && act_needs_pre(act);
+  at::Tensor pre = at::empty({keep_pre ? s.m : 0, keep_pre ? s.n : 0}, x.options());
+  const auto out_shape = linear_out_shape(x, s.n);
+  if (s.m == 0 || s.n == 0) return {out.view(out_shape), keep_pre ? pre.view(out_shape) : pre};
+
+  TCE_DISPATCH_FLOAT(x.scalar_type(), "fused_linear_forward", [&] {
+    const auto& k = kernels<scalar_t>();
+    scalar_t* y = out.mutable_data_ptr<scalar_t>();
+    scalar_t* p = keep_pre ? pre.mutable_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t N = s.n;
+    if (2.0 * s.m * s.n * s.k < kTileMinFlops || at::get_num_threads() == 1) {
+      at::mm_out(out, x2, w.t());
+      at::parallel_for(0, s.m, std::max<int64_t>(1, 16384 / N), [&](int64_t r0, int64_t r1) {
+        k.forward(y + r0 * N, N, p ? p + r0 * N : nullptr, N, bp, r1 - r0, N, act);
+      });
+      return;
+    }
+    // Column tiles outermost: a thread's consecutive tiles share the same
+    // slice of W (nb x K), which stays cached while x's row blocks stream by.
+    const int64_t row_tiles = (s.m + kTileRows - 1) / kTileRows;
+    const int64_t col_tiles = (s.n + kTileCols - 1) / kTileCols;
+    at::parallel_for(0, row_tiles * col_tiles, 1, [&](int64_t t0, int64_t t1) {
+      // Worker threads do not inherit the caller's dispatch state: without
+      // this guard the tile GEMM would go through autograd and refuse out=.
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t c0 = (t / row_tiles) * kTileCols, r0 = (t % row_tiles) * kTileRows;
+        const int64_t nc = std::min(kTileCols, N - c0), nr = std::min(kTileRows, s.m - r0);
+        // Inside at::parallel_for this GEMM runs on the calling thread only
+        // (MKL does not nest inside an OpenMP region).
+        at::Tensor tile = out.narrow(0, r0, nr).narrow(1, c0, nc);
+        at::mm_out(tile, x2.narrow(0, r0, nr), w.narrow(0, c0, nc).t());
+        k.forward(y + r0 * N + c0, N, p ? p + r0 * N + c0 : nullptr, N, bp ? bp + c0 : nullptr, nr, nc, act);
+      }
+    });
+  });
+  return {out.view(out_shape), keep_pre ? pre.view(out_shape) : pre};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& aux,
+    c10::string_view activation, bool has_bias, std::array<bool, 3> output_mask) {
+  const char* op = "fused_linear_backward";
+  const LinearShape s = check_linear(op, x, weight, std::nullopt);
+  const Act act = parse_activation(op, activation);
+  check_same(op, "grad", grad, "x", x);
+  const auto out_shape = linear_out_shape(x, s.n);
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(out_shape), "teachcompute_ext.", op, ": argument 'grad' has shape ",
+              grad.sizes(), " but the output has shape ", at::IntArrayRef(out_shape));
+  if (act != Act::None) {
+    TORCH_CHECK(aux.sizes() == grad.sizes(), "teachcompute_ext.", op, ": argument 'aux' (the saved ",
+                act == Act::Relu ? "output" : "pre-activation", ") has shape ", aux.sizes(), " but 'grad' has shape ",
+                grad.sizes());
+    check_same(op, "aux", aux, "x", x);
+  }
+  const bool want_x = output_mask[0], want_w = output_mask[1], want_b = output_mask[2] && has_bias;
+  // A gradient not asked for is an empty tensor (the schema returns Tensor, not Tensor?).
+  at::Tensor gx = at::empty({want_x ? s.m : 0, want_x ? s.k : 0}, x.options());
+  at::Tensor gw = at::empty({want_w ? s.n : 0, want_w ? s.k : 0}, x.options());
+  at::Tensor gb = at::empty({want_b ? s.n : 0}, x.options());
+  auto result = [&] { return std::make_tuple(want_x ? gx.view(x.sizes()) : gx, gw, gb); };
+  if (s.m == 0 || s.n == 0 || s.k == 0 || !(want_x || want_w || want_b)) {
+    gx.zero_();
+    gw.zero_();
+    gb.zero_();
+    return result();
+  }
+  const at::Tensor g2 = grad.reshape({s.m, s.n}).contiguous();
+  const at::Tensor w = blas_ready(weight);
+  const bool fused_pass = act != Act::None || want_b;
+  at::Tensor dpre = act == Act::None ? g2 : at::empty({s.m, s.n}, x.options());
+  const int64_t blocks = (s.m + kBwdRows - 1) / kBwdRows;
+  // Per-block column sums, added in block order: the bias gradient is the same
+  // bits for any number of threads.
+  const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor partial = want_b ? at::zeros({blocks, s.n}, x.options().dtype(acc_dtype)) : at::Tensor();
+  const bool gx_in_pass = want_x && fused_pass && at::get_num_threads() > 1;
+
+  if (fused_pass) {
+    const at::Tensor a2 = act == Act::None ? g2 : aux.reshape({s.m, s.n}).contiguous();
+    TCE_DISPATCH_FLOAT(x.scalar_type(), "fused_linear_backward", [&] {
+      const auto& k = kernels<scalar_t>();
+      const scalar_t* gp = g2.const_data_ptr<scalar_t>();
+      const scalar_t* ap = a2.const_data_ptr<scalar_t>();
+      scalar_t* dp = act == Act::None ? nullptr : dpre.mutable_data_ptr<scalar_t>();
+      const int64_t N = s.n;
+      at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+        at::AutoDispatchBelowADInplaceOrView below_autograd;
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          const int64_t r0 = blk * kBwdRows, nr = std::min(kBwdRows, s.m - r0);
+          void* acc = want_b ? static_cast<char*>(partial.mutable_data_ptr()) + blk * N * partial.element_size()
+                             : nullptr;
+          k.backward(gp + r0 * N, N, ap + r0 * N, N, dp ? dp + r0 * N : nullptr, N, nr, N, act, acc);
+          if (gx_in_pass) {
+            at::Tensor gx_rows = gx.narrow(0, r0, nr);
+            at::mm_out(gx_rows, dpre.narrow(0, r0, nr), w);
+          }
+        }
+      });
+    });
+  }
+  if (want_x && !gx_in_pass) at::mm_out(gx, dpre, w);
+  if (want_w) at::mm_out(gw, dpre.t(), blas_ready(x.reshape({s.m, s.k})));
+  if (want_b) gb.copy_(partial.sum(0));
+  return result();
+}
+
+at::Tensor fused_linear_composite(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                  c10::string_view activation) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("teachcompute_ext::fused_linear_forward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                 const std::optional<at::Tensor>&, c10::string_view,
+                                                                 bool)>();
+  // The pre-activation is kept only when a backward can follow: inference
+  // writes one [M, N] tensor, not two.
+  const bool grad = at::GradMode::is_enabled() &&
+                    (x.requires_grad() || weight.requires_grad() || (bias.has_value() && bias->requires_grad()));
+  return std::get<0>(op.call(x, weight, bias, activation, grad));
+}
+
+}  // namespace teachcompute_ext

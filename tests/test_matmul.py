@@ -1,0 +1,287 @@
+"""Matmul family: fused_matmul, fused_linear and nn.FusedLinear against a float64 torch reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import teachcompute_ext
+from conftest import DEVICES, FLOAT_DTYPES
+
+ops = torch.ops.teachcompute_ext
+ACTS = {
+    "none": lambda v: v,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda v: F.gelu(v, approximate="tanh"),
+    "silu": F.silu,
+}
+# Inputs are scaled so each output is O(1); the tolerance then covers a K-term
+# dot product accumulated in the dtype's GEMM (half types: float32 accumulation,
+# one rounding of the result and of the stored pre-activation).
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10),
+       torch.float16: dict(rtol=1e-2, atol=1e-2), torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
+
+
+def _rand(shape, dtype, device, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(device, dtype)
+
+
+def _linear_inputs(x_shape, n, dtype, device, seed, bias=True):
+    k = x_shape[-1]
+    x = _rand(x_shape, dtype, device, seed)
+    w = _rand((n, k), dtype, device, seed + 1, scale=1 / max(k, 1) ** 0.5)
+    b = _rand((n,), dtype, device, seed + 2) if bias else None
+    return x, w, b
+
+
+def _reference(x, w, b, act):
+    x64, w64 = x.double(), w.double()
+    b64 = None if b is None else b.double()
+    return ACTS[act](F.linear(x64, w64, b64))
+
+
+# (x shape, out features): 2-D, 3-D, 1-D, empty batch, and one large enough
+# for the CPU path's tiled GEMM (2 M N K above its threshold) with ragged tiles.
+LINEAR_SHAPES = [((37, 19), 23), ((3, 5, 19), 23), ((19,), 23), ((0, 19), 23), ((260, 300), 600)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_linear_forward_backward_match_float64(bias, act, dtype, device):
+    for i, (x_shape, n) in enumerate(LINEAR_SHAPES):
+        x, w, b = _linear_inputs(x_shape, n, dtype, device, 10 * i, bias)
+        params = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+        out = teachcompute_ext.fused_linear(params[0], params[1], params[2] if bias else None, act)
+        assert out.dtype == dtype and out.shape == (*x_shape[:-1], n)
+        ref_params = [t.detach().double().requires_grad_() for t in params]
+        ref = _reference(ref_params[0], ref_params[1], ref_params[2] if bias else None, act)
+        torch.testing.assert_close(out.double(), ref, **TOL[dtype])
+        g = _rand(out.shape, dtype, device, 10 * i + 5)
+        if act == "relu":
+            # relu' jumps at 0: where the pre-activation is within rounding of 0
+            # the mask is not decided by the dtype, so no gradient flows there.
+            pre = F.linear(*[t.detach() for t in ref_params[:2]], ref_params[2].detach() if bias else None)
+            g = g * (pre.abs() > 4 * TOL[dtype]["atol"]).to(dtype)
+        grads = torch.autograd.grad(out, params, g)
+        ref_grads = torch.autograd.grad(ref, ref_params, g.double())
+        for name, got, want in zip(("x", "weight", "bias"), grads, ref_grads):
+            assert got.dtype == dtype and got.shape == want.shape, name
+            # grad_weight and grad_bias sum over M rows: scale the tolerance by sqrt(M)
+            scale = 1.0 if name == "x" else max(1.0, out.numel() / n) ** 0.5
+            tol = {k: v * scale for k, v in TOL[dtype].items()}
+            torch.testing.assert_close(got.double(), want, **tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_linear_gradcheck(bias, act, device):
+    for x_shape, n in [((4, 5), 3), ((2, 3, 5), 4), ((0, 5), 3)]:
+        x, w, b = _linear_inputs(x_shape, n, torch.float64, device, 3, bias)
+        args = [x.requires_grad_(), w.requires_grad_()] + ([b.requires_grad_()] if bias else [None])
+        assert torch.autograd.gradcheck(lambda *a: teachcompute_ext.fused_linear(*a, act), args)
+    # non-contiguous x: a transposed view
+    xt = _rand((5, 6), torch.float64, device, 4).t().requires_grad_()
+    w = _rand((3, 5), torch.float64, device, 5).requires_grad_()
+    b = _rand((3,), torch.float64, device, 6).requires_grad_() if bias else None
+    assert not xt.is_contiguous()
+    assert torch.autograd.gradcheck(lambda *a: teachcompute_ext.fused_linear(*a, act), [xt, w, b])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_linear_non_contiguous_inputs(device):
+    x = _rand((40, 30), torch.float32, device, 1)[::2, ::3]  # (20, 10), both strides > 1
+    w = _rand((10, 8), torch.float32, device, 2).t()  # (8, 10), a transposed view
+    b = _rand((16,), torch.float32, device, 3)[::2]
+    for act in ACTS:
+        torch.testing.assert_close(teachcompute_ext.fused_linear(x, w, b, act).double(), _reference(x, w, b, act),
+                                   **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", ["gelu", "silu", "relu", "none"])
+def test_fused_linear_saves_only_what_the_backward_needs(act, device):
+    x, w, b = _linear_inputs((6, 5), 4, torch.float32, device, 7)
+    # inference (no grad): no pre-activation is written
+    with torch.no_grad():
+        _, pre = ops.fused_linear_forward(x, w, b, act, False)
+    assert pre.numel() == 0
+    _, pre = ops.fused_linear_forward(x, w, b, act, True)
+    assert pre.numel() == (24 if act in ("gelu", "silu") else 0)
+    # save_pre=False under autograd recomputes the pre-activation: same gradients
+    params = [t.clone().requires_grad_() for t in (x, w, b)]
+    out, _ = ops.fused_linear_forward(*params, act, False)
+    g = _rand(out.shape, torch.float32, device, 8)
+    got = torch.autograd.grad(out, params, g)
+    ref = [t.detach().double().requires_grad_() for t in params]
+    want = torch.autograd.grad(_reference(*ref, act), ref, g.double())
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.double(), e, **TOL[torch.float32])
+
+
+def test_fused_linear_bias_grad_same_bits_for_any_thread_count():
+    x, w, b = _linear_inputs((700, 64), 96, torch.float32, "cpu", 9)
+    g = _rand((700, 96), torch.float32, "cpu", 10)
+    aux = F.linear(x, w, b)
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(ops.fused_linear_backward(g, x, w, aux, "gelu", True, [False, False, True])[2])
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+MATMUL_SHAPES = [  # shapes of op(a) and op(b): broadcasting as torch.matmul
+    ((7, 5), (5, 6)), ((3, 7, 5), (5, 6)), ((7, 5), (4, 5, 6)), ((2, 1, 7, 5), (3, 5, 6)), ((0, 7, 5), (5, 6)),
+    ((7, 0), (0, 6)), ((2, 3, 4), (2, 4, 5)),
+]
+
+
+def _op_inputs(sa, sb, ta, tb, dtype, device, seed):
+    a = _rand(sa, dtype, device, seed, scale=1 / max(sa[-1], 1) ** 0.5)
+    b = _rand(sb, dtype, device, seed + 1)
+    # the stored tensor is op(.)'s transpose when the flag is set
+    a = a.mT.contiguous() if ta else a
+    b = b.mT.contiguous() if tb else b
+    return a, b
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_fused_matmul_matches_float64(tb, ta, dtype, device):
+    for i, (sa, sb) in enumerate(MATMUL_SHAPES):
+        a, b = _op_inputs(sa, sb, ta, tb, dtype, device, 20 + i)
+        alpha = 0.75
+        out = teachcompute_ext.fused_matmul(a, b, alpha, ta, tb)
+        A = a.double().mT if ta else a.double()
+        B = b.double().mT if tb else b.double()
+        ref = alpha * torch.matmul(A, B)
+        assert out.dtype == dtype and out.shape == ref.shape
+        torch.testing.assert_close(out.double(), ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_fused_matmul_gradcheck(tb, ta, device):
+    for sa, sb in [((3, 4), (4, 2)), ((2, 3, 4), (4, 2)), ((3, 4), (2, 4, 2)), ((2, 1, 3, 4), (3, 4, 2))]:
+        a, b = _op_inputs(sa, sb, ta, tb, torch.float64, device, 5)
+        f = lambda a, b: teachcompute_ext.fused_matmul(a, b, -1.5, ta, tb)  # noqa: E731
+        assert torch.autograd.gradcheck(f, [a.requires_grad_(), b.requires_grad_()])
+        assert torch.autograd.gradgradcheck(f, [a, b])
+
+
+def test_fused_matmul_and_linear_bad_input():
+    x, w, b = _linear_inputs((4, 5), 3, torch.float32, "cpu", 1)
+    fl = teachcompute_ext.fused_linear
+    with pytest.raises(RuntimeError, match=r"teachcompute_ext.fused_linear: in_features mismatch: 'x' has shape"):
+        fl(x, w[:, :4])
+    with pytest.raises(RuntimeError, match=r"fused_linear: argument 'bias' must have shape \[3\]"):
+        fl(x, w, b[:2])
+    with pytest.raises(RuntimeError, match=r"fused_linear: argument 'weight' has dtype torch.float64 but 'x'"):
+        fl(x, w.double())
+    with pytest.raises(RuntimeError, match=r"fused_linear: argument 'bias' has dtype torch.float16 but 'x'"):
+        fl(x, w, b.half())
+    with pytest.raises(ValueError, match=r"unknown activation 'tanh' for argument 'activation' \(expected one of "
+                                         r"none, relu, gelu, gelu_tanh, silu\)"):
+        fl(x, w, b, "tanh")
+    with pytest.raises(RuntimeError, match=r"fused_linear: argument 'weight' must be 2-D"):
+        fl(x, w[0])
+    with pytest.raises(TypeError, match=r"fused_linear: unsupported dtype torch.int64 for argument 'x'"):
+        fl(x.long(), w.long())
+    # devices: the meta device reaches the same checks through the fake kernel
+    with pytest.raises(RuntimeError, match=r"fused_linear: argument 'weight' is on meta but 'x' is on cpu"):
+        fl(x, w.to("meta"))
+    fm = teachcompute_ext.fused_matmul
+    with pytest.raises(RuntimeError, match=r"fused_matmul: inner dims do not match: op\(a\) is 4x5"):
+        fm(x, x)
+    fm(x, x, 1.0, False, True)  # a @ a.T is fine
+    with pytest.raises(RuntimeError, match=r"fused_matmul: batch dims do not broadcast: 'a' has batch shape \[2\]"):
+        fm(torch.randn(2, 3, 4), torch.randn(3, 4, 5))
+    with pytest.raises(RuntimeError, match=r"fused_matmul: argument 'b' must have at least 2 dims"):
+        fm(x, torch.randn(5))
+    with pytest.raises(RuntimeError, match=r"fused_matmul: argument 'b' is on meta but 'a' is on cpu"):
+        fm(x, torch.randn(5, 2, device="meta"))
+    # and inside a compiled graph (fake kernels)
+    with pytest.raises(Exception, match=r"in_features mismatch"):
+        torch.compile(fl, fullgraph=True)(x, w[:, :4])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_matmul_opcheck(dtype, device):
+    x, w, b = _linear_inputs((6, 5), 4, dtype, device, 2)
+    grad_ok = dtype in (torch.float32, torch.float64)
+    for act in ACTS:
+        for save_pre in (True, False):
+            args = (x.requires_grad_(grad_ok), w.requires_grad_(grad_ok), b.requires_grad_(grad_ok), act, save_pre)
+            torch.library.opcheck(ops.fused_linear_forward, args)
+        aux = F.linear(x, w, b).detach()
+        for mask in ([True, True, True], [False, True, False], [True, False, True]):
+            torch.library.opcheck(ops.fused_linear_backward,
+                                  (_rand((6, 4), dtype, device, 3), x.detach(), w.detach(), aux, act, True, mask))
+    for ta in (False, True):
+        a, bb = _op_inputs((2, 3, 4), (4, 5), ta, False, dtype, device, 4)
+        torch.library.opcheck(ops.fused_matmul, (a.requires_grad_(grad_ok), bb.requires_grad_(grad_ok), 0.5, ta, False))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matmul_torch_compile_fullgraph_dynamic(device):
+    torch._dynamo.reset()
+
+    def f(x, w, b, a, c):
+        return teachcompute_ext.fused_linear(x, w, b, "gelu").sum() + teachcompute_ext.fused_matmul(a, c, 2.0, True).sum()
+
+    cf = torch.compile(f, fullgraph=True, dynamic=True)
+    for m in (3, 8, 17):
+        x, w, b = _linear_inputs((m, 5), 4, torch.float64, device, m)
+        a, c = _op_inputs((m, 6), (6, 2), True, False, torch.float64, device, m + 1)
+        ins = [t.requires_grad_() for t in (x, w, b, a, c)]
+        got = cf(*ins)
+        got_g = torch.autograd.grad(got, ins)
+        want = f(*ins)
+        want_g = torch.autograd.grad(want, ins)
+        torch.testing.assert_close(got, want)
+        for p, q in zip(got_g, want_g):
+            torch.testing.assert_close(p, q)
+
+
+def test_fused_linear_model_compiles_with_no_graph_break():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(
+        teachcompute_ext.nn.FusedLinear(8, 16, activation="gelu"),
+        teachcompute_ext.nn.FusedLinear(16, 16, activation="silu", bias=False),
+        teachcompute_ext.nn.FusedLinear(16, 4),
+    ).double()
+    x = _rand((5, 8), torch.float64, "cpu", 1)
+    explain = torch._dynamo.explain(model)(x)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_nn_fused_linear_is_a_drop_in_for_linear():
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(6, 3)
+    torch.manual_seed(0)
+    ours = teachcompute_ext.nn.FusedLinear(6, 3, activation="relu")
+    # same initialization for the same seed, same state_dict keys and shapes
+    for (k1, v1), (k2, v2) in zip(ref.state_dict().items(), ours.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    other = torch.nn.Linear(6, 3)
+    ours.load_state_dict(other.state_dict())
+    back = torch.nn.Linear(6, 3)
+    back.load_state_dict(ours.state_dict())
+    x = _rand((4, 6), torch.float32, "cpu", 2)
+    torch.testing.assert_close(ours(x), F.relu(back(x)))
+    nb = teachcompute_ext.nn.FusedLinear(6, 3, bias=False, dtype=torch.float64)
+    assert nb.bias is None and nb.weight.dtype == torch.float64 and "activation=none" in repr(nb)
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        teachcompute_ext.nn.FusedLinear(6, 3, activation="swish")
