@@ -148,5 +148,7 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, CUDA, m) {
   m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cuda);
   m.impl("log_softmax_backward", &teachcompute_ext::log_softmax_backward_cuda);
   m.impl("fused_matmul", &teachcompute_ext::fused_matmul);
+  m.impl("fused_linear_forward", &teachcompute_ext::fused_linear_forward_cuda);
+  m.impl("fused_linear_backward", &teachcompute_ext::fused_linear_backward_cuda);
 }
 #endif
