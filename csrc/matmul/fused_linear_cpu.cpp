@@ -4,11 +4,11 @@
 // thread running a single-threaded GEMM on its tile and applying bias and
 // activation right away, while the tile is still in its L2, so the [M, N]
 // output is written once and never read back (eager: a bias copy, the GEMM,
-// then gelu reading it and writing a second tensor). Backward: for a block of
-// rows, grad * act'(pre) and the bias gradient's column sums in one pass, then
-// that block's grad_x GEMM while the block is hot; grad_weight is one GEMM over
-// all rows. Bound: the three GEMMs (6 M N K FLOPs); see
-// benchmarks/results/matmul-cpu.json for the ratios against eager and compile.
+// then gelu reading it and writing a second tensor). Backward: grad * act'(pre)
+// and the bias gradient's column sums in one pass, then the grad_x and
+// grad_weight GEMMs. Bound: the three GEMMs (6 M N K FLOPs), which MKL runs
+// near this CPU's peak: they are 95% or more of eager's time, which caps what
+// fusing the rest can gain (benchmarks/results/matmul-cpu.json).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -27,14 +27,15 @@
 namespace teachcompute_ext {
 namespace {
 
-// Forward tile: 128 rows x 512 columns of float32 is 256 KiB, so the GEMM's
-// output tile stays in L2 (1 MiB per core here) for the epilogue that follows;
-// 128 rows keep MKL's packed panels efficient (measured: tiles of 64 rows
-// lost 4% to packing, 256 rows x 1024 columns spilled to L3).
-constexpr int64_t kTileRows = 128;
-constexpr int64_t kTileCols = 512;
-// Backward row block: its dpre rows (64 x N) are read by the grad_x GEMM right
-// after being written.
+// Forward tile: 256 rows x 1024 columns of float32 is 1 MiB, the L2 of one
+// core here, so the epilogue reads the GEMM's output tile from cache. Smaller
+// tiles pay MKL's operand packing more often: x (2048, 1024) @ W (4096, 1024)^T
+// measured 1.01x eager with 256 x 1024 tiles, 0.98x with 128 x 512, and 0.99x
+// for one untiled GEMM followed by the epilogue pass.
+constexpr int64_t kTileRows = 256;
+constexpr int64_t kTileCols = 1024;
+// Backward row block of the fused grad * act' pass: fixed by M alone, so the
+// bias gradient's summation order does not depend on the thread count.
 constexpr int64_t kBwdRows = 64;
 // Below this many FLOPs one untiled GEMM with all threads wins (tiling would
 // leave threads idle).
@@ -142,8 +143,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cpu(
   // bits for any number of threads.
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor partial = want_b ? at::zeros({blocks, s.n}, x.options().dtype(acc_dtype)) : at::Tensor();
-  const bool gx_in_pass = want_x && fused_pass && at::get_num_threads() > 1;
-
+  
   if (fused_pass) {
     const at::Tensor a2 = act == Act::None ? g2 : aux.reshape({s.m, s.n}).contiguous();
     TCE_DISPATCH_FLOAT(x.scalar_type(), "fused_linear_backward", [&] {
@@ -153,21 +153,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cpu(
       scalar_t* dp = act == Act::None ? nullptr : dpre.mutable_data_ptr<scalar_t>();
       const int64_t N = s.n;
       at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-        at::AutoDispatchBelowADInplaceOrView below_autograd;
         for (int64_t blk = b0; blk < b1; ++blk) {
           const int64_t r0 = blk * kBwdRows, nr = std::min(kBwdRows, s.m - r0);
           void* acc = want_b ? static_cast<char*>(partial.mutable_data_ptr()) + blk * N * partial.element_size()
                              : nullptr;
           k.backward(gp + r0 * N, N, ap + r0 * N, N, dp ? dp + r0 * N : nullptr, N, nr, N, act, acc);
-          if (gx_in_pass) {
-            at::Tensor gx_rows = gx.narrow(0, r0, nr);
-            at::mm_out(gx_rows, dpre.narrow(0, r0, nr), w);
-          }
         }
       });
     });
   }
-  if (want_x && !gx_in_pass) at::mm_out(gx, dpre, w);
+  // The two GEMMs run untiled with all threads: computing grad_x block by
+  // block right after its dpre rows (while they are cached) measured 3%
+  // slower than MKL's own blocking of the whole product.
+  if (want_x) at::mm_out(gx, dpre, w);
   if (want_w) at::mm_out(gw, dpre.t(), blas_ready(x.reshape({s.m, s.k})));
   if (want_b) gb.copy_(partial.sum(0));
   return result();

@@ -155,6 +155,9 @@ def _linear_setup(ctx, inputs, output):
     x, weight, bias, activation, save_pre = inputs
     out, pre = output
     ctx.mark_non_differentiable(pre)
+    # No zero-filled [M, N] gradient for pre (it has none): measured 2.5 ms a
+    # step at (2048, 4096) before this.
+    ctx.set_materialize_grads(False)
     ctx.activation, ctx.has_bias = activation, bias is not None
     ctx.recompute = activation in _NEEDS_PRE and not save_pre
     if activation == "relu":
