@@ -170,6 +170,8 @@ def _linear_setup(ctx, inputs, output):
 
 
 def _linear_backward(ctx, grad, _grad_pre):
+    if grad is None:  # no gradient reached the output (grads are not materialized): all zero
+        return None, None, None, None, None
     x, weight, bias, aux = ctx.saved_tensors
     if ctx.recompute:
         # Called with save_pre=False under autograd (fused_linear itself never
