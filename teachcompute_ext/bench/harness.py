@@ -247,13 +247,13 @@ def run_family(family, cases, device, quick, out_dir, progress=None, rounds=None
 
 
 def family_main(doc, run):
-    """Command line of one family's script: `python benchmarks/bench_<family>.py --help`."""
+    """Command line of a standalone family script (the report's is teachcompute_ext.bench.__main__)."""
     import argparse
 
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--out", default="bench-out")
     p.add_argument("--cold-allocator", action="store_true", help="see benchmarks/run.py --help")
     args = p.parse_args()
     global ALLOCATOR
