@@ -28,6 +28,9 @@ def cases(device, quick):
     grad_bag = torch.randn(bags, dim, generator=g).to(device)
     out = []
     shape = f"{num}x{dim}, {bags} bags x {per_bag}"
+    # No torch.compile baseline for embedding_bag: inductor emits the very
+    # aten::_embedding_bag call eager torch makes (TORCH_LOGS=output_code, torch
+    # 2.15), so it would time eager torch plus Dynamo's guards.
     for mode in ("sum", "mean"):
         out.append(harness.Case(
             op=f"embedding_bag {mode}", shape=shape, dtype=torch.float32, device=device,
@@ -59,13 +62,18 @@ def cases(device, quick):
     out.append(harness.Case(
         op="embedding", shape=f"{num2}x{dim2}[{ishape[0]}x{ishape[1]}]", dtype=torch.float32, device=device,
         ours=lambda: teachcompute_ext.embedding(w2.detach(), idx2),
-        baselines={"F.embedding": lambda: F.embedding(idx2, w2.detach())},
+        baselines={"F.embedding": lambda: F.embedding(idx2, w2.detach()),
+                   **harness.compiled_baseline(lambda i, w: F.embedding(i, w), idx2, w2.detach())},
         bytes_moved=2 * idx2.numel() * dim2 * 4,
     ))
+    fwd_bwd_baselines = {"F.embedding": lambda: emb_fwd_bwd(lambda: F.embedding(idx2, w2))}
+    compiled = harness.compile_fn(lambda i, w: F.embedding(i, w))
+    if compiled is not None:  # the compiled forward brings its compiled backward (AOTAutograd)
+        fwd_bwd_baselines[harness.COMPILED] = lambda: emb_fwd_bwd(lambda: compiled(idx2, w2))
     out.append(harness.Case(
         op="embedding fwd+bwd", shape=f"{num2}x{dim2}[{ishape[0]}x{ishape[1]}]", dtype=torch.float32, device=device,
         ours=lambda: emb_fwd_bwd(lambda: teachcompute_ext.embedding(w2, idx2)),
-        baselines={"F.embedding": lambda: emb_fwd_bwd(lambda: F.embedding(idx2, w2))},
+        baselines=fwd_bwd_baselines,
         bytes_moved=4 * idx2.numel() * dim2 * 4 + 2 * num2 * dim2 * 4,
     ))
     return out

@@ -11,12 +11,6 @@ import teachcompute_ext
 from . import harness
 
 
-def _exact_sum_check(dtype):
-    def check(ours, theirs):
-        harness.default_check(ours, theirs, dtype)
-    return check
-
-
 def vector_sum_cases(device, quick):
     cases = []
     if device == "cpu":
@@ -29,7 +23,7 @@ def vector_sum_cases(device, quick):
     for dtype in dtypes:
         for label, n in sizes:
             x = torch.rand(n, device=device, generator=g).to(dtype)
-            baselines = {"torch.sum": lambda x=x: torch.sum(x)}
+            baselines = {"torch.sum": lambda x=x: torch.sum(x), **harness.compiled_baseline(lambda t: torch.sum(t), x)}
             cases.append(harness.Case(
                 op="vector_sum", shape=label, dtype=dtype, device=device,
                 ours=lambda x=x: teachcompute_ext.vector_sum(x), baselines=baselines,
@@ -57,7 +51,8 @@ def softmax_cases(device, quick):
                 cases.append(harness.Case(
                     op=name, shape=label, dtype=dtype, device=device,
                     ours=lambda f=ours_fn, x=x: f(x, -1),
-                    baselines={f"torch.{name}": lambda f=torch_fn, x=x: f(x, -1)},
+                    baselines={f"torch.{name}": lambda f=torch_fn, x=x: f(x, -1),
+                               **harness.compiled_baseline(lambda t, d, f=torch_fn: f(t, d), x, -1)},
                     bytes_moved=2 * nbytes,  # read x, write y
                 ))
                 xr = x.clone().requires_grad_()
@@ -69,10 +64,15 @@ def softmax_cases(device, quick):
 
                 # fb=fwd_bwd binds this iteration's function (and so its xr and grad):
                 # a bare fwd_bwd would be looked up at call time, i.e. the last one defined.
+                baselines = {f"torch.{name}": lambda f=torch_fn, fb=fwd_bwd: fb(f)}
+                # The compiled forward brings its compiled backward (AOTAutograd).
+                compiled = harness.compile_fn(lambda t, d, f=torch_fn: f(t, d))
+                if compiled is not None:
+                    baselines[harness.COMPILED] = lambda f=compiled, fb=fwd_bwd: fb(f)
                 cases.append(harness.Case(
                     op=f"{name} fwd+bwd", shape=label, dtype=dtype, device=device,
                     ours=lambda f=ours_fn, fb=fwd_bwd: fb(f),
-                    baselines={f"torch.{name}": lambda f=torch_fn, fb=fwd_bwd: fb(f)},
+                    baselines=baselines,
                     bytes_moved=5 * nbytes,  # fwd: read x, write y; bwd: read grad and y, write gx
                 ))
     return cases
@@ -111,7 +111,8 @@ def dim_reduction_cases(device, quick):
                     cases.append(harness.Case(
                         op=f"{name} dim{dim}", shape="x".join(map(str, shape)), dtype=dtype, device=device,
                         ours=lambda f=ours, x=x, d=dim: f(x, d),
-                        baselines={tname: lambda f=theirs, x=x, d=dim: f(x, d)},
+                        baselines={tname: lambda f=theirs, x=x, d=dim: f(x, d),
+                                   **harness.compiled_baseline(theirs, x, dim)},
                         bytes_moved=x.numel() * x.element_size(),
                         check=lambda a, b, dt=dtype: check_pair(a, b, dt),
                     ))

@@ -50,11 +50,14 @@ def cases(device, quick):
     ours_buf = torch.zeros(rows, width, device=device)
     put_buf = torch.zeros(rows, width, device=device)
     add_buf = torch.zeros(rows, width, device=device)
+    compiled_buf = torch.zeros(rows, width, device=device)
     out.append(harness.Case(
         op="scatter_nd_ add", shape=shape, dtype=torch.float32, device=device,
         ours=lambda: teachcompute_ext.scatter_nd_(ours_buf, idx, upd, "add"),
         baselines={"index_put_(acc=True)": lambda: put_buf.index_put_((idx[:, 0],), upd, accumulate=True),
-                   "index_add_": lambda: add_buf.index_add_(0, idx[:, 0], upd)},
+                   "index_add_": lambda: add_buf.index_add_(0, idx[:, 0], upd),
+                   **harness.compiled_baseline(lambda b, i, u: b.index_put_((i[:, 0],), u, accumulate=True),
+                                               compiled_buf, idx, upd)},
         bytes_moved=bytes_add,
         check=lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4),
     ))
@@ -62,7 +65,9 @@ def cases(device, quick):
     of_shape = dict(
         ours=lambda: teachcompute_ext.scatter_nd_of_shape([rows, width], idx, upd, "add"),
         baselines={"zeros.index_put_(acc)": lambda: torch.zeros(rows, width, device=device).index_put_(
-            (idx[:, 0],), upd, accumulate=True)},
+            (idx[:, 0],), upd, accumulate=True),
+            **harness.compiled_baseline(lambda i, u: torch.zeros(rows, width, device=device).index_put_(
+                (i[:, 0],), u, accumulate=True), idx, upd)},
     )
     ort_add = _ort_scatter("add") if device == "cpu" else None
     if ort_add is not None:
@@ -75,11 +80,14 @@ def cases(device, quick):
     # none, unique indices, in place: against index_put_
     ours_none = torch.zeros(rows, width, device=device)
     put_none = torch.zeros(rows, width, device=device)
+    compiled_none = torch.zeros(rows, width, device=device)
     out.append(harness.Case(
         op="scatter_nd_ none (unique)", shape=f"{rows}x{width} <- {unique_idx.shape[0]}", dtype=torch.float32,
         device=device,
         ours=lambda: teachcompute_ext.scatter_nd_(ours_none, unique_idx, unique_upd, "none"),
-        baselines={"index_put_": lambda: put_none.index_put_((unique_idx[:, 0],), unique_upd)},
+        baselines={"index_put_": lambda: put_none.index_put_((unique_idx[:, 0],), unique_upd),
+                   **harness.compiled_baseline(lambda b, i, u: b.index_put_((i[:, 0],), u),
+                                               compiled_none, unique_idx, unique_upd)},
         bytes_moved=2 * unique_upd.numel() * 4,
     ))
     return out
