@@ -52,8 +52,8 @@ def _figure(plt, n_rows, title):
 
 def plot_speedup(rows, device, path):
     plt = _pyplot()
-    fig, ax = _figure(plt, len(rows) * 1.4,
-                      f"Speed-up of teachcompute_ext on {device} (baseline time / our time; right of 1x: we are faster)")
+    fig, ax = _figure(plt, len(rows) * 1.4, f"Speed-up of teachcompute_ext on {device}\n"
+                                            "baseline time / our time: right of 1x, we are faster")
     ratios = [b["ratio"] for r in rows if "error" not in r for b in r["baselines"].values() if "ratio" in b]
     ratios = ratios or [1.0]
     lo, hi = min(min(ratios), 1.0) / 3, max(max(ratios), 1.0) * 3  # room for the labels
@@ -72,7 +72,7 @@ def plot_speedup(rows, device, path):
             yy = y - 0.4 + height * (i + 0.5)
             # From the 1x line: left of it slower, right of it faster.
             ax.barh(yy, b["ratio"] - 1.0, height=height * 0.9, left=1.0, color=COLORS[role],
-                    label=None if role in seen else f"vs {role}")
+                    label=None if role in seen else f"vs {role}" + (" (named)" if role == "other" else ""))
             seen.add(role)
             text = f"{b['ratio']:.2f}x" + (f" {label}" if role == "other" else "")
             # At the outer end of the bar: right of it when faster, left of it when slower.
@@ -107,7 +107,7 @@ def _bound_text(doc):
 
 def plot_pct_of_bound(rows, bounds, device, path):
     plt = _pyplot()
-    fig, ax = _figure(plt, len(rows), f"Percentage of the bound measured in the same run on {device}: "
+    fig, ax = _figure(plt, len(rows), f"Percentage of the bound measured in the same run on {device}\n"
                                       f"{'; '.join(sorted(set(bounds)))}")
     pcts = [r["pct_of_bound"] for r in rows if "pct_of_bound" in r] or [100.0]
     # A log axis when cache-resident cases (far above 100%) would flatten the rest.
@@ -127,7 +127,8 @@ def plot_pct_of_bound(rows, bounds, device, path):
     ax.axvline(100.0, color="black", linewidth=1)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([_label(r) for r in rows], fontsize=7)
-    ax.set_xlabel("% of the bound (above 100%: the data stayed in cache)", fontsize=8)
+    ax.set_xlabel("% of the bound (above 100%: the data stayed in cache, or reads alone outran a copy's "
+                  "reads and writes)", fontsize=8)
     _mark_errors(ax, rows, lo if log else 0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")  # long case labels must not be cut
