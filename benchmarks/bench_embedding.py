@@ -1,83 +1,13 @@
 """Embedding family benchmarks against torch.nn.functional, same process.
 
     python benchmarks/bench_embedding.py [--device cpu|cuda] [--quick] [--out DIR]
+
+The cases live in teachcompute_ext/bench/embedding.py; this is benchmarks/run.py
+restricted to that family (same options, JSON into benchmarks/results/).
 """
-import os
 import sys
 
-import torch
-import torch.nn.functional as F
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-
-import teachcompute_ext  # noqa: E402
-
-
-def zipf_indices(n, num, generator, device, a=1.2):
-    """Zipf-like ids (rank r drawn with weight 1/r^a): frequent duplicates, like real token/item ids."""
-    ranks = torch.arange(1, num + 1, dtype=torch.float64)
-    probs = ranks.pow(-a)
-    ids = torch.multinomial(probs / probs.sum(), n, replacement=True, generator=generator)
-    perm = torch.randperm(num, generator=generator)  # popular ids spread over the table
-    return perm[ids].to(device)
-
-
-def cases(device, quick):
-    g = torch.Generator().manual_seed(4)
-    num, dim, bags, per_bag = (20000, 64, 2048, 32) if quick else (100000, 128, 16384, 32)
-    weight = torch.randn(num, dim, generator=g).to(device)
-    idx = zipf_indices(bags * per_bag, num, g, device)
-    offsets = torch.arange(0, bags * per_bag, per_bag, device=device)
-    grad_bag = torch.randn(bags, dim, generator=g).to(device)
-    out = []
-    shape = f"{num}x{dim}, {bags} bags x {per_bag}"
-    for mode in ("sum", "mean"):
-        out.append(harness.Case(
-            op=f"embedding_bag {mode}", shape=shape, dtype=torch.float32, device=device,
-            ours=lambda m=mode: teachcompute_ext.embedding_bag(weight, idx, offsets, m),
-            baselines={"F.embedding_bag": lambda m=mode: F.embedding_bag(idx, weight, offsets, mode=m)},
-            bytes_moved=idx.numel() * dim * 4 + bags * dim * 4,
-        ))
-        wr = weight.clone().requires_grad_()
-
-        def fwd_bwd(fn, m=mode, wr=wr):
-            (gw,) = torch.autograd.grad(fn(wr, m), wr, grad_bag)
-            return gw
-
-        out.append(harness.Case(
-            op=f"embedding_bag {mode} fwd+bwd", shape=shape, dtype=torch.float32, device=device,
-            ours=lambda fb=fwd_bwd: fb(lambda w, m: teachcompute_ext.embedding_bag(w, idx, offsets, m)),
-            baselines={"F.embedding_bag": lambda fb=fwd_bwd: fb(lambda w, m: F.embedding_bag(idx, w, offsets, mode=m))},
-            bytes_moved=2 * idx.numel() * dim * 4 + 2 * num * dim * 4,
-        ))
-    num2, dim2, ishape = (20000, 64, (16, 256)) if quick else (100000, 256, (64, 1024))
-    w2 = torch.randn(num2, dim2, generator=g).to(device).requires_grad_()
-    idx2 = zipf_indices(ishape[0] * ishape[1], num2, g, device).view(ishape)
-    g2 = torch.randn(*ishape, dim2, generator=g).to(device)
-
-    def emb_fwd_bwd(fn):
-        (gw,) = torch.autograd.grad(fn(), w2, g2)
-        return gw
-
-    out.append(harness.Case(
-        op="embedding", shape=f"{num2}x{dim2}[{ishape[0]}x{ishape[1]}]", dtype=torch.float32, device=device,
-        ours=lambda: teachcompute_ext.embedding(w2.detach(), idx2),
-        baselines={"F.embedding": lambda: F.embedding(idx2, w2.detach())},
-        bytes_moved=2 * idx2.numel() * dim2 * 4,
-    ))
-    out.append(harness.Case(
-        op="embedding fwd+bwd", shape=f"{num2}x{dim2}[{ishape[0]}x{ishape[1]}]", dtype=torch.float32, device=device,
-        ours=lambda: emb_fwd_bwd(lambda: teachcompute_ext.embedding(w2, idx2)),
-        baselines={"F.embedding": lambda: emb_fwd_bwd(lambda: F.embedding(idx2, w2))},
-        bytes_moved=4 * idx2.numel() * dim2 * 4 + 2 * num2 * dim2 * 4,
-    ))
-    return out
-
-
-def run(device, quick, out_dir, progress=None):
-    return harness.run_family("embedding", cases(device, quick), device, quick, out_dir, progress)
-
+import run
 
 if __name__ == "__main__":
-    harness.family_main(__doc__, run)
+    sys.exit(run.main(["--family", "embedding", *sys.argv[1:]]))

@@ -1,0 +1,152 @@
+"""The report's plots, drawn from the family JSON documents alone (so that
+--replot can redraw them): per device, the speed-up of each case against each
+baseline, and each case's percentage of the bound measured in the same run."""
+import os
+
+from .harness import COMPILED
+
+# Baselines by role: the first one of a case is torch eager, the compiled one
+# is harness.COMPILED, the rest are other libraries or other torch ops.
+COLORS = {"torch eager": "tab:blue", COMPILED: "tab:orange", "other": "tab:gray"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on CI machines and GPU servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(r):
+    return f"{r['op']}  {r['shape']}  {r['dtype']}"
+
+
+def _role(index, label):
+    if label == COMPILED:
+        return COMPILED
+    return "torch eager" if index == 0 else "other"
+
+
+def _log_ticks(ax, lo, hi, fmt):
+    candidates = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+    ticks = [t for t in candidates if lo <= t <= hi]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([fmt(t) for t in ticks])
+    ax.minorticks_off()
+
+
+def _mark_errors(ax, rows, x):
+    for y, r in enumerate(rows):
+        if "error" in r:
+            ax.text(x, y, "  WRONG RESULT, not timed", color="tab:red", va="center", fontsize=7)
+
+
+def _figure(plt, n_rows, title):
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.28 * n_rows))
+    ax.set_title(title, fontsize=10)
+    ax.invert_yaxis()  # first case on top, as in the table
+    return fig, ax
+
+
+def plot_speedup(rows, device, path):
+    plt = _pyplot()
+    fig, ax = _figure(plt, len(rows) * 1.4, f"Speed-up of teachcompute_ext on {device}\n"
+                                            "baseline time / our time: right of 1x, we are faster")
+    ratios = [b["ratio"] for r in rows if "error" not in r for b in r["baselines"].values() if "ratio" in b]
+    ratios = ratios or [1.0]
+    lo, hi = min(min(ratios), 1.0) / 3, max(max(ratios), 1.0) * 3  # room for the labels
+    seen = set()
+    for y, r in enumerate(rows):
+        if "error" in r:
+            continue
+        n = len(r["baselines"])
+        height = 0.8 / n
+        for i, (label, b) in enumerate(r["baselines"].items()):
+            role = _role(i, label)
+            if "ratio" not in b:  # a baseline that disagreed with ours was not timed
+                ax.text(1.0, y - 0.4 + height * (i + 0.5), f" {label}: differs from ours, not timed",
+                        va="center", fontsize=6, color="tab:red")
+                continue
+            yy = y - 0.4 + height * (i + 0.5)
+            # From the 1x line: left of it slower, right of it faster.
+            ax.barh(yy, b["ratio"] - 1.0, height=height * 0.9, left=1.0, color=COLORS[role],
+                    label=None if role in seen else f"vs {role}" + (" (named)" if role == "other" else ""))
+            seen.add(role)
+            text = f"{b['ratio']:.2f}x" + (f" {label}" if role == "other" else "")
+            # At the outer end of the bar: right of it when faster, left of it when slower.
+            faster = b["ratio"] >= 1.0
+            ax.text(b["ratio"], yy, f" {text} ", va="center", fontsize=6,
+                    ha="left" if faster else "right")
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    _log_ticks(ax, lo, hi, lambda t: f"{t:g}x")
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([_label(r) for r in rows], fontsize=7)
+    _mark_errors(ax, rows, lo)
+    if seen:
+        ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long case labels must not be cut
+    plt.close(fig)
+    return path
+
+
+def _bound_text(doc):
+    b = doc.get("bounds", {})
+    parts = []
+    if "copy_GB_per_s" in b:
+        parts.append(f"copy {b['copy_GB_per_s']:.1f} GB/s")
+    for k, v in b.items():
+        if k != "copy_GB_per_s":
+            parts.append(f"{k} {v:.3g}")
+    return ", ".join(parts)
+
+
+def plot_pct_of_bound(rows, bounds, device, path):
+    plt = _pyplot()
+    fig, ax = _figure(plt, len(rows), f"Percentage of the bound measured in the same run on {device}\n"
+                                      f"{'; '.join(sorted(set(bounds)))}")
+    pcts = [r["pct_of_bound"] for r in rows if "pct_of_bound" in r] or [100.0]
+    # A log axis when cache-resident cases (far above 100%) would flatten the rest.
+    log = max(pcts) / max(min(pcts), 1e-9) > 10
+    lo = min(min(pcts), 100.0) / 1.5 if log else 0.0
+    hi = max(max(pcts), 100.0) * (2.0 if log else 1.15)
+    for y, r in enumerate(rows):
+        if "pct_of_bound" not in r:
+            continue
+        color = "tab:purple" if "TFLOP_per_s" in r else "tab:green"
+        ax.barh(y, r["pct_of_bound"], height=0.7, color=color)
+        ax.text(r["pct_of_bound"], y, f" {r['pct_of_bound']:.0f}%", va="center", fontsize=6)
+    if log:
+        ax.set_xscale("log")
+        _log_ticks(ax, lo, hi, lambda t: f"{t:g}%")
+    ax.set_xlim(lo, hi)
+    ax.axvline(100.0, color="black", linewidth=1)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([_label(r) for r in rows], fontsize=7)
+    ax.set_xlabel("% of the bound (above 100%: the data stayed in cache, or reads alone outran a copy's "
+                  "reads and writes)", fontsize=8)
+    _mark_errors(ax, rows, lo if log else 0.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long case labels must not be cut
+    plt.close(fig)
+    return path
+
+
+def plot_all(docs, out_dir):
+    """speedup-<device>.png and pct_of_bound-<device>.png for each device in docs; returns the paths."""
+    _pyplot()  # ImportError here, before any file is written, when matplotlib is missing
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for device in dict.fromkeys(d["environment"]["device"] for d in docs):
+        mine = [d for d in docs if d["environment"]["device"] == device]
+        rows = [r for d in mine for r in d["results"]]
+        if not rows:
+            continue
+        paths.append(plot_speedup(rows, device, os.path.join(out_dir, f"speedup-{device}.png")))
+        bounds = [_bound_text(d) for d in mine]
+        paths.append(plot_pct_of_bound(rows, bounds, device, os.path.join(out_dir, f"pct_of_bound-{device}.png")))
+    return paths
