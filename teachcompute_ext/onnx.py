@@ -141,8 +141,31 @@ def log_softmax(x, dim: int):
 # ONNX ScatterND (opset 18) is the op these were written after: same reductions, same
 # negative-index convention. With duplicate indices and reduction="none" the ONNX spec
 # leaves the winner undefined; onnxruntime's CPU kernel keeps the last, as ours does.
+def _may_be_all_rows(shape, rows) -> bool:
+    """Whether indices of this shape could be [[0], [1], ..., [rows - 1]]."""
+    if len(shape) != 2 or shape[1] != 1:
+        return False
+    return not (isinstance(shape[0], int) and isinstance(rows, int) and shape[0] != rows)
+
+
+def _scatter(data, rows, idx, index_shape, updates, reduction):
+    """ScatterND of data (whose first dim is rows), sheltered from an optimizer bug.
+
+    onnxscript's optimizer (0.7.2, run by torch.onnx.export by default) replaces a
+    ScatterND whose constant indices are [[0], ..., [n-1]] by its updates, whatever the
+    reduction (microsoft/onnxscript#3049): add, mul, max and min lose data. Such indices
+    appear with static shapes (torch.arange(batch) folded to a constant). A leading axis
+    of 1 on data, and a 0 before each index, gives the same result with shapes the rule
+    does not match."""
+    if reduction == "none" or not _may_be_all_rows(index_shape, rows):
+        return op.ScatterND(data, idx, updates, reduction=reduction)
+    idx = op.Pad(idx, _ints([0, 1, 0, 0]))  # [n, 1] -> [n, 2], a 0 in front
+    out = op.ScatterND(op.Unsqueeze(data, _ints([0])), idx, updates, reduction=reduction)
+    return op.Squeeze(out, _ints([0]))
+
+
 def scatter_nd(data, indices, updates, reduction: str = "none"):
-    return op.ScatterND(data, _int64(indices), updates, reduction=reduction)
+    return _scatter(data, data.shape[0], _int64(indices), indices.shape, updates, reduction)
 
 
 def _zeros(shape, dtype, value=0.0):
@@ -150,8 +173,8 @@ def _zeros(shape, dtype, value=0.0):
 
 
 def scatter_nd_of_shape(shape: Sequence[int], indices, updates, reduction: str = "add"):
-    zeros = _zeros(_shape_tensor(shape), updates.dtype)
-    return op.ScatterND(zeros, _int64(indices), updates, reduction=reduction)
+    return _scatter(_zeros(_shape_tensor(shape), updates.dtype), shape[0], _int64(indices), indices.shape, updates,
+                    reduction)
 
 
 def masked_scatter_nd_of_shape(shape: Sequence[int], indices, updates, masked_value: int,
@@ -168,7 +191,8 @@ def masked_scatter_nd_of_shape(shape: Sequence[int], indices, updates, masked_va
         if len(shape) > 1:
             keep = op.Unsqueeze(keep, _ints(range(r, r + len(shape) - 1)))
         upd = op.Where(keep, updates, _const(0.0, updates.dtype))
-        return scatter_nd_of_shape(shape, zero_rows, upd, reduction)
+        return _scatter(_zeros(_shape_tensor(shape), updates.dtype), shape[0], zero_rows, indices.shape, upd,
+                        reduction)
     # reduction="none": the last write wins, so a zero would overwrite; masked updates go
     # to one extra row past the end, sliced off. Negative indices are wrapped first so that
     # -1 keeps meaning the last real row.
@@ -230,7 +254,9 @@ def _bag_fixed(weight, idx, mode, psw, keep):
 def _bag_offsets(weight, idx, offsets, mode, psw, keep, include_last_offset):
     """1-D indices cut into bags by offsets: a segment reduction. Each index gets the
     number of its bag (a cumulative count of the bag starts at or before it) and
-    ScatterND with a reduction accumulates the gathered rows into [bags, dim]."""
+    ScatterND with a reduction accumulates the gathered rows into [bags, dim]. Every
+    scatter starts from the identity of its reduction (0 for add, -inf for max, n for
+    min), so the optimizer rule that _scatter shelters from cannot change the results."""
     dtype = weight.dtype
     i64 = ir.DataType.INT64
     off = _int64(offsets)
