@@ -27,8 +27,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from onnxscript import ir
-from onnxscript import opset18 as op
+
+try:
+    from onnxscript import ir
+    from onnxscript import opset18 as op
+except ImportError as e:  # an optional dependency: the ops themselves do not need it
+    raise ImportError("teachcompute_ext.onnx needs onnxscript, as torch.onnx.export(dynamo=True) does: "
+                      "pip install onnxscript") from e
 
 _ops = torch.ops.teachcompute_ext
 _HALF = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
@@ -277,19 +282,25 @@ def _bag_offsets(weight, idx, offsets, mode, psw, keep, include_last_offset):
     g = op.Gather(weight, idx, axis=0)  # [n, dim]
     out_shape = op.Concat(bags, op.Shape(weight, start=1, end=2), axis=0)
     valid2 = op.Unsqueeze(valid, _ints([-1])) if valid is not None else None
+    if mode != "sum":
+        # Rows per bag that count (padding and the tail excluded): the mean's divisor, and
+        # what tells an empty bag in max mode.
+        ones = op.Cast(valid, to=dtype) if valid is not None else op.Expand(_const([1.0], dtype), n)
+        count = op.Unsqueeze(op.ScatterND(_zeros(bags, dtype), seg2, ones, reduction="add"), _ints([-1]))
     if mode == "max":
         masked = op.Where(valid2, g, _const(-math.inf, dtype)) if valid is not None else g
         best = op.ScatterND(_zeros(out_shape, dtype, -math.inf), seg2, masked, reduction="max")
-        # The argmax row: the first position of each bag whose value is the bag's max
-        # (a min-scatter of positions; n stands for "none", whose row is -1).
+        # The argmax row (for embedding_bag_forward; dead code, removed, under embedding_bag):
+        # the first position of each bag whose value is the bag's max, by a min-scatter of
+        # positions where n stands for "none", whose row is -1.
         hit = op.Equal(masked, op.Gather(best, seg, axis=0))
         if valid is not None:
             hit = op.And(hit, valid2)
         candidate = op.Where(hit, op.Unsqueeze(position, _ints([-1])), op.Size(idx))
         first = op.ScatterND(op.Expand(op.Size(idx), out_shape), seg2, candidate, reduction="min")
         rows = op.Gather(op.Concat(idx, _ints([-1]), axis=0), first, axis=0)
-        # A bag with no index (empty, or padding only) is zeros, as torch.
-        return op.Where(op.Equal(rows, _ints([-1])), _const(0.0, dtype), best), rows
+        # A bag with no row that counts (empty, or padding only) is zeros, as torch.
+        return op.Where(op.Greater(count, _const(0.0, dtype)), best, _const(0.0, dtype)), rows
     if psw is not None:
         g = op.Mul(g, op.Unsqueeze(psw, _ints([-1])))
     if valid is not None:
@@ -297,9 +308,7 @@ def _bag_offsets(weight, idx, offsets, mode, psw, keep, include_last_offset):
     total = op.ScatterND(_zeros(out_shape, dtype), seg2, g, reduction="add")
     if mode == "sum":
         return total, None
-    ones = op.Cast(valid, to=dtype) if valid is not None else op.Expand(_const([1.0], dtype), n)
-    count = op.ScatterND(_zeros(bags, dtype), seg2, ones, reduction="add")
-    return op.Div(total, op.Unsqueeze(op.Max(count, _const(1.0, dtype)), _ints([-1]))), None
+    return op.Div(total, op.Max(count, _const(1.0, dtype))), None
 
 
 def embedding_bag_forward(weight, indices, offsets=None, mode: str = "mean", per_sample_weights=None,
