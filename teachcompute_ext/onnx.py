@@ -447,9 +447,7 @@ def _table():
         "fused_matmul": fused_matmul, "fused_linear": fused_linear,
     }
     for name, fn in functions.items():
-        # The fused ops are absent from builds that predate them.
-        if hasattr(_ops, name):
-            table[getattr(_ops, name).default] = fn
+        table[getattr(_ops, name).default] = fn
     return table
 
 

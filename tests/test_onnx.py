@@ -287,12 +287,7 @@ def test_dynamic_batch():
         check(sess, model, (torch.randint(0, 30, (b, 5)),))
 
 
-# ---- ops from the fused-op branch (skipped in builds without them) ---------------------------
-needs_fused_matmul = pytest.mark.skipif(not hasattr(_ops, "fused_matmul"), reason="fused_matmul not in this build")
-needs_fused_linear = pytest.mark.skipif(not hasattr(_ops, "fused_linear"), reason="fused_linear not in this build")
-
-
-@needs_fused_matmul
+# ---- matmul family ---------------------------------------------------------------------------
 @pytest.mark.parametrize("trans_a,trans_b,alpha", [(False, False, 1.0), (True, False, 0.5), (False, True, 2.0),
                                                    (True, True, -1.5)])
 def test_fused_matmul(trans_a, trans_b, alpha):
@@ -310,7 +305,6 @@ def test_fused_matmul(trans_a, trans_b, alpha):
     check(sess, model, inputs(), rtol=1e-5, atol=1e-4)  # float32 dot products of 5 to 16 unit normals
 
 
-@needs_fused_linear
 @pytest.mark.parametrize("activation", ["none", "relu", "gelu", "gelu_tanh", "silu"])
 def test_fused_linear(activation):
     def fn(m, x2, x3):  # Gemm for 2-D x, MatMul + Add above; with and without bias
@@ -325,3 +319,18 @@ def test_fused_linear(activation):
     _, sess = export(model, inputs())
     check(sess, model, inputs(), rtol=1e-5, atol=1e-4)
 
+
+
+def test_model_calling_every_op():
+    """The users' model (tests/test_users_paths.py: every op, the in-place scatter_nd_ too)
+    through teachcompute_ext.onnx.export, with a dynamic batch."""
+    from test_users_paths import TinyModel
+
+    torch.manual_seed(0)
+    model = TinyModel().eval()
+    batch = torch.export.Dim("batch", min=2, max=64)
+    program = teachcompute_ext.onnx.export(model, (torch.randint(0, 100, (6, 5)),),
+                                           dynamic_shapes={"tokens": {0: batch}})
+    sess = session(program.model_proto)
+    for b in (3, 17):
+        check(sess, model, (torch.randint(0, 100, (b, 5)),), rtol=1e-4, atol=1e-4)
