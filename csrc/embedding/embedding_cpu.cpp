@@ -248,7 +248,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_cpu(const at::Tensor& w
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t cnt = begin[b + 1] - begin[b];
           const double post = (mode == BagMode::MEAN && cnt > 0) ? 1.0 / static_cast<double>(cnt) : 1.0;
-          f.bag_sum(op_ + b * dim, wp, rows_ptr + begin[b], cnt, dim, pp ? pp + begin[b] : nullptr, post);
+          f.bag_sum(op_ + b * dim, wp, rows_ptr + begin[b], cnt, begin[b1] - begin[b], dim,
+                    pp ? pp + begin[b] : nullptr, post);
         }
       });
     });

@@ -30,8 +30,9 @@ struct ScatterFns {
                 int64_t slice, int reduction);
   // The bag form of the same loop: dst = post * sum_j w[j] * src[rows[j]] (w null: 1) over
   // count rows, dst written, not read. embedding_bag's forward without padding.
-  void (*bag_sum)(scalar_t* dst, const scalar_t* src, const int64_t* rows, int64_t count, int64_t slice,
-                  const scalar_t* w, double post);
+  // rows[count..ahead) come next (the following bags): their rows are prefetched.
+  void (*bag_sum)(scalar_t* dst, const scalar_t* src, const int64_t* rows, int64_t count, int64_t ahead,
+                  int64_t slice, const scalar_t* w, double post);
 };
 using ScatterKernels = PerDtype<ScatterFns>;
 TCE_DECLARE_ISA_TABLE(ScatterKernels, kScatterKernels)
