@@ -40,9 +40,10 @@ def _reference(x, w, b, act):
     return ACTS[act](F.linear(x64, w64, b64))
 
 
-# (x shape, out features): 2-D, 3-D, 1-D, empty batch, and one large enough
+# (x shape, out features): 2-D, 3-D, 1-D, empty batch, no input features (the
+# output is act(bias), the bias still gets a gradient), and one large enough
 # for the CPU path's tiled GEMM (2 M N K above its threshold) with ragged tiles.
-LINEAR_SHAPES = [((37, 19), 23), ((3, 5, 19), 23), ((19,), 23), ((0, 19), 23), ((260, 300), 600)]
+LINEAR_SHAPES = [((37, 19), 23), ((3, 5, 19), 23), ((19,), 23), ((0, 19), 23), ((6, 0), 5), ((260, 300), 600)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -128,7 +128,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cpu(
   at::Tensor gw = at::empty({want_w ? s.n : 0, want_w ? s.k : 0}, x.options());
   at::Tensor gb = at::empty({want_b ? s.n : 0}, x.options());
   auto result = [&] { return std::make_tuple(want_x ? gx.view(x.sizes()) : gx, gw, gb); };
-  if (s.m == 0 || s.n == 0 || s.k == 0 || !(want_x || want_w || want_b)) {
+  // (k == 0 goes on: the output was act(bias), whose bias gradient is not zero.)
+  if (s.m == 0 || s.n == 0 || !(want_x || want_w || want_b)) {
     gx.zero_();
     gw.zero_();
     gb.zero_();

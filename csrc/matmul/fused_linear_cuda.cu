@@ -85,8 +85,7 @@ __global__ void forward_epilogue_kernel(const T* y, const T* __restrict__ bias, 
   using A = acc_type<T>;
   constexpr int P = cuda::kPack16<T>;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const bool packed = n % P == 0 && cuda::aligned16(y) && cuda::aligned16(out) && (!pre || cuda::aligned16(pre)) &&
-                      (!bias || cuda::aligned16(bias));
+  const bool packed = n % P == 0 && cuda::aligned16(y) && cuda::aligned16(out) && (!pre || cuda::aligned16(pre));
   if (packed) {
     for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < total / P; j += stride) {
       const auto v = reinterpret_cast<const cuda::Pack<T, P>*>(y)[j];
@@ -146,6 +145,14 @@ cudaDataType_t cuda_dtype(at::ScalarType t) {
   }
 }
 
+// The largest power of two (at most 256) dividing the address.
+uint32_t alignment(const void* p) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  uint32_t a = 256;
+  while (a > 1 && addr % a != 0) a /= 2;
+  return a;
+}
+
 // One column-major GEMM D[m, n] = op(A) op(B) (ld* are column strides) with an
 // epilogue; returns false when cuBLASLt has no algorithm for it, so the caller
 // can fall back.
@@ -199,6 +206,18 @@ struct LtGemm {
     TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
     TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                           &kWorkspace, sizeof(kWorkspace)));
+    // Without these cuBLASLt assumes 256-byte aligned operands and may pick a
+    // kernel that fails on a view with a storage offset (PyTorch hit this in
+    // F.linear; its gemm_and_bias sets the same preferences).
+    const uint32_t align_a = alignment(a), align_b = alignment(b), align_d = alignment(d);
+    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                          &align_a, sizeof(align_a)));
+    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                          &align_b, sizeof(align_b)));
+    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                          &align_d, sizeof(align_d)));
+    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                          &align_d, sizeof(align_d)));
     cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
@@ -210,9 +229,9 @@ struct LtGemm {
     const double one_d = 1., zero_d = 0.;
     const void* alpha = dbl ? static_cast<const void*>(&one_d) : static_cast<const void*>(&one_f);
     const void* beta = dbl ? static_cast<const void*>(&zero_d) : static_cast<const void*>(&zero_f);
-    TCE_CUBLAS_CHECK(cublasLtMatmul(handle, desc.h, alpha, a, la.h, b, lb.h, beta, d, ld.h, d, ld.h, &result.algo,
-                                    ws.data_ptr(), kWorkspace, at::cuda::getCurrentCUDAStream()));
-    return true;
+    // A refusal here leaves D untouched: the caller's fallback recomputes everything.
+    return cublasLtMatmul(handle, desc.h, alpha, a, la.h, b, lb.h, beta, d, ld.h, d, ld.h, &result.algo,
+                          ws.data_ptr(), kWorkspace, at::cuda::getCurrentCUDAStream()) == CUBLAS_STATUS_SUCCESS;
   }
 };
 
@@ -227,7 +246,10 @@ std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cuda(const at::Tensor& x
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor x2 = x.reshape({s.m, s.k}).contiguous();
   const at::Tensor w = weight.contiguous();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  // The bias epilogue reads the bias with 16-byte loads (no alignment
+  // preference covers it); a slice of a larger bias is copied to fresh memory.
+  if (b.defined() && !cuda::aligned16(b.data_ptr())) b = b.clone();
   at::Tensor out = at::empty({s.m, s.n}, x.options());
   const bool keep_pre = save_pre && act_needs_pre(act);
   at::Tensor pre = at::empty({keep_pre ? s.m : 0, keep_pre ? s.n : 0}, x.options());
@@ -308,12 +330,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(
   at::Tensor gw = at::empty({want_w ? s.n : 0, want_w ? s.k : 0}, x.options());
   at::Tensor gb = at::empty({want_b ? s.n : 0}, x.options());
   auto result = [&] { return std::make_tuple(want_x ? gx.view(x.sizes()) : gx, gw, gb); };
-  if (s.m == 0 || s.n == 0 || s.k == 0 || !(want_x || want_w || want_b)) {
+  if (s.m == 0 || s.n == 0 || !(want_x || want_w || want_b)) {
     gx.zero_();
     gw.zero_();
     gb.zero_();
     return result();
   }
+  // (k == 0 still has a bias gradient: the output was act(bias).)
   const at::Tensor g2 = grad.reshape({s.m, s.n}).contiguous();
   at::Tensor dpre = g2;
   if (act != Act::None) {
@@ -328,7 +351,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(
   }
   const at::Tensor w = weight.contiguous();
   bool bias_done = !want_b;
-  if (want_w) {
+  if (want_w && s.k > 0) {
     const at::Tensor x2 = x.reshape({s.m, s.k}).contiguous();
     // Row-major gW [N, K] is column-major [K, N] = x^T (column-major K x M)
     // times dpre (column-major N x M, transposed); BGRADB sums op(B) over k = M.
@@ -338,7 +361,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(
     g.a = x2.data_ptr(), g.lda = s.k;
     g.b = dpre.data_ptr(), g.ldb = s.n;
     g.d = gw.data_ptr(), g.ldd = s.k;
-    if (want_b) {
+    // BGRADB with a reduction of length 1 gave wrong bias gradients in some
+    // cuBLASLt versions (OneFlow avoids it too): one row is summed separately.
+    if (want_b && s.m > 1) {
       g.epilogue = CUBLASLT_EPILOGUE_BGRADB;
       g.bias = gb.data_ptr();
     }
@@ -349,7 +374,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(
     }
   }
   if (!bias_done) at::sum_out(gb, dpre, {0});
-  if (want_x) {
+  if (want_w && s.k == 0) gw.zero_();
+  if (want_x && s.k > 0) {
     // Row-major gx [M, K] is column-major [K, M] = W^T (column-major K x N) times dpre^T.
     LtGemm g;
     g.m = s.k, g.n = s.m, g.k = s.n;
