@@ -38,3 +38,18 @@ def test_library_for_another_torch_is_refused():
     with pytest.raises(ImportError, match=r"built for torch 1.13.1 but torch 2\.\d+\.\d+ is installed.*rebuild"):
         _loader.check_torch_version(info, "2.15.0+cu132", "/x/_C.so")
     _loader.check_torch_version({"torch": "2.15.0"}, "2.15.0+cu132", "/x/_C.so")  # same: accepted
+
+
+def test_readme_training_example_runs():
+    """The README's "use it in your training script" example, run as written."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Use it in your training script\n\n```python\n(.*?)```", readme, re.S)
+    assert block, "README lost its training example"
+    torch._dynamo.reset()
+    scope = {}
+    exec(compile(block.group(1), "README.md", "exec"), scope)
+    assert scope["loss"].isfinite()
+    assert all(p.grad is not None for p in scope["model"].parameters())
