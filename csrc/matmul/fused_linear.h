@@ -5,9 +5,12 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/string_view.h>
 
+#include <array>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "common/checks.h"
@@ -76,6 +79,51 @@ inline std::vector<int64_t> linear_out_shape(const at::Tensor& x, int64_t n) {
   s.back() = n;
   return s;
 }
+
+// fused_linear_backward's checked arguments and its three outputs, allocated;
+// a gradient not asked for is an empty tensor (the schema returns Tensor, not
+// Tensor?). When done() is true the outputs are final (zeros): m or n is 0, or
+// nothing was asked. k == 0 is not done: the output was act(bias), whose bias
+// gradient is not zero.
+struct LinearBackward {
+  LinearShape s;
+  Act act;
+  bool want_x, want_w, want_b;
+  at::Tensor gx, gw, gb;
+  std::vector<int64_t> x_shape;
+
+  LinearBackward(const char* op, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                 const at::Tensor& aux, c10::string_view activation, bool has_bias, std::array<bool, 3> mask)
+      : s(check_linear(op, x, weight, std::nullopt)),
+        act(parse_activation(op, activation)),
+        want_x(mask[0]),
+        want_w(mask[1]),
+        want_b(mask[2] && has_bias),
+        x_shape(x.sizes().begin(), x.sizes().end()) {
+    check_same(op, "grad", grad, "x", x);
+    const auto out_shape = linear_out_shape(x, s.n);
+    TORCH_CHECK(grad.sizes() == at::IntArrayRef(out_shape), "teachcompute_ext.", op, ": argument 'grad' has shape ",
+                grad.sizes(), " but the output has shape ", at::IntArrayRef(out_shape));
+    if (act != Act::None) {
+      TORCH_CHECK(aux.sizes() == grad.sizes(), "teachcompute_ext.", op, ": argument 'aux' (the saved ",
+                  act == Act::Relu ? "output" : "pre-activation", ") has shape ", aux.sizes(),
+                  " but 'grad' has shape ", grad.sizes());
+      check_same(op, "aux", aux, "x", x);
+    }
+    gx = at::empty({want_x ? s.m : 0, want_x ? s.k : 0}, x.options());
+    gw = at::empty({want_w ? s.n : 0, want_w ? s.k : 0}, x.options());
+    gb = at::empty({want_b ? s.n : 0}, x.options());
+    if (done()) {
+      gx.zero_();
+      gw.zero_();
+      gb.zero_();
+    }
+  }
+  bool done() const { return s.m == 0 || s.n == 0 || !(want_x || want_w || want_b); }
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const {
+    return {want_x ? gx.view(x_shape) : gx, gw, gb};
+  }
+};
 
 // fused_matmul: op(a) is a, or a with its last two dims swapped.
 struct MatmulShape {

@@ -109,32 +109,12 @@ std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cpu(const at::Tensor& x,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& aux,
     c10::string_view activation, bool has_bias, std::array<bool, 3> output_mask) {
-  const char* op = "fused_linear_backward";
-  const LinearShape s = check_linear(op, x, weight, std::nullopt);
-  const Act act = parse_activation(op, activation);
-  check_same(op, "grad", grad, "x", x);
-  const auto out_shape = linear_out_shape(x, s.n);
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef(out_shape), "teachcompute_ext.", op, ": argument 'grad' has shape ",
-              grad.sizes(), " but the output has shape ", at::IntArrayRef(out_shape));
-  if (act != Act::None) {
-    TORCH_CHECK(aux.sizes() == grad.sizes(), "teachcompute_ext.", op, ": argument 'aux' (the saved ",
-                act == Act::Relu ? "output" : "pre-activation", ") has shape ", aux.sizes(), " but 'grad' has shape ",
-                grad.sizes());
-    check_same(op, "aux", aux, "x", x);
-  }
-  const bool want_x = output_mask[0], want_w = output_mask[1], want_b = output_mask[2] && has_bias;
-  // A gradient not asked for is an empty tensor (the schema returns Tensor, not Tensor?).
-  at::Tensor gx = at::empty({want_x ? s.m : 0, want_x ? s.k : 0}, x.options());
-  at::Tensor gw = at::empty({want_w ? s.n : 0, want_w ? s.k : 0}, x.options());
-  at::Tensor gb = at::empty({want_b ? s.n : 0}, x.options());
-  auto result = [&] { return std::make_tuple(want_x ? gx.view(x.sizes()) : gx, gw, gb); };
-  // (k == 0 goes on: the output was act(bias), whose bias gradient is not zero.)
-  if (s.m == 0 || s.n == 0 || !(want_x || want_w || want_b)) {
-    gx.zero_();
-    gw.zero_();
-    gb.zero_();
-    return result();
-  }
+  LinearBackward bw("fused_linear_backward", grad, x, weight, aux, activation, has_bias, output_mask);
+  if (bw.done()) return bw.result();
+  const LinearShape s = bw.s;
+  const Act act = bw.act;
+  const bool want_x = bw.want_x, want_w = bw.want_w, want_b = bw.want_b;
+  at::Tensor &gx = bw.gx, &gw = bw.gw, &gb = bw.gb;
   const at::Tensor g2 = grad.reshape({s.m, s.n}).contiguous();
   const at::Tensor w = blas_ready(weight);
   const bool fused_pass = act != Act::None || want_b;
@@ -169,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cpu(
   if (want_x) at::mm_out(gx, dpre, w);
   if (want_w) at::mm_out(gw, dpre.t(), blas_ready(x.reshape({s.m, s.k})));
   if (want_b) gb.copy_(partial.sum(0));
-  return result();
+  return bw.result();
 }
 
 at::Tensor fused_linear_composite(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

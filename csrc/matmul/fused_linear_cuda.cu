@@ -312,31 +312,13 @@ std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cuda(const at::Tensor& x
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& aux,
     c10::string_view activation, bool has_bias, std::array<bool, 3> output_mask) {
-  const char* op = "fused_linear_backward";
-  const LinearShape s = check_linear(op, x, weight, std::nullopt);
-  const Act act = parse_activation(op, activation);
-  check_same(op, "grad", grad, "x", x);
-  const auto out_shape = linear_out_shape(x, s.n);
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef(out_shape), "teachcompute_ext.", op, ": argument 'grad' has shape ",
-              grad.sizes(), " but the output has shape ", at::IntArrayRef(out_shape));
-  if (act != Act::None) {
-    TORCH_CHECK(aux.sizes() == grad.sizes(), "teachcompute_ext.", op, ": argument 'aux' has shape ", aux.sizes(),
-                " but 'grad' has shape ", grad.sizes());
-    check_same(op, "aux", aux, "x", x);
-  }
+  LinearBackward bw("fused_linear_backward", grad, x, weight, aux, activation, has_bias, output_mask);
+  if (bw.done()) return bw.result();
   const c10::cuda::CUDAGuard guard(x.device());
-  const bool want_x = output_mask[0], want_w = output_mask[1], want_b = output_mask[2] && has_bias;
-  at::Tensor gx = at::empty({want_x ? s.m : 0, want_x ? s.k : 0}, x.options());
-  at::Tensor gw = at::empty({want_w ? s.n : 0, want_w ? s.k : 0}, x.options());
-  at::Tensor gb = at::empty({want_b ? s.n : 0}, x.options());
-  auto result = [&] { return std::make_tuple(want_x ? gx.view(x.sizes()) : gx, gw, gb); };
-  if (s.m == 0 || s.n == 0 || !(want_x || want_w || want_b)) {
-    gx.zero_();
-    gw.zero_();
-    gb.zero_();
-    return result();
-  }
-  // (k == 0 still has a bias gradient: the output was act(bias).)
+  const LinearShape s = bw.s;
+  const Act act = bw.act;
+  const bool want_x = bw.want_x, want_w = bw.want_w, want_b = bw.want_b;
+  at::Tensor &gx = bw.gx, &gw = bw.gw, &gb = bw.gb;
   const at::Tensor g2 = grad.reshape({s.m, s.n}).contiguous();
   at::Tensor dpre = g2;
   if (act != Act::None) {
@@ -384,7 +366,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(
     g.d = gx.data_ptr(), g.ldd = s.k;
     if (!g.run(x.scalar_type(), x.device())) at::mm_out(gx, dpre, w);
   }
-  return result();
+  return bw.result();
 }
 
 }  // namespace teachcompute_ext
