@@ -51,9 +51,6 @@ const FusedLinearFns<T>& kernels() {
   return for_dtype<T>(TCE_ISA_TABLE(kFusedLinearKernels));
 }
 
-#define TCE_DISPATCH_FLOAT(type, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
@@ -71,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cpu(const at::Tensor& x,
   const auto out_shape = linear_out_shape(x, s.n);
   if (s.m == 0 || s.n == 0) return {out.view(out_shape), keep_pre ? pre.view(out_shape) : pre};
 
-  TCE_DISPATCH_FLOAT(x.scalar_type(), "fused_linear_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fused_linear_forward", [&] {
     const auto& k = kernels<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     scalar_t* p = keep_pre ? pre.mutable_data_ptr<scalar_t>() : nullptr;
@@ -127,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cpu(
   
   if (fused_pass) {
     const at::Tensor a2 = act == Act::None ? g2 : aux.reshape({s.m, s.n}).contiguous();
-    TCE_DISPATCH_FLOAT(x.scalar_type(), "fused_linear_backward", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fused_linear_backward", [&] {
       const auto& k = kernels<scalar_t>();
       const scalar_t* gp = g2.const_data_ptr<scalar_t>();
       const scalar_t* ap = a2.const_data_ptr<scalar_t>();
