@@ -1,7 +1,8 @@
-// Every schema of teachcompute_ext, one comment each, and the kernels behind them:
-// CPU, CUDA and Autograd (C++ for the reductions, see reduce/reduce_autograd.cpp
-// for why). Fake kernels, and the scatter family's autograd, are registered
-// from Python, in teachcompute_ext/ops/<family>.py.
+// Every schema of teachcompute_ext, one comment each, and the kernels behind
+// them: one frontend per op registered for CPU and CUDA alike (it reaches the
+// device's kernel through a stub), the autograd Functions (C++ for every
+// family: csrc/README.md says why) and two composites. Fake kernels are
+// registered from Python, in teachcompute_ext/ops/<family>.py.
 #include <torch/library.h>
 
 #include "ops.h"
@@ -92,29 +93,46 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, CompositeImplicitAutograd, m) {
   m.impl("fused_linear", &teachcompute_ext::fused_linear_composite);
 }
 
-TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
-  m.impl("vector_sum", &teachcompute_ext::vector_sum_cpu);
-  m.impl("reduce_sum", &teachcompute_ext::reduce_sum_cpu);
-  m.impl("reduce_mean", &teachcompute_ext::reduce_mean_cpu);
-  m.impl("reduce_max", &teachcompute_ext::reduce_max_cpu);
-  m.impl("reduce_min", &teachcompute_ext::reduce_min_cpu);
-  m.impl("logsumexp", &teachcompute_ext::logsumexp_cpu);
-  m.impl("scatter_nd", &teachcompute_ext::scatter_nd_cpu);
-  m.impl("scatter_nd_", &teachcompute_ext::scatter_nd__cpu);
-  m.impl("scatter_nd_of_shape", &teachcompute_ext::scatter_nd_of_shape_cpu);
-  m.impl("masked_scatter_nd_of_shape", &teachcompute_ext::masked_scatter_nd_of_shape_cpu);
-  m.impl("embedding", &teachcompute_ext::embedding_cpu);
-  m.impl("embedding_backward", &teachcompute_ext::embedding_backward_cpu);
-  m.impl("embedding_bag_forward", &teachcompute_ext::embedding_bag_forward_cpu);
-  m.impl("embedding_bag_backward", &teachcompute_ext::embedding_bag_backward_cpu);
-  m.impl("softmax", &teachcompute_ext::softmax_cpu);
-  m.impl("log_softmax", &teachcompute_ext::log_softmax_cpu);
-  m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cpu);
-  m.impl("log_softmax_backward", &teachcompute_ext::log_softmax_backward_cpu);
-  m.impl("fused_matmul", &teachcompute_ext::fused_matmul);
-  m.impl("fused_linear_forward", &teachcompute_ext::fused_linear_forward_cpu);
-  m.impl("fused_linear_backward", &teachcompute_ext::fused_linear_backward_cpu);
+namespace {
+
+// The frontends: one per op, the same for every device (each calls its
+// device's kernel through a stub, common/stub.h).
+void register_frontends(torch::Library& m) {
+  using namespace teachcompute_ext;
+  m.impl("vector_sum", &vector_sum);
+  m.impl("reduce_sum", &reduce_sum);
+  m.impl("reduce_mean", &reduce_mean);
+  m.impl("reduce_max", &reduce_max);
+  m.impl("reduce_min", &reduce_min);
+  m.impl("logsumexp", &teachcompute_ext::logsumexp);
+  m.impl("softmax", &teachcompute_ext::softmax);
+  m.impl("log_softmax", &teachcompute_ext::log_softmax);
+  m.impl("softmax_backward", &softmax_backward);
+  m.impl("log_softmax_backward", &log_softmax_backward);
+  m.impl("scatter_nd", &scatter_nd);
+  m.impl("scatter_nd_", &scatter_nd_);
+  m.impl("scatter_nd_of_shape", &scatter_nd_of_shape);
+  m.impl("masked_scatter_nd_of_shape", &masked_scatter_nd_of_shape);
+  m.impl("embedding", &teachcompute_ext::embedding);
+  m.impl("embedding_backward", &teachcompute_ext::embedding_backward);
+  m.impl("embedding_bag_forward", &embedding_bag_forward);
+  m.impl("embedding_bag_backward", &embedding_bag_backward);
+  m.impl("fused_matmul", &fused_matmul);
+  m.impl("fused_linear_forward", &fused_linear_forward);
+  m.impl("fused_linear_backward", &fused_linear_backward);
 }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
+  register_frontends(m);
+}
+
+#ifdef TEACHCOMPUTE_EXT_WITH_CUDA
+TORCH_LIBRARY_IMPL(teachcompute_ext, CUDA, m) {
+  register_frontends(m);
+}
+#endif
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
   m.impl("vector_sum", &teachcompute_ext::vector_sum_autograd);
@@ -125,30 +143,11 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
   m.impl("logsumexp", &teachcompute_ext::logsumexp_autograd);
   m.impl("softmax", &teachcompute_ext::softmax_autograd);
   m.impl("log_softmax", &teachcompute_ext::log_softmax_autograd);
+  m.impl("scatter_nd", &teachcompute_ext::scatter_nd_autograd);
+  m.impl("scatter_nd_of_shape", &teachcompute_ext::scatter_nd_of_shape_autograd);
+  m.impl("masked_scatter_nd_of_shape", &teachcompute_ext::masked_scatter_nd_of_shape_autograd);
+  m.impl("embedding", &teachcompute_ext::embedding_autograd);
+  m.impl("embedding_bag_forward", &teachcompute_ext::embedding_bag_forward_autograd);
+  m.impl("fused_matmul", &teachcompute_ext::fused_matmul_autograd);
+  m.impl("fused_linear_forward", &teachcompute_ext::fused_linear_forward_autograd);
 }
-
-#ifdef TEACHCOMPUTE_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(teachcompute_ext, CUDA, m) {
-  m.impl("vector_sum", &teachcompute_ext::vector_sum_cuda);
-  m.impl("reduce_sum", &teachcompute_ext::reduce_sum_cuda);
-  m.impl("reduce_mean", &teachcompute_ext::reduce_mean_cuda);
-  m.impl("reduce_max", &teachcompute_ext::reduce_max_cuda);
-  m.impl("reduce_min", &teachcompute_ext::reduce_min_cuda);
-  m.impl("logsumexp", &teachcompute_ext::logsumexp_cuda);
-  m.impl("scatter_nd", &teachcompute_ext::scatter_nd_cuda);
-  m.impl("scatter_nd_", &teachcompute_ext::scatter_nd__cuda);
-  m.impl("scatter_nd_of_shape", &teachcompute_ext::scatter_nd_of_shape_cuda);
-  m.impl("masked_scatter_nd_of_shape", &teachcompute_ext::masked_scatter_nd_of_shape_cuda);
-  m.impl("embedding", &teachcompute_ext::embedding_cuda);
-  m.impl("embedding_backward", &teachcompute_ext::embedding_backward_cuda);
-  m.impl("embedding_bag_forward", &teachcompute_ext::embedding_bag_forward_cuda);
-  m.impl("embedding_bag_backward", &teachcompute_ext::embedding_bag_backward_cuda);
-  m.impl("softmax", &teachcompute_ext::softmax_cuda);
-  m.impl("log_softmax", &teachcompute_ext::log_softmax_cuda);
-  m.impl("softmax_backward", &teachcompute_ext::softmax_backward_cuda);
-  m.impl("log_softmax_backward", &teachcompute_ext::log_softmax_backward_cuda);
-  m.impl("fused_matmul", &teachcompute_ext::fused_matmul);
-  m.impl("fused_linear_forward", &teachcompute_ext::fused_linear_forward_cuda);
-  m.impl("fused_linear_backward", &teachcompute_ext::fused_linear_backward_cuda);
-}
-#endif

@@ -28,4 +28,15 @@ inline void check_float_dtype(const char* op, const char* arg, const at::Tensor&
                    "' (expected float32, float64, float16 or bfloat16)");
 }
 
+// Every tensor argument must live on the device of the op's first tensor
+// argument, as in torch: a CPU pointer handed to a CUDA kernel is an illegal
+// address that loses the process's CUDA context. Torch's words, then ours.
+inline void check_same_device(const char* op, const char* arg, const at::Tensor& t, const char* ref_arg,
+                              const at::Tensor& ref) {
+  TORCH_CHECK(t.device() == ref.device(), "teachcompute_ext.", op,
+              ": Expected all tensors to be on the same device, but found at least two devices, ", ref.device(),
+              " and ", t.device(), "! (argument '", arg, "' is on ", t.device(), ", '", ref_arg, "' is on ",
+              ref.device(), ")");
+}
+
 }  // namespace teachcompute_ext

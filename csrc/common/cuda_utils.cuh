@@ -1,11 +1,27 @@
-// CUDA helpers shared by every kernel: aligned vector loads and grid sizing.
+// CUDA helpers shared by every kernel: aligned vector loads, grid sizing and
+// device-side checks.
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
+#include <cassert>
 #include <cstdint>
+#include <cstdio>
 #include <type_traits>
+
+// A check of data that only the device reads (an index, an offset), as torch's
+// own CUDA index ops do it: the message (op, argument, value) is printed, then
+// the kernel stops with a device-side assert, which the host sees as an error
+// at its next synchronization. No host synchronization is added, so the CPU
+// and CUDA paths refuse the same inputs without slowing the good ones.
+#define TCE_DEVICE_CHECK(cond, ...)                                                      \
+  do {                                                                                   \
+    if (!(cond)) {                                                                       \
+      printf(__VA_ARGS__);                                                               \
+      __assert_fail(#cond, __FILE__, static_cast<unsigned int>(__LINE__), __func__);     \
+    }                                                                                    \
+  } while (0)
 
 namespace teachcompute_ext::cuda {
 

@@ -1,6 +1,13 @@
-// embedding / embedding_bag: the semantics shared by the CPU and CUDA paths
-// (the fake kernels in teachcompute_ext/ops/embedding.py mirror them), those of
-// torch.nn.functional.embedding and embedding_bag.
+// embedding / embedding_bag: the semantics every device shares (the fake
+// kernels in teachcompute_ext/ops/embedding.py mirror them), those of
+// torch.nn.functional.embedding and embedding_bag, and the kernel signatures
+// behind the stubs. The frontends are in embedding.cpp, the kernels in
+// embedding_cpu_kernel.cpp and embedding_cuda.cu.
+// Index and offset values are read by the kernels only: an index outside
+// [0, num_embeddings), a first offset other than 0, a decreasing offset or one
+// past the end of indices is an error on the CPU (an exception) and on CUDA (a
+// device-side assert naming the op and the argument, as torch's own CUDA index
+// ops: raising would need a host sync), in the forward and the backward alike.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -9,6 +16,7 @@
 #include <string_view>
 
 #include "common/checks.h"
+#include "common/stub.h"
 
 namespace teachcompute_ext {
 
@@ -84,6 +92,9 @@ inline BagArgs check_bag_args(const char* op, const at::Tensor& weight, const at
                               const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,
                               bool include_last_offset) {
   check_weight(op, weight);
+  check_same_device(op, "indices", indices, "weight", weight);
+  if (offsets.has_value()) check_same_device(op, "offsets", *offsets, "weight", weight);
+  if (psw.has_value()) check_same_device(op, "per_sample_weights", *psw, "weight", weight);
   const BagMode mode = parse_bag_mode(mode_s);
   const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset);
   if (psw.has_value()) {
@@ -93,5 +104,35 @@ inline BagArgs check_bag_args(const char* op, const at::Tensor& weight, const at
   }
   return {mode, bags, wrap_padding_idx(op, padding_idx, weight.size(0))};
 }
+
+// ---- kernels ---------------------------------------------------------------------
+// out [indices.shape..., dim] = weight[indices]; weight and indices contiguous,
+// indices non-empty (each checked against weight's rows).
+using EmbeddingFn = void(const at::Tensor& weight, const at::Tensor& indices, at::Tensor& out);
+// gw [num, dim] (zeros on entry) += the rows of grad [n, dim] at indices (n of
+// them, contiguous, non-empty), except those equal to padding (-1: none).
+using EmbeddingBackwardFn = void(const at::Tensor& grad, const at::Tensor& indices, int64_t padding, at::Tensor& gw);
+
+// The checked inputs of embedding_bag_forward / _backward.
+struct BagInputs {
+  const at::Tensor& weight;   // contiguous
+  const at::Tensor& indices;  // contiguous
+  const std::optional<at::Tensor>& offsets;
+  const std::optional<at::Tensor>& psw;
+  BagArgs args;
+  bool include_last_offset;
+};
+// out [bags, dim] (zeros for max, else uninitialized: every row is written)
+// and, for max, argmax [bags, dim] (-1 on entry): the row each maximum came from.
+using EmbeddingBagFn = void(const BagInputs& in, at::Tensor& out, at::Tensor& argmax);
+// gw [num, dim] and gpsw (psw's shape, or empty), zeros on entry, from grad
+// [bags, dim] (contiguous); bags >= 1, dim >= 1, indices non-empty.
+using EmbeddingBagBackwardFn = void(const BagInputs& in, const at::Tensor& grad, const at::Tensor& max_indices,
+                                    at::Tensor& gw, at::Tensor& gpsw);
+
+TCE_DECLARE_KERNEL(EmbeddingFn, embedding_kernel)
+TCE_DECLARE_KERNEL(EmbeddingBackwardFn, embedding_backward_kernel)
+TCE_DECLARE_KERNEL(EmbeddingBagFn, embedding_bag_kernel)
+TCE_DECLARE_KERNEL(EmbeddingBagBackwardFn, embedding_bag_backward_kernel)
 
 }  // namespace teachcompute_ext

@@ -1,30 +1,24 @@
 // embedding and embedding_bag on CUDA.
 // Forward: one thread per output element (adjacent threads, adjacent columns:
 // coalesced); embedding_bag loops over its bag's entries, so the gathered
-// [num_indices, dim] matrix is never built. An out-of-range index reads
-// nothing: its row counts as zeros (no error: raising would need a host sync).
-// Backward: the scatter-add goes through the ScatterND CUDA path
-// (masked_scatter_nd_of_shape: atomics, or sorted segments and bitwise
-// reproducible under torch.use_deterministic_algorithms(True)). The bag
-// backward first scales the gradient rows per index (materialized on CUDA).
+// [num_indices, dim] matrix is never built. Indices and offsets are checked on
+// the device (validate_kernel, or inline): a bad one is a device-side assert
+// naming the op and the argument, the CPU's error, with no host sync.
+// Backward: the scatter-add of the ScatterND family (scatter_rows: float
+// atomics, float accumulation for the half types, or sorted segments under
+// torch.use_deterministic_algorithms(True)), reading each gradient row through
+// the bag of its index and its scale (1 / count for mean, the per-sample
+// weight), so no [num_indices, dim] matrix is built either.
 // Not yet run on a GPU.
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/searchsorted.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/cuda/CUDAGuard.h>
-
-#include <limits>
 
 #include "common/cuda_utils.cuh"
 #include "embedding/embedding.h"
-#include "ops.h"
+#include "scatter_nd/scatter_rows.h"
 
-namespace teachcompute_ext {
+namespace teachcompute_ext::cuda_kernels {
 namespace {
 
 constexpr int kThreads = 256;
@@ -33,38 +27,99 @@ int64_t grid_for(int64_t work) {
   return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 16LL * cuda::sm_count()));
 }
 
-template <typename T, typename index_t>
-__global__ void gather_kernel(const T* __restrict__ w, const index_t* __restrict__ idx, T* __restrict__ out, int64_t n,
-                              int64_t num, int64_t dim) {
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < n * dim;
-       t += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t i = t / dim, c = t % dim, r = static_cast<int64_t>(idx[i]);
-    out[t] = (r >= 0 && r < num) ? w[r * dim + c] : T(0);
+#define TCE_GRID_LOOP(i, n)                                                                         \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * kThreads)
+
+// The op's name in a device message.
+enum class EmbOp : int { EMBEDDING, EMBEDDING_BACKWARD, BAG, BAG_BACKWARD };
+
+__device__ const char* op_name(EmbOp op) {
+  switch (op) {
+    case EmbOp::EMBEDDING_BACKWARD: return "embedding_backward";
+    case EmbOp::BAG: return "embedding_bag";
+    case EmbOp::BAG_BACKWARD: return "embedding_bag_backward";
+    default: return "embedding";
   }
 }
 
-// begin of bag b: b * fixed_len (2-D indices) or offsets[b]; end of the last
-// bag: offsets[bags] (include_last_offset) or n.
+__device__ __forceinline__ void check_index(int64_t r, int64_t num, int64_t i, EmbOp op) {
+  TCE_DEVICE_CHECK(r >= 0 && r < num,
+                   "teachcompute_ext.%s: index %lld out of range for argument 'indices' (weight has %lld rows; "
+                   "entry %lld)\n",
+                   op_name(op), static_cast<long long>(r), static_cast<long long>(num), static_cast<long long>(i));
+}
+
+// Every index in [0, num) and, with offsets, offsets[0] == 0, offsets
+// non-decreasing and none past n: the checks of the CPU path (bag_bounds).
+template <typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    validate_kernel(const index_t* __restrict__ idx, int64_t n, int64_t num, const index_t* __restrict__ off,
+                    int64_t noff, EmbOp op) {
+  const int64_t work = n > noff ? n : noff;
+  TCE_GRID_LOOP(i, work) {
+    if (i < n) check_index(static_cast<int64_t>(idx[i]), num, i, op);
+    if (i < noff) {
+      const int64_t o = static_cast<int64_t>(off[i]);
+      TCE_DEVICE_CHECK(i > 0 || o == 0, "teachcompute_ext.%s: offsets[0] must be 0, got %lld\n", op_name(op),
+                       static_cast<long long>(o));
+      TCE_DEVICE_CHECK(i == 0 || o >= static_cast<int64_t>(off[i - 1]),
+                       "teachcompute_ext.%s: 'offsets' must be non-decreasing, got offsets[%lld] = %lld after "
+                       "offsets[%lld] = %lld\n",
+                       op_name(op), static_cast<long long>(i), static_cast<long long>(o),
+                       static_cast<long long>(i - 1), static_cast<long long>(i > 0 ? off[i - 1] : 0));
+      TCE_DEVICE_CHECK(o <= n, "teachcompute_ext.%s: offsets[%lld] = %lld is past the end of 'indices' (%lld entries)\n",
+                       op_name(op), static_cast<long long>(i), static_cast<long long>(o), static_cast<long long>(n));
+    }
+  }
+}
+
 template <typename T, typename index_t>
-__global__ void bag_kernel(const T* __restrict__ w, const index_t* __restrict__ idx, const index_t* __restrict__ off,
-                           const T* __restrict__ psw, int64_t n, int64_t bags, int64_t fixed_len, bool last_offset,
-                           int64_t num, int64_t dim, int mode, int64_t padding, T* __restrict__ out,
-                           int64_t* __restrict__ argmax) {
+__global__ void __launch_bounds__(kThreads)
+    gather_kernel(const T* __restrict__ w, const index_t* __restrict__ idx, T* __restrict__ out, int64_t n,
+                  int64_t num, int64_t dim) {
+  TCE_GRID_LOOP(t, n * dim) {
+    const int64_t i = t / dim, c = t % dim, r = static_cast<int64_t>(idx[i]);
+    check_index(r, num, i, EmbOp::EMBEDDING);
+    out[t] = w[r * dim + c];
+  }
+}
+
+// Bag b covers positions [bag_begin(b), bag_end(b)): b * fixed_len (2-D
+// indices) or offsets[b]; the last bag ends at offsets[bags]
+// (include_last_offset) or n.
+struct BagBounds {
+  int64_t n, bags, fixed_len;
+  bool last_offset;
+  template <typename index_t>
+  __device__ int64_t begin(const index_t* off, int64_t b) const {
+    return off ? static_cast<int64_t>(off[b]) : b * fixed_len;
+  }
+  template <typename index_t>
+  __device__ int64_t end(const index_t* off, int64_t b) const {
+    if (!off) return (b + 1) * fixed_len;
+    return (b + 1 < bags || last_offset) ? static_cast<int64_t>(off[b + 1]) : n;
+  }
+};
+
+// Indices and offsets were validated first (validate_kernel).
+template <typename T, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    bag_kernel(const T* __restrict__ w, const index_t* __restrict__ idx, const index_t* __restrict__ off,
+               const T* __restrict__ psw, BagBounds bb, int64_t dim, BagMode mode, int64_t padding,
+               T* __restrict__ out, int64_t* __restrict__ argmax) {
   using A = cuda::acc_type<T>;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < bags * dim;
-       t += static_cast<int64_t>(gridDim.x) * kThreads) {
+  TCE_GRID_LOOP(t, bb.bags * dim) {
     const int64_t b = t / dim, c = t % dim;
-    const int64_t begin = off ? static_cast<int64_t>(off[b]) : b * fixed_len;
-    // include_last_offset: the last offset ends the last bag (indices past it count for none).
-    const int64_t end = off ? ((b + 1 < bags || last_offset) ? static_cast<int64_t>(off[b + 1]) : n) : begin + fixed_len;
+    const int64_t begin = bb.begin(off, b), end = bb.end(off, b);
     A acc = 0, best = 0;
     int64_t cnt = 0, arg = -1;
-    for (int64_t i = begin; i < end && i < n; ++i) {
+    for (int64_t i = begin; i < end; ++i) {
       const int64_t r = static_cast<int64_t>(idx[i]);
-      if (r < 0 || r >= num || r == padding) continue;
+      if (r == padding) continue;
       const A v = static_cast<A>(w[r * dim + c]);
-      if (mode == static_cast<int>(BagMode::MAX)) {
-        if (arg < 0 || v > best) {
+      if (mode == BagMode::MAX) {
+        if (arg < 0 || v > best) {  // the first maximum wins, as torch
           best = v;
           arg = r;
         }
@@ -73,144 +128,224 @@ __global__ void bag_kernel(const T* __restrict__ w, const index_t* __restrict__ 
         ++cnt;
       }
     }
-    if (mode == static_cast<int>(BagMode::MAX)) {
+    if (mode == BagMode::MAX) {
       out[t] = static_cast<T>(arg >= 0 ? best : A(0));
       argmax[t] = arg;
     } else {
-      out[t] = static_cast<T>(mode == static_cast<int>(BagMode::MEAN) && cnt > 0 ? acc / static_cast<A>(cnt) : acc);
+      out[t] = static_cast<T>(mode == BagMode::MEAN && cnt > 0 ? acc / static_cast<A>(cnt) : acc);
     }
   }
 }
 
-at::Tensor call_masked_scatter(int64_t num, int64_t dim, const at::Tensor& idx, const at::Tensor& updates,
-                               int64_t masked) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("teachcompute_ext::masked_scatter_nd_of_shape", "")
-                       .typed<at::Tensor(c10::SymIntArrayRef, const at::Tensor&, const at::Tensor&, int64_t,
-                                         c10::string_view)>();
-  const std::vector<c10::SymInt> shape{c10::SymInt(num), c10::SymInt(dim)};
-  return op.call(shape, idx.reshape({-1, 1}), updates, masked, "add");
+// The bag of every position (-1 past the last bag) by binary search over the
+// bag starts, its destination row (-1 for padding or no bag) and, for mean
+// with padding, the count of each bag.
+template <typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    positions_kernel(const index_t* __restrict__ idx, const index_t* __restrict__ off, BagBounds bb,
+                     int64_t padding, int64_t* __restrict__ bag_of, int64_t* __restrict__ dest,
+                     int* __restrict__ counts) {
+  TCE_GRID_LOOP(i, bb.n) {
+    int64_t b;
+    if (!off) {
+      b = i / bb.fixed_len;
+    } else {
+      int64_t lo = 0, hi = bb.bags;  // the last bag whose start is <= i
+      while (hi - lo > 1) {
+        const int64_t mid = (lo + hi) / 2;
+        if (static_cast<int64_t>(off[mid]) <= i) lo = mid;
+        else hi = mid;
+      }
+      b = lo;
+      // Empty bags share a start: lo is the last of them, the one that holds i.
+    }
+    if (b >= bb.bags || i >= bb.end(off, b) || i < bb.begin(off, b)) b = -1;
+    const int64_t r = static_cast<int64_t>(idx[i]);
+    const bool counts_for_bag = b >= 0 && r != padding;
+    bag_of[i] = b;
+    dest[i] = counts_for_bag ? r : -1;
+    if (counts != nullptr && counts_for_bag) atomicAdd(counts + b, 1);
+  }
+}
+
+// Per-position scale of the gradient row: 1 / (entries of its bag) for mean,
+// the per-sample weight for sum with weights.
+template <typename T, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    scale_kernel(const int64_t* __restrict__ bag_of, const index_t* __restrict__ off, BagBounds bb,
+                 const int* __restrict__ counts, const T* __restrict__ psw, cuda::acc_type<T>* __restrict__ scale) {
+  using A = cuda::acc_type<T>;
+  TCE_GRID_LOOP(i, bb.n) {
+    const int64_t b = bag_of[i];
+    if (b < 0) {
+      scale[i] = A(0);
+    } else if (psw != nullptr) {
+      scale[i] = static_cast<A>(psw[i]);
+    } else {
+      const int64_t cnt = counts != nullptr ? counts[b] : bb.end(off, b) - bb.begin(off, b);
+      scale[i] = A(1) / static_cast<A>(cnt > 0 ? cnt : 1);
+    }
+  }
+}
+
+// gpsw[i] = <grad[bag_of[i]], weight[idx[i]]> for the positions that count.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    psw_grad_kernel(const T* __restrict__ g, const T* __restrict__ w, const int64_t* __restrict__ bag_of,
+                    const int64_t* __restrict__ dest, int64_t n, int64_t dim, T* __restrict__ gpsw) {
+  using A = cuda::acc_type<T>;
+  TCE_GRID_LOOP(i, n) {
+    const int64_t r = dest[i];
+    A s = 0;
+    if (r >= 0) {
+      const T* a = g + bag_of[i] * dim;
+      const T* b = w + r * dim;
+      for (int64_t c = 0; c < dim; ++c) s += static_cast<A>(a[c]) * static_cast<A>(b[c]);
+    }
+    gpsw[i] = static_cast<T>(s);
+  }
+}
+
+// max: (bag, column) sends its gradient to (argmax row, column) of gw viewed as [num * dim, 1].
+__global__ void __launch_bounds__(kThreads)
+    max_dest_kernel(const int64_t* __restrict__ argmax, int64_t total, int64_t dim, int64_t num,
+                    int64_t* __restrict__ dest) {
+  TCE_GRID_LOOP(t, total) {
+    const int64_t r = argmax[t];
+    TCE_DEVICE_CHECK(r < num,
+                     "teachcompute_ext.embedding_bag_backward: max_indices entry %lld out of range for a weight with "
+                     "%lld rows\n",
+                     static_cast<long long>(r), static_cast<long long>(num));
+    dest[t] = r >= 0 ? r * dim + t % dim : -1;
+  }
+}
+
+// The embedding backward's destinations: the index, or -1 for padding.
+template <typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    embedding_dest_kernel(const index_t* __restrict__ idx, int64_t n, int64_t num, int64_t padding,
+                          int64_t* __restrict__ dest) {
+  TCE_GRID_LOOP(i, n) {
+    const int64_t r = static_cast<int64_t>(idx[i]);
+    check_index(r, num, i, EmbOp::EMBEDDING_BACKWARD);
+    dest[i] = r == padding ? -1 : r;
+  }
+}
+
+template <typename index_t>
+void validate(const at::Tensor& idx, int64_t num, const at::Tensor& off, EmbOp op) {
+  const int64_t n = idx.numel(), noff = off.defined() ? off.numel() : 0;
+  validate_kernel<index_t><<<grid_for(std::max(n, noff)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      idx.const_data_ptr<index_t>(), n, num, off.defined() ? off.const_data_ptr<index_t>() : nullptr, noff, op);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Offsets in the indices' dtype, contiguous (or undefined for 2-D indices).
+at::Tensor offsets_like(const BagInputs& in) {
+  return in.offsets.has_value() ? in.offsets->to(in.indices.scalar_type()).contiguous() : at::Tensor();
+}
+
+BagBounds bounds_of(const BagInputs& in) {
+  return {in.indices.numel(), in.args.bags, in.indices.dim() == 2 ? in.indices.size(1) : 0, in.include_last_offset};
 }
 
 }  // namespace
 
-at::Tensor embedding_cuda(const at::Tensor& weight, const at::Tensor& indices, std::optional<int64_t> padding_idx) {
-  const char* op = "embedding";
-  check_weight(op, weight);
-  check_indices(op, indices);
-  wrap_padding_idx(op, padding_idx, weight.size(0));
-  c10::cuda::CUDAGuard guard(weight.device());
-  const at::Tensor w = weight.contiguous(), idx = indices.contiguous();
-  std::vector<int64_t> shape(indices.sizes().begin(), indices.sizes().end());
-  shape.push_back(w.size(1));
-  at::Tensor out = at::empty(shape, w.options());
-  const int64_t n = idx.numel(), dim = w.size(1);
-  if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "embedding_cuda", [&] {
-    AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "embedding_cuda_idx", [&] {
-      gather_kernel<scalar_t, index_t><<<grid_for(n * dim), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          w.const_data_ptr<scalar_t>(), idx.const_data_ptr<index_t>(), out.mutable_data_ptr<scalar_t>(), n, w.size(0),
-          dim);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return out;
-}
-
-at::Tensor embedding_backward_cuda(const at::Tensor& grad, const at::Tensor& indices, int64_t num_weights,
-                                   std::optional<int64_t> padding_idx) {
-  const char* op = "embedding_backward";
-  check_float_dtype(op, "grad", grad);
-  check_indices(op, indices);
-  const int64_t padding = wrap_padding_idx(op, padding_idx, num_weights);
-  const int64_t dim = grad.size(-1);
-  // No padding: mask a value no valid index has.
-  const int64_t masked = padding >= 0 ? padding : std::numeric_limits<int64_t>::min();
-  return call_masked_scatter(num_weights, dim, indices.to(at::kLong), grad.reshape({-1, dim}), masked);
-}
-
-std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_cuda(const at::Tensor& weight, const at::Tensor& indices,
-                                                              const std::optional<at::Tensor>& offsets,
-                                                              c10::string_view mode_s,
-                                                              const std::optional<at::Tensor>& psw,
-                                                              std::optional<int64_t> padding_idx,
-                                                              bool include_last_offset) {
-  const auto [mode, bags, padding] =
-      check_bag_args("embedding_bag", weight, indices, offsets, mode_s, psw, padding_idx, include_last_offset);
-  c10::cuda::CUDAGuard guard(weight.device());
-  const at::Tensor w = weight.contiguous(), idx = indices.contiguous();
-  const int64_t dim = w.size(1);
-  at::Tensor out = at::zeros({bags, dim}, w.options());
-  at::Tensor argmax = mode == BagMode::MAX ? at::full({bags, dim}, -1, idx.options().dtype(at::kLong))
-                                           : at::empty({0}, idx.options().dtype(at::kLong));
-  if (out.numel() == 0) return {out, argmax};
-  const at::Tensor off = offsets.has_value() ? offsets->to(idx.scalar_type()).contiguous() : at::Tensor();
-  const at::Tensor pw = psw.has_value() ? psw->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "embedding_bag_cuda", [&] {
-    AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "embedding_bag_cuda_idx", [&] {
-      bag_kernel<scalar_t, index_t><<<grid_for(bags * dim), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          w.const_data_ptr<scalar_t>(), idx.const_data_ptr<index_t>(),
-          off.defined() ? off.const_data_ptr<index_t>() : nullptr, pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr,
-          idx.numel(), bags, idx.dim() == 2 ? idx.size(1) : 0, include_last_offset, w.size(0), dim,
-          static_cast<int>(mode), padding, out.mutable_data_ptr<scalar_t>(),
-          mode == BagMode::MAX ? argmax.mutable_data_ptr<int64_t>() : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return {out, argmax};
-}
-
-std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices,
-    const std::optional<at::Tensor>& offsets, const at::Tensor& max_indices, c10::string_view mode_s,
-    const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx, bool include_last_offset) {
-  const char* op = "embedding_bag_backward";
-  check_float_dtype(op, "grad", grad);
-  const auto [mode, bags, padding] =
-      check_bag_args(op, weight, indices, offsets, mode_s, psw, padding_idx, include_last_offset);
-  c10::cuda::CUDAGuard guard(grad.device());
-  const int64_t num = weight.size(0), dim = weight.size(1);
-  const at::Tensor idx = indices.reshape({-1}).to(at::kLong);
-  const int64_t n = idx.numel();
-  at::Tensor gpsw = psw.has_value() ? at::zeros(psw->sizes(), psw->options()) : at::empty({0}, grad.options());
-  if (mode == BagMode::MAX) {
-    // Each (bag, column) sends its gradient to (argmax row, column).
-    const at::Tensor cols = at::arange(dim, max_indices.options()).unsqueeze(0);
-    const at::Tensor flat = (max_indices * dim + cols).reshape({-1});
-    const at::Tensor valid = max_indices.reshape({-1}).ge(0);
-    const int64_t masked = -1;
-    const at::Tensor target = flat.masked_fill(valid.logical_not(), masked);
-    at::Tensor gw = call_masked_scatter(num * dim, 1, target, grad.reshape({-1, 1}), masked);
-    return {gw.view({num, dim}), gpsw};
-  }
-  // Bag of every position (-1 past the last bag), the positions that count, and their scale.
-  at::Tensor bag_of;
-  if (indices.dim() == 2) {
-    bag_of = at::arange(n, idx.options()).div(indices.size(1), "floor");
-  } else {
-    const at::Tensor off = offsets->to(at::kLong);
-    bag_of = at::searchsorted(off.slice(0, 0, bags), at::arange(n, idx.options()), false, /*right=*/true) - 1;
-    if (include_last_offset && bags > 0) {
-      bag_of = bag_of.masked_fill(at::arange(n, idx.options()).ge(off.select(0, bags)), -1);
+void embedding_kernel(const at::Tensor& weight, const at::Tensor& indices, at::Tensor& out) {
+  const int64_t n = indices.numel(), num = weight.size(0), dim = weight.size(1);
+  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "embedding_cuda_idx", [&] {
+    if (dim == 0) {
+      validate<index_t>(indices, num, at::Tensor(), EmbOp::EMBEDDING);
+      return;
     }
-  }
-  at::Tensor counts = idx.ne(padding).logical_and(bag_of.ge(0));
-  at::Tensor scale = counts.to(grad.scalar_type());
-  if (psw.has_value()) scale = scale * psw->reshape({-1});
-  if (mode == BagMode::MEAN) {
-    const at::Tensor per_bag = at::zeros({bags}, grad.options()).index_add_(0, bag_of.clamp_min(0), scale);
-    scale = scale / per_bag.index_select(0, bag_of.clamp_min(0)).clamp_min(1);
-  }
-  const at::Tensor rows = grad.index_select(0, bag_of.clamp_min(0)) * scale.unsqueeze(1);
-  const int64_t masked = std::numeric_limits<int64_t>::min();
-  at::Tensor gw = call_masked_scatter(num, dim, idx.masked_fill(counts.logical_not(), masked), rows, masked);
-  if (psw.has_value()) {
-    gpsw = (grad.index_select(0, bag_of.clamp_min(0)) * weight.index_select(0, idx.clamp(0, num - 1)))
-               .sum(1)
-               .mul(counts.to(grad.scalar_type()))
-               .reshape(psw->sizes());
-  }
-  return {gw, gpsw};
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "embedding_cuda", [&] {
+      gather_kernel<scalar_t, index_t><<<grid_for(n * dim), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          weight.const_data_ptr<scalar_t>(), indices.const_data_ptr<index_t>(), out.mutable_data_ptr<scalar_t>(), n,
+          num, dim);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
 }
 
-}  // namespace teachcompute_ext
+void embedding_backward_kernel(const at::Tensor& grad, const at::Tensor& indices, int64_t padding, at::Tensor& gw) {
+  const int64_t n = indices.numel();
+  at::Tensor dest = at::empty({n}, indices.options().dtype(at::kLong));
+  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "embedding_backward_cuda", [&] {
+    embedding_dest_kernel<index_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        indices.const_data_ptr<index_t>(), n, gw.size(0), padding, dest.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  scatter_rows(gw, dest, grad, at::Tensor(), at::Tensor(), ScatterReduction::ADD);
+}
+
+void embedding_bag_kernel(const BagInputs& in, at::Tensor& out, at::Tensor& argmax) {
+  const at::Tensor off = offsets_like(in);
+  const BagBounds bb = bounds_of(in);
+  const int64_t dim = in.weight.size(1);
+  const at::Tensor pw = in.psw.has_value() ? in.psw->contiguous() : at::Tensor();
+  AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_cuda_idx", [&] {
+    validate<index_t>(in.indices, in.weight.size(0), off, EmbOp::BAG);
+    if (bb.bags * dim == 0) return;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.weight.scalar_type(), "embedding_bag_cuda", [&] {
+      bag_kernel<scalar_t, index_t><<<grid_for(bb.bags * dim), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          in.weight.const_data_ptr<scalar_t>(), in.indices.const_data_ptr<index_t>(),
+          off.defined() ? off.const_data_ptr<index_t>() : nullptr,
+          pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr, bb, dim, in.args.mode, in.args.padding,
+          out.mutable_data_ptr<scalar_t>(),
+          in.args.mode == BagMode::MAX ? argmax.mutable_data_ptr<int64_t>() : nullptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& grad, const at::Tensor& max_indices,
+                                   at::Tensor& gw, at::Tensor& gpsw) {
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t num = in.weight.size(0), dim = in.weight.size(1);
+  const at::Tensor off = offsets_like(in);
+  const BagBounds bb = bounds_of(in);
+  const int64_t n = bb.n;
+  if (in.args.mode == BagMode::MAX) {
+    const int64_t total = max_indices.numel();
+    at::Tensor dest = at::empty({total}, max_indices.options());
+    max_dest_kernel<<<grid_for(total), kThreads, 0, stream>>>(max_indices.const_data_ptr<int64_t>(), total, dim, num,
+                                                             dest.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    at::Tensor gw1 = gw.view({num * dim, 1});
+    scatter_rows(gw1, dest, grad.view({total, 1}), at::Tensor(), at::Tensor(), ScatterReduction::ADD);
+    return;
+  }
+  const auto long_opts = in.indices.options().dtype(at::kLong);
+  at::Tensor bag_of = at::empty({n}, long_opts), dest = at::empty({n}, long_opts);
+  const bool mean = in.args.mode == BagMode::MEAN;
+  at::Tensor counts = mean && in.args.padding >= 0 ? at::zeros({bb.bags}, long_opts.dtype(at::kInt)) : at::Tensor();
+  const at::Tensor pw = in.psw.has_value() ? in.psw->contiguous() : at::Tensor();
+  AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_backward_cuda_idx", [&] {
+    const index_t* offp = off.defined() ? off.const_data_ptr<index_t>() : nullptr;
+    validate<index_t>(in.indices, num, off, EmbOp::BAG_BACKWARD);
+    positions_kernel<index_t><<<grid_for(n), kThreads, 0, stream>>>(
+        in.indices.const_data_ptr<index_t>(), offp, bb, in.args.padding, bag_of.mutable_data_ptr<int64_t>(),
+        dest.mutable_data_ptr<int64_t>(), counts.defined() ? counts.mutable_data_ptr<int>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "embedding_bag_backward_cuda", [&] {
+      using A = cuda::acc_type<scalar_t>;
+      at::Tensor scale;
+      if (mean || pw.defined()) {
+        scale = at::empty({n}, grad.options().dtype(std::is_same_v<A, double> ? at::kDouble : at::kFloat));
+        scale_kernel<scalar_t, index_t><<<grid_for(n), kThreads, 0, stream>>>(
+            bag_of.const_data_ptr<int64_t>(), offp, bb, counts.defined() ? counts.const_data_ptr<int>() : nullptr,
+            pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr, scale.mutable_data_ptr<A>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      scatter_rows(gw, dest, grad, bag_of, scale, ScatterReduction::ADD);
+      if (pw.defined()) {
+        psw_grad_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
+            grad.const_data_ptr<scalar_t>(), in.weight.const_data_ptr<scalar_t>(), bag_of.const_data_ptr<int64_t>(),
+            dest.const_data_ptr<int64_t>(), n, dim, gpsw.mutable_data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  });
+}
+
+}  // namespace teachcompute_ext::cuda_kernels

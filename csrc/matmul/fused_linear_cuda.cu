@@ -11,24 +11,36 @@
 // across two layers). Bound: the GEMMs' FLOPs (6 M N K per forward+backward);
 // float32 uses TF32 when torch.backends.cuda.matmul.allow_tf32 is set.
 // Shapes cuBLASLt cannot take (a heuristic with no algorithm) fall back to
-// at::mm plus the same elementwise kernels.
+// at::mm plus the same elementwise kernels. relu: cuBLASLt's RELU epilogue is
+// max(x, 0), which may turn NaN into 0 where torch.relu keeps NaN; until a GPU
+// run shows it keeps NaN, relu takes the BIAS epilogue and the elementwise
+// kernel (TEACHCOMPUTE_EXT_LT_RELU_EPILOGUE=1 selects the epilogue, for that
+// check: benchmarks/gpu_check.sh).
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <cublasLt.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "common/cuda_utils.cuh"
-#include "matmul/fused_linear.h"
-#include "ops.h"
+#include "matmul/matmul.h"
 
-namespace teachcompute_ext {
+namespace teachcompute_ext::cuda_kernels {
 namespace {
+
+bool relu_epilogue_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("TEACHCOMPUTE_EXT_LT_RELU_EPILOGUE");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
 
 using cuda::acc_type;
 
@@ -237,25 +249,16 @@ struct LtGemm {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
-                                                             const std::optional<at::Tensor>& bias,
-                                                             c10::string_view activation, bool save_pre) {
-  const char* op = "fused_linear";
-  const LinearShape s = check_linear(op, x, weight, bias);
-  const Act act = parse_activation(op, activation);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor x2 = x.reshape({s.m, s.k}).contiguous();
+void fused_linear_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Act act,
+                         at::Tensor& out, at::Tensor& pre) {
+  const LinearShape s{out.size(0), out.size(1), x.size(1)};
+  const at::Tensor x2 = x.contiguous();
   const at::Tensor w = weight.contiguous();
-  at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
   // The bias epilogue reads the bias with 16-byte loads (no alignment
   // preference covers it); a slice of a larger bias is copied to fresh memory.
   if (b.defined() && !cuda::aligned16(b.data_ptr())) b = b.clone();
-  at::Tensor out = at::empty({s.m, s.n}, x.options());
-  const bool keep_pre = save_pre && act_needs_pre(act);
-  at::Tensor pre = at::empty({keep_pre ? s.m : 0, keep_pre ? s.n : 0}, x.options());
-  const auto out_shape = linear_out_shape(x, s.n);
-  auto result = [&] { return std::make_tuple(out.view(out_shape), keep_pre ? pre.view(out_shape) : pre); };
-  if (s.m == 0 || s.n == 0) return result();
+  const bool keep_pre = pre.numel() > 0;
 
   // Row-major out [M, N] is column-major [N, M] = W (stored [N, K], i.e.
   // column-major K x N, transposed) times x^T (column-major K x M).
@@ -271,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cuda(const at::Tensor& x
   if (act == Act::None) {
     g.epilogue = b.defined() ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     epilogue_does_act = true;
-  } else if (act == Act::Relu) {
+  } else if (act == Act::Relu && relu_epilogue_enabled()) {
     g.epilogue = b.defined() ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
     epilogue_does_act = true;
   } else if (act == Act::GeluTanh && (!keep_pre || s.n % 8 == 0)) {
@@ -306,23 +309,18 @@ std::tuple<at::Tensor, at::Tensor> fused_linear_forward_cuda(const at::Tensor& x
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return result();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& aux,
-    c10::string_view activation, bool has_bias, std::array<bool, 3> output_mask) {
-  LinearBackward bw("fused_linear_backward", grad, x, weight, aux, activation, has_bias, output_mask);
-  if (bw.done()) return bw.result();
-  const c10::cuda::CUDAGuard guard(x.device());
+void fused_linear_backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                  const at::Tensor& aux, LinearBackward& bw) {
   const LinearShape s = bw.s;
   const Act act = bw.act;
   const bool want_x = bw.want_x, want_w = bw.want_w, want_b = bw.want_b;
   at::Tensor &gx = bw.gx, &gw = bw.gw, &gb = bw.gb;
-  const at::Tensor g2 = grad.reshape({s.m, s.n}).contiguous();
+  const at::Tensor g2 = grad.contiguous();
   at::Tensor dpre = g2;
   if (act != Act::None) {
-    const at::Tensor a2 = aux.reshape({s.m, s.n}).contiguous();
+    const at::Tensor a2 = aux.contiguous();
     dpre = at::empty({s.m, s.n}, x.options());
     const int64_t total = s.m * s.n;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fused_linear_backward_cuda", [&] {
@@ -334,7 +332,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(
   const at::Tensor w = weight.contiguous();
   bool bias_done = !want_b;
   if (want_w && s.k > 0) {
-    const at::Tensor x2 = x.reshape({s.m, s.k}).contiguous();
+    const at::Tensor x2 = x.contiguous();
     // Row-major gW [N, K] is column-major [K, N] = x^T (column-major K x M)
     // times dpre (column-major N x M, transposed); BGRADB sums op(B) over k = M.
     LtGemm g;
@@ -345,12 +343,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(
     g.d = gw.data_ptr(), g.ldd = s.k;
     // BGRADB with a reduction of length 1 gave wrong bias gradients in some
     // cuBLASLt versions (OneFlow avoids it too): one row is summed separately.
-    if (want_b && s.m > 1) {
+    const bool bgradb = want_b && s.m > 1;
+    if (bgradb) {
       g.epilogue = CUBLASLT_EPILOGUE_BGRADB;
       g.bias = gb.data_ptr();
     }
     if (g.run(x.scalar_type(), x.device())) {
-      bias_done = true;
+      // Only a GEMM that was asked for the bias gradient computed it: with one
+      // row (1-D x, batch 1) the bias gradient was left uninitialized.
+      bias_done = bias_done || bgradb;
     } else {
       at::mm_out(gw, dpre.t(), x2);
     }
@@ -366,7 +367,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward_cuda(
     g.d = gx.data_ptr(), g.ldd = s.k;
     if (!g.run(x.scalar_type(), x.device())) at::mm_out(gx, dpre, w);
   }
-  return bw.result();
 }
 
-}  // namespace teachcompute_ext
+}  // namespace teachcompute_ext::cuda_kernels

@@ -1,20 +1,29 @@
-// Reductions along dims on the CPU, compiled once per ISA: the kernels for
-// the ROWS and COLS layouts of reduce_dims.h (sum rows reuse vector_sum's
-// pairwise kernel). Max/min keep, per lane, the best value and the index where
-// it was first seen (blends, no branches); lanes are merged preferring the
-// lowest index, so ties and NaN give torch's index (the first). COLS kernels
-// load one vector of 64 neighbouring outputs per reduced element: a reduction
-// over an outer dim streams rows at full vector width with no transposing
-// copy. Bound: memory (each input element read once).
+// Reductions along dims on the CPU (reduce_sum, reduce_mean, reduce_max,
+// reduce_min, logsumexp), compiled once per ISA: the launch over the plan of
+// reduce.h and the kernels for its ROWS and COLS layouts (sum rows reuse
+// vector_sum's pairwise span sum). Max/min keep, per lane, the best value and
+// the index where it was first seen (blends, no branches); lanes are merged
+// preferring the lowest index, so ties and NaN give torch's index (the first).
+// COLS kernels load one vector of 64 neighbouring outputs per reduced element:
+// a reduction over an outer dim streams rows at full vector width with no
+// transposing copy. Long reductions are split along their outermost reduced
+// dim into pieces of about 64K elements whose partial results merge in piece
+// order, so few outputs still use every thread (reduce_sum over dim 0 of a
+// (140001, 2) tensor was one serial loop) and results do not depend on the
+// thread count. Bound: memory (each input element read once).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
+#include "common/rounding.h"
 #include "common/vec_io.h"
-#include "reduce/reduce_dims.h"
-#include "reduce/reduce_kernels.h"
+#include "reduce/reduce.h"
+#include "reduce/sum_cpu.h"
 
 namespace teachcompute_ext {
 namespace CPU_CAPABILITY {
@@ -22,6 +31,10 @@ namespace {
 
 using at::vec::Vectorized;
 using namespace vec_io;
+
+// Outputs handled together by a COLS kernel: 64 neighbouring outputs
+// (256 bytes of float32 per reduced element: four AVX512 or eight AVX2 loads).
+constexpr int64_t kColTile = 64;
 
 // Lanes of NV vectors (one COLS tile) into out[0 .. NV * L), converted.
 template <typename Out, typename A, int64_t NV>
@@ -32,25 +45,27 @@ inline void store_tile(const Vectorized<A> (&v)[NV], Out* out) {
   for (int64_t c = 0; c < NV * L; ++c) out[c] = static_cast<Out>(lanes[c]);
 }
 
-// ---- sum, COLS: out[c] = sum_r p[r * stride + c], c < width <= kReduceColTile --
+// ---- sum, COLS: out[c] = sum_r p[r * stride + c], c < width <= kColTile --
 // Two-level cascade per lane (blocks of 64 rows, block sums added in double)
-// keeps a 4096-row float32 column sum within a few ulps.
+// keeps a 4096-row float32 column sum within a few ulps. A narrow tile walks
+// the rows once, adding each row's few columns into double accumulators.
 template <typename T>
 void sum_cols(const T* p, int64_t R, int64_t stride, int64_t width, double* out) {
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
-  constexpr int64_t NV = kReduceColTile / L;
+  constexpr int64_t NV = kColTile / L;
   constexpr int64_t kRowBlock = 64;
-  if (width < kReduceColTile) {
-    for (int64_t c = 0; c < width; ++c) {
-      double s = 0;
-      for (int64_t r = 0; r < R; ++r) s += static_cast<double>(p[r * stride + c]);
-      out[c] = s;
+  if (width < kColTile) {
+    double acc[kColTile] = {};
+    for (int64_t r = 0; r < R; ++r) {
+      const T* row = p + r * stride;
+      for (int64_t c = 0; c < width; ++c) acc[c] += static_cast<double>(row[c]);
     }
+    for (int64_t c = 0; c < width; ++c) out[c] = acc[c];
     return;
   }
-  double total[kReduceColTile] = {};
+  double total[kColTile] = {};
   for (int64_t r0 = 0; r0 < R; r0 += kRowBlock) {
     V acc[NV];
     for (int64_t j = 0; j < NV; ++j) acc[j] = V(0);
@@ -58,11 +73,11 @@ void sum_cols(const T* p, int64_t R, int64_t stride, int64_t width, double* out)
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t j = 0; j < NV; ++j) acc[j] += IO<T>::load(p + r * stride + j * L);
     }
-    alignas(64) A lanes[kReduceColTile];
+    alignas(64) A lanes[kColTile];
     for (int64_t j = 0; j < NV; ++j) acc[j].store(lanes + j * L);
-    for (int64_t c = 0; c < kReduceColTile; ++c) total[c] += static_cast<double>(lanes[c]);
+    for (int64_t c = 0; c < kColTile; ++c) total[c] += static_cast<double>(lanes[c]);
   }
-  for (int64_t c = 0; c < kReduceColTile; ++c) out[c] = total[c];
+  for (int64_t c = 0; c < kColTile; ++c) out[c] = total[c];
 }
 
 // ---- max / min ---------------------------------------------------------------
@@ -111,15 +126,18 @@ void maxmin_cols(const T* p, int64_t R, int64_t stride, int64_t width, bool is_m
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
-  constexpr int64_t NV = kReduceColTile / L;
-  if (width < kReduceColTile) {
+  constexpr int64_t NV = kColTile / L;
+  if (width < kColTile) {
+    A best[kColTile];
     for (int64_t c = 0; c < width; ++c) {
-      A best = static_cast<A>(p[c]);
-      int64_t bi = 0;
-      for (int64_t r = 1; r < R; ++r) merge_candidate<A>(static_cast<A>(p[r * stride + c]), r, is_max, best, bi);
-      val[c] = static_cast<double>(best);
-      idx[c] = bi;
+      best[c] = static_cast<A>(p[c]);
+      idx[c] = 0;
     }
+    for (int64_t r = 1; r < R; ++r) {
+      const T* row = p + r * stride;
+      for (int64_t c = 0; c < width; ++c) merge_candidate<A>(static_cast<A>(row[c]), r, is_max, best[c], idx[c]);
+    }
+    for (int64_t c = 0; c < width; ++c) val[c] = static_cast<double>(best[c]);
     return;
   }
   V best[NV], bidx[NV];
@@ -172,19 +190,24 @@ void lse_cols(const T* p, int64_t R, int64_t stride, int64_t width, double* m_ou
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
-  constexpr int64_t NV = kReduceColTile / L;
+  constexpr int64_t NV = kColTile / L;
   const A ninf = -std::numeric_limits<A>::infinity();
-  if (width < kReduceColTile) {
+  if (width < kColTile) {
     for (int64_t c = 0; c < width; ++c) {
-      double m = -std::numeric_limits<double>::infinity(), s = 0;
-      for (int64_t r = 0; r < R; ++r) {
-        const double v = static_cast<double>(p[r * stride + c]);
+      m_out[c] = -std::numeric_limits<double>::infinity();
+      s_out[c] = 0;
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      const T* row = p + r * stride;
+      for (int64_t c = 0; c < width; ++c) {
+        const double v = static_cast<double>(row[c]);
+        const double m = m_out[c];
         const double mn = (std::isnan(v) || v > m) ? v : m;
-        if (mn != -std::numeric_limits<double>::infinity()) s = s * std::exp(m - mn) + std::exp(v - mn);
-        m = mn;
+        if (mn != -std::numeric_limits<double>::infinity()) {
+          s_out[c] = (m == mn ? s_out[c] : s_out[c] * std::exp(m - mn)) + std::exp(v - mn);
+        }
+        m_out[c] = mn;
       }
-      m_out[c] = m;
-      s_out[c] = s;
     }
     return;
   }
@@ -203,15 +226,234 @@ void lse_cols(const T* p, int64_t R, int64_t stride, int64_t width, double* m_ou
   store_tile(s, s_out);
 }
 
+// ---- the launch: outputs in groups, long reductions in pieces ------------------------
+constexpr int64_t kPiece = 1 << 16;  // elements of one output per piece of a split reduction
+
+int64_t grain(int64_t per_item) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, per_item));
+}
+
+// How outputs are grouped and a reduction is cut: a group is one output (ROWS,
+// GENERAL) or a tile of up to kColTile neighbouring outputs (COLS); a piece is
+// a run of indices [r0, r1) of the outermost reduced dim, red[0]. The cut
+// depends on the shapes only.
+struct Cut {
+  bool cols = false;
+  int64_t C = 1, tiles = 1;  // COLS: the contiguous kept dim and its tiles
+  std::vector<Dim> outer;    // COLS: the other kept dims
+  std::vector<Dim> red;      // the plan's reduced dims, or one dim of size 1
+  int64_t groups = 0;
+  int64_t rows_per_piece = 1, pieces = 1;
+
+  explicit Cut(const ReducePlan& p) {
+    red = p.red.empty() ? std::vector<Dim>{{1, 1}} : p.red;
+    cols = p.layout == ReduceLayout::COLS;
+    int64_t width = 1;
+    if (cols) {
+      C = p.kept.back().size;
+      tiles = (C + kColTile - 1) / kColTile;
+      outer.assign(p.kept.begin(), p.kept.end() - 1);
+      groups = (p.nout / C) * tiles;
+      width = std::min(C, kColTile);
+    } else {
+      groups = p.nout;
+    }
+    const int64_t per_row = (p.count / red[0].size) * width;  // elements a group reads per index of red[0]
+    rows_per_piece = std::max<int64_t>(1, kPiece / per_row);
+    pieces = (red[0].size + rows_per_piece - 1) / rows_per_piece;
+  }
+  // First output, width and offset in x of group g.
+  void group(const ReducePlan& p, int64_t g, int64_t& out0, int64_t& width, int64_t& offset) const {
+    if (!cols) {
+      out0 = g;
+      width = 1;
+      offset = kept_offset(p.kept, g);
+      return;
+    }
+    const int64_t o = g / tiles, c0 = (g % tiles) * kColTile;
+    out0 = o * C + c0;
+    width = std::min(kColTile, C - c0);
+    offset = kept_offset(outer, o) + c0;
+  }
+};
+
+// Runs compute(base, r0, r1, width, states) for every (group, piece): the
+// states of the group's outputs over indices [r0, r1) of red[0], base pointing
+// at the group's first element. Pieces of one output merge in piece order,
+// then finish(output, state) writes it.
+template <typename State, typename T, typename Compute, typename Merge, typename Finish>
+void run(const T* xp, const ReducePlan& p, const Cut& cut, Compute compute, Merge merge, Finish finish) {
+  const int64_t R0 = cut.red[0].size, S0 = cut.red[0].stride;
+  if (cut.pieces == 1) {
+    at::parallel_for(0, cut.groups, grain(p.count * (cut.cols ? kColTile : 1)), [&](int64_t g0, int64_t g1) {
+      State st[kColTile];
+      for (int64_t g = g0; g < g1; ++g) {
+        int64_t out0, width, off;
+        cut.group(p, g, out0, width, off);
+        compute(xp + off, 0, R0, width, st);
+        for (int64_t c = 0; c < width; ++c) finish(out0 + c, st[c]);
+      }
+    });
+    return;
+  }
+  const int64_t np = cut.pieces;
+  std::vector<State> part(p.nout * np);
+  at::parallel_for(0, cut.groups * np, 1, [&](int64_t u0, int64_t u1) {
+    State st[kColTile];
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t g = u / np, piece = u % np;
+      int64_t out0, width, off;
+      cut.group(p, g, out0, width, off);
+      const int64_t r0 = piece * cut.rows_per_piece, r1 = std::min(R0, r0 + cut.rows_per_piece);
+      compute(xp + off + r0 * S0, r0, r1, width, st);
+      for (int64_t c = 0; c < width; ++c) part[(out0 + c) * np + piece] = st[c];
+    }
+  });
+  at::parallel_for(0, p.nout, grain(np * 4), [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      State acc = part[o * np];
+      for (int64_t k = 1; k < np; ++k) merge(acc, part[o * np + k]);
+      finish(o, acc);
+    }
+  });
+}
+
+// Calls f(ptr, n, stride) for each innermost reduced row of one output whose
+// red[0] runs over [0, rows0) from base (GENERAL layout).
+template <typename T, typename F>
+void for_red_rows(const std::vector<Dim>& red, int64_t rows0, const T* base, F f) {
+  std::vector<Dim> dims = red;
+  dims[0].size = rows0;
+  const Dim inner = dims.back();
+  const std::vector<Dim> outer(dims.begin(), dims.end() - 1);
+  int64_t rows = 1;
+  for (const Dim& d : outer) rows *= d.size;
+  for (int64_t r = 0; r < rows; ++r) f(base + kept_offset(outer, r), inner.size, inner.stride);
+}
+
+// ---- sum / mean -------------------------------------------------------------
 template <typename T>
-constexpr ReduceFns<T> fns() {
-  return {&sum_cols<T>, &maxmin_row<T>, &maxmin_cols<T>, &lse_row<T>, &lse_cols<T>};
+void sum_or_mean(const at::Tensor& x, const ReducePlan& p, const Cut& cut, bool mean, at::Tensor& out) {
+  T* op = out.mutable_data_ptr<T>();
+  const double scale = mean ? 1.0 / static_cast<double>(p.count) : 1.0;
+  auto compute = [&](const T* base, int64_t r0, int64_t r1, int64_t width, double* st) {
+    if (cut.cols) {
+      sum_cols(base, r1 - r0, cut.red[0].stride, width, st);
+    } else if (p.layout == ReduceLayout::ROWS) {
+      st[0] = sum_span(base, r1 - r0, 1);
+    } else {
+      double s = 0;
+      for_red_rows(cut.red, r1 - r0, base, [&](const T* r, int64_t n, int64_t stride) { s += sum_span(r, n, stride); });
+      st[0] = s;
+    }
+  };
+  run<double>(
+      x.const_data_ptr<T>(), p, cut, compute, [](double& a, double b) { a += b; },
+      [&](int64_t o, double s) { op[o] = round_to<T>(mean ? s * scale : s); });
+}
+
+// ---- max / min ----------------------------------------------------------------
+struct ValIdx {
+  double v;
+  int64_t i;
+};
+
+template <typename T>
+void max_or_min(const at::Tensor& x, const ReducePlan& p, const Cut& cut, bool is_max, at::Tensor& values,
+                at::Tensor& indices) {
+  using A = acc_t<T>;
+  T* vp = values.mutable_data_ptr<T>();
+  int64_t* ip = indices.mutable_data_ptr<int64_t>();
+  const int64_t S = cut.red[0].stride;
+  // A piece holds at most kPiece < 2^24 indices: exact in the float lanes of the vector kernels.
+  auto compute = [&](const T* base, int64_t r0, int64_t r1, int64_t width, ValIdx* st) {
+    const int64_t n = r1 - r0;
+    if (cut.cols) {
+      double v[kColTile];
+      int64_t i[kColTile];
+      maxmin_cols(base, n, S, width, is_max, v, i);
+      for (int64_t c = 0; c < width; ++c) st[c] = {v[c], i[c] + r0};
+    } else if (p.layout == ReduceLayout::ROWS) {
+      maxmin_row(base, n, is_max, &st[0].v, &st[0].i);
+      st[0].i += r0;
+    } else {
+      A best = static_cast<A>(base[0]);
+      int64_t bi = 0;
+      for (int64_t r = 1; r < n; ++r) merge_candidate<A>(static_cast<A>(base[r * S]), r, is_max, best, bi);
+      st[0] = {static_cast<double>(best), bi + r0};
+    }
+  };
+  run<ValIdx>(
+      x.const_data_ptr<T>(), p, cut, compute,
+      [&](ValIdx& a, const ValIdx& b) { merge_candidate<double>(b.v, b.i, is_max, a.v, a.i); },
+      [&](int64_t o, const ValIdx& s) {
+        vp[o] = static_cast<T>(s.v);
+        ip[o] = s.i;
+      });
+}
+
+// ---- logsumexp ----------------------------------------------------------------
+struct MaxSum {
+  double m, s;  // running max, sum of exp(x - m)
+};
+
+// Merge of two (max, sum of exp(x - max)) pairs.
+void lse_merge(double& m, double& s, double m2, double s2) {
+  const double M = (std::isnan(m2) || m2 > m || std::isnan(m)) ? (std::isnan(m) ? m : m2) : m;
+  if (M == -std::numeric_limits<double>::infinity()) {
+    m = M;
+    s = 0;
+    return;
+  }
+  const double a = m == -std::numeric_limits<double>::infinity() ? 0.0 : s * std::exp(m - M);
+  const double b = m2 == -std::numeric_limits<double>::infinity() ? 0.0 : s2 * std::exp(m2 - M);
+  m = M;
+  s = a + b;
+}
+
+// As torch.logsumexp: -inf for all -inf (or nothing), +inf when +inf is there, NaN with NaN.
+double lse_finish(double m, double s) {
+  if (std::isnan(m) || std::isinf(m)) return m;
+  return m + std::log(s);
+}
+
+template <typename T>
+void logsumexp(const at::Tensor& x, const ReducePlan& p, const Cut& cut, at::Tensor& out) {
+  T* op = out.mutable_data_ptr<T>();
+  auto compute = [&](const T* base, int64_t r0, int64_t r1, int64_t width, MaxSum* st) {
+    if (cut.cols) {
+      double m[kColTile], s[kColTile];
+      lse_cols(base, r1 - r0, cut.red[0].stride, width, m, s);
+      for (int64_t c = 0; c < width; ++c) st[c] = {m[c], s[c]};
+    } else if (p.layout == ReduceLayout::ROWS) {
+      lse_row(base, r1 - r0, &st[0].m, &st[0].s);
+    } else {
+      double m = -std::numeric_limits<double>::infinity(), s = 0;
+      for_red_rows(cut.red, r1 - r0, base, [&](const T* r, int64_t n, int64_t stride) {
+        for (int64_t i = 0; i < n; ++i) lse_merge(m, s, static_cast<double>(r[i * stride]), 1.0);
+      });
+      st[0] = {m, s};
+    }
+  };
+  run<MaxSum>(
+      x.const_data_ptr<T>(), p, cut, compute, [](MaxSum& a, const MaxSum& b) { lse_merge(a.m, a.s, b.m, b.s); },
+      [&](int64_t o, const MaxSum& s) { op[o] = round_to<T>(lse_finish(s.m, s.s)); });
 }
 
 }  // namespace
 
-extern const ReduceKernels kReduceKernels;
-const ReduceKernels kReduceKernels = {fns<float>(), fns<double>(), fns<c10::Half>(), fns<c10::BFloat16>()};
+void reduce_kernel(const at::Tensor& x, const ReducePlan& p, ReduceOp op, at::Tensor& out, at::Tensor& indices) {
+  const Cut cut(p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "reduce_cpu", [&] {
+    switch (op) {
+      case ReduceOp::SUM:
+      case ReduceOp::MEAN: sum_or_mean<scalar_t>(x, p, cut, op == ReduceOp::MEAN, out); break;
+      case ReduceOp::MAX:
+      case ReduceOp::MIN: max_or_min<scalar_t>(x, p, cut, op == ReduceOp::MAX, out, indices); break;
+      case ReduceOp::LOGSUMEXP: logsumexp<scalar_t>(x, p, cut, out); break;
+    }
+  });
+}
 
 }  // namespace CPU_CAPABILITY
 }  // namespace teachcompute_ext

@@ -1,42 +1,53 @@
 // Reductions along dims on CUDA (reduce_sum, reduce_mean, reduce_max,
-// reduce_min, logsumexp), from the same plan as the CPU (reduce_dims.h).
+// reduce_min, logsumexp), from the plan of reduce.h.
 // ROWS (each output reduces one contiguous span): a warp per output for spans
-// up to 1024 elements, a block of 512 threads otherwise; partial states merge
-// by warp shuffles, then across warps in shared memory. COLS and GENERAL: one
-// thread per output walking its reduced elements; with the innermost kept dim
-// contiguous, neighbouring threads read neighbouring addresses, so every step
-// is a coalesced load with no transposing copy. ROWS read 16-byte packs when
-// the row is aligned. Bound: memory (each input read once). Not yet run on a GPU.
+// up to 1024 elements (8 outputs per block), a block of 512 threads otherwise;
+// 16-byte loads when the row is aligned; states merge by warp shuffles, then
+// across warps in shared memory. COLS and GENERAL: a block of 256 threads
+// covers bx neighbouring outputs (x) times by = 256 / bx reducers (y), so a
+// warp reads neighbouring addresses when the innermost kept dim is contiguous
+// (coalesced, no transposing copy) and a few outputs still get many threads;
+// the reducers' states merge in shared memory.
+// Few outputs and long reductions: each reduction is split into pieces
+// (blockIdx.y) so that the grid fills the GPU; pieces write partial states and
+// a second kernel merges them in piece order. Every split depends on the
+// shapes and the SM count only: the same input gives the same bits every run
+// (no float atomics). Without the split, reduce_sum over dim 0 of a
+// (140001, 2) float32 tensor was two threads each adding 140001 floats in
+// sequence: slow, and about 3e-3 off. Bound: memory (each input read once).
+// Not yet run on a GPU.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include <cmath>
 #include <limits>
 
 #include "common/cuda_utils.cuh"
-#include "ops.h"
 #include "reduce/online_softmax.cuh"
-#include "reduce/reduce_dims.h"
+#include "reduce/reduce.h"
 
-namespace teachcompute_ext {
+namespace teachcompute_ext::cuda_kernels {
 namespace {
 
-using cuda::kWarp;
-constexpr int kBlockThreads = 512;
-constexpr int kGeneralThreads = 256;
-constexpr int kMaxDims = 10;
-
 using cuda::acc_type;
+using cuda::kWarp;
+
+constexpr int kRowThreads = 512;   // threads on one long row
+constexpr int kWarpRows = 8;       // short rows per block, a warp each
+constexpr int kShortRow = 1024;    // rows up to this long get a warp
+constexpr int kTileThreads = 256;  // COLS / GENERAL block
+constexpr int kMinPerThread = 16;  // elements a thread reduces at least before a reduction is split further
+constexpr int64_t kMaxPieces = 65535;  // gridDim.y
 
 struct DimsArg {
   int n;
-  int64_t sizes[kMaxDims];
-  int64_t strides[kMaxDims];
+  int64_t sizes[kMaxReduceDims];
+  int64_t strides[kMaxReduceDims];
 };
 
 DimsArg to_arg(const std::vector<Dim>& dims) {
+  TORCH_CHECK(dims.size() <= static_cast<size_t>(kMaxReduceDims), "teachcompute_ext: internal error: a reduction plan with ",
+              dims.size(), " dims reached the CUDA kernel (at most ", kMaxReduceDims, ")");
   DimsArg a{};
   a.n = static_cast<int>(dims.size());
   for (int d = 0; d < a.n; ++d) {
@@ -58,6 +69,7 @@ __device__ __forceinline__ int64_t offset_of(const DimsArg& a, int64_t i) {
 // ---- the reducers: a state, its update with one element, a merge, a result --
 template <typename A>
 struct SumOp {
+  static constexpr bool kIndexed = false;
   struct State {
     A s;
   };
@@ -70,6 +82,7 @@ struct SumOp {
 
 template <typename A>
 struct LseOp {
+  static constexpr bool kIndexed = false;
   using State = cuda::MaxSum<A>;
   __device__ State init() const { return {-std::numeric_limits<A>::infinity(), A(0)}; }
   __device__ State merge(State a, State b) const { return cuda::merge(a, b); }
@@ -80,6 +93,7 @@ struct LseOp {
 
 template <typename A, bool kMax>
 struct MaxMinOp {
+  static constexpr bool kIndexed = true;
   struct State {
     A v;
     int64_t i;  // -1: empty
@@ -120,146 +134,194 @@ __device__ typename Op::State warp_merge(const Op& op, typename Op::State st) {
   return st;
 }
 
-template <typename T, typename Op, int kThreads>
-__global__ void __launch_bounds__(kThreads) rows_kernel(const T* __restrict__ x, DimsArg kept, int64_t count, Op op,
-                                                        T* __restrict__ out, int64_t* __restrict__ out_idx) {
+// Where a state goes: the output (one piece), or partial[piece * nout + o].
+template <typename T, typename Op>
+struct Sink {
+  T* out;
+  int64_t* out_idx;
+  typename Op::State* partial;
+  int64_t nout;
+  __device__ void put(const Op& op, int64_t o, int64_t piece, typename Op::State st) const {
+    if (partial != nullptr) {
+      partial[piece * nout + o] = st;
+      return;
+    }
+    out[o] = static_cast<T>(op.result(st));
+    if constexpr (Op::kIndexed) out_idx[o] = st.i;
+  }
+};
+
+// ROWS: kRows rows per block, kThreadsX threads on each; piece blockIdx.y
+// covers elements [r0, r0 + piece_len) of every row.
+template <typename T, typename Op, int kThreadsX, int kRows>
+__global__ void __launch_bounds__(kThreadsX* kRows)
+    rows_kernel(const T* __restrict__ x, DimsArg kept, int64_t nout, int64_t count, int64_t piece_len, Op op,
+                Sink<T, Op> sink) {
   using A = acc_type<T>;
   using State = typename Op::State;
-  const int64_t o = blockIdx.x;
-  const T* row = x + offset_of(kept, o);
-  State st = op.init();
-  cuda::for_each_packed(row, count, threadIdx.x, kThreads,
-                        [&](T v, int64_t i) { op.update(st, static_cast<A>(v), i); });
-  st = warp_merge(op, st);
-  if constexpr (kThreads > kWarp) {
-    __shared__ State partial[kThreads / kWarp];
-    if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = st;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      for (int w = 1; w < kThreads / kWarp; ++w) st = op.merge(st, partial[w]);
+  const int64_t piece = blockIdx.y;
+  const int64_t r0 = piece * piece_len;
+  const int64_t n = count - r0 < piece_len ? count - r0 : piece_len;
+  const int64_t nblocks = (nout + kRows - 1) / kRows;
+  for (int64_t rb = blockIdx.x; rb < nblocks; rb += gridDim.x) {  // block-uniform trip count
+    const int64_t o = rb * kRows + threadIdx.y;
+    State st = op.init();
+    if (o < nout) {
+      const T* row = x + offset_of(kept, o) + r0;
+      cuda::for_each_packed(row, n, threadIdx.x, kThreadsX,
+                            [&](T v, int64_t i) { op.update(st, static_cast<A>(v), r0 + i); });
     }
-  }
-  if (threadIdx.x == 0) {
-    out[o] = static_cast<T>(op.result(st));
-    if constexpr (std::is_same_v<Op, MaxMinOp<A, true>> || std::is_same_v<Op, MaxMinOp<A, false>>) {
-      out_idx[o] = st.i;
+    st = warp_merge(op, st);
+    if constexpr (kThreadsX > kWarp) {
+      static_assert(kRows == 1, "block-wide rows are one per block");
+      __shared__ State warps[kThreadsX / kWarp];
+      if (threadIdx.x % kWarp == 0) warps[threadIdx.x / kWarp] = st;
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        for (int w = 1; w < kThreadsX / kWarp; ++w) st = op.merge(st, warps[w]);
+      }
+      __syncthreads();  // `warps` is reused by the next row
     }
+    if (threadIdx.x == 0 && o < nout) sink.put(op, o, piece, st);
   }
 }
 
+// COLS / GENERAL: blockDim (bx, by), bx * by == kTileThreads; output o reads
+// its reduced elements r (linear over the reduced dims) in [r0, r1).
 template <typename T, typename Op>
-__global__ void __launch_bounds__(kGeneralThreads) general_kernel(const T* __restrict__ x, DimsArg kept, DimsArg red,
-                                                                  int64_t nout, int64_t count, Op op,
-                                                                  T* __restrict__ out, int64_t* __restrict__ out_idx) {
+__global__ void __launch_bounds__(kTileThreads)
+    tile_kernel(const T* __restrict__ x, DimsArg kept, DimsArg red, int64_t nout, int64_t count, int64_t piece_len,
+                Op op, Sink<T, Op> sink) {
   using A = acc_type<T>;
-  for (int64_t o = static_cast<int64_t>(blockIdx.x) * kGeneralThreads + threadIdx.x; o < nout;
-       o += static_cast<int64_t>(gridDim.x) * kGeneralThreads) {
-    const T* base = x + offset_of(kept, o);
-    typename Op::State st = op.init();
-    for (int64_t r = 0; r < count; ++r) op.update(st, static_cast<A>(base[offset_of(red, r)]), r);
-    out[o] = static_cast<T>(op.result(st));
-    if constexpr (std::is_same_v<Op, MaxMinOp<A, true>> || std::is_same_v<Op, MaxMinOp<A, false>>) {
-      out_idx[o] = st.i;
+  using State = typename Op::State;
+  __shared__ State states[kTileThreads];
+  const int bx = blockDim.x, by = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t piece = blockIdx.y;
+  const int64_t r0 = piece * piece_len;
+  const int64_t r1 = r0 + piece_len < count ? r0 + piece_len : count;
+  const int64_t nblocks = (nout + bx - 1) / bx;
+  for (int64_t ob = blockIdx.x; ob < nblocks; ob += gridDim.x) {  // block-uniform trip count
+    const int64_t o = ob * bx + tx;
+    State st = op.init();
+    if (o < nout) {
+      const T* base = x + offset_of(kept, o);
+      for (int64_t r = r0 + ty; r < r1; r += by) op.update(st, static_cast<A>(base[offset_of(red, r)]), r);
     }
+    states[ty * bx + tx] = st;
+    __syncthreads();
+    if (ty == 0 && o < nout) {
+      for (int k = 1; k < by; ++k) st = op.merge(st, states[k * bx + tx]);
+      sink.put(op, o, piece, st);
+    }
+    __syncthreads();
   }
+}
+
+// Merges each output's pieces in piece order and writes it.
+template <typename T, typename Op>
+__global__ void __launch_bounds__(kTileThreads)
+    finalize_kernel(const typename Op::State* __restrict__ partial, int64_t pieces, int64_t nout, Op op,
+                    T* __restrict__ out, int64_t* __restrict__ out_idx) {
+  for (int64_t o = static_cast<int64_t>(blockIdx.x) * kTileThreads + threadIdx.x; o < nout;
+       o += static_cast<int64_t>(gridDim.x) * kTileThreads) {
+    typename Op::State st = partial[o];
+    for (int64_t k = 1; k < pieces; ++k) st = op.merge(st, partial[k * nout + o]);
+    out[o] = static_cast<T>(op.result(st));
+    if constexpr (Op::kIndexed) out_idx[o] = st.i;
+  }
+}
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// Pieces per output so that the grid fills the GPU (about 4 blocks per SM),
+// with at least kMinPerThread elements per thread of a piece.
+int64_t pieces_for(int64_t blocks, int64_t count, int64_t threads_per_output) {
+  const int64_t target = 4LL * cuda::sm_count();
+  if (blocks >= target) return 1;
+  const int64_t by_work = count / (threads_per_output * kMinPerThread);
+  return std::max<int64_t>(1, std::min({target / blocks, by_work, kMaxPieces}));
+}
+
+// Grid x: the blocks, capped (each kernel loops over the rest): a grid of one
+// block per output failed at 2^31 outputs.
+unsigned grid_x(int64_t blocks) {
+  return static_cast<unsigned>(std::min<int64_t>(blocks, 64LL * cuda::sm_count()));
 }
 
 template <typename T, typename Op>
 void launch(const at::Tensor& x, const ReducePlan& p, const Op& op, at::Tensor& out, int64_t* out_idx) {
+  using State = typename Op::State;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const T* xp = x.const_data_ptr<T>();
   T* o = out.mutable_data_ptr<T>();
   const DimsArg kept = to_arg(p.kept);
-  if (p.layout == ReduceLayout::ROWS && p.count <= 1024) {
-    rows_kernel<T, Op, kWarp><<<p.nout, kWarp, 0, stream>>>(xp, kept, p.count, op, o, out_idx);
-  } else if (p.layout == ReduceLayout::ROWS) {
-    rows_kernel<T, Op, kBlockThreads><<<p.nout, kBlockThreads, 0, stream>>>(xp, kept, p.count, op, o, out_idx);
+  const bool rows = p.layout == ReduceLayout::ROWS;
+  const bool short_rows = p.count <= kShortRow;
+  int64_t blocks, threads_per_output;
+  int bx = 1, by = 1;
+  if (rows) {
+    blocks = short_rows ? ceil_div(p.nout, kWarpRows) : p.nout;
+    threads_per_output = short_rows ? kWarp : kRowThreads;
   } else {
-    const int64_t grid = std::max<int64_t>(
-        1, std::min<int64_t>((p.nout + kGeneralThreads - 1) / kGeneralThreads, 8LL * cuda::sm_count()));
-    general_kernel<T, Op><<<grid, kGeneralThreads, 0, stream>>>(xp, kept, to_arg(p.red), p.nout, p.count, op, o,
-                                                               out_idx);
+    bx = 1;
+    while (bx < 32 && bx < p.nout) bx *= 2;  // neighbouring outputs in x, the rest of the block reduces
+    by = kTileThreads / bx;
+    blocks = ceil_div(p.nout, bx);
+    threads_per_output = by;
+  }
+  int64_t pieces = pieces_for(blocks, p.count, threads_per_output);
+  // Pieces of rows start at a multiple of 16 elements: 16-byte loads stay aligned.
+  int64_t piece_len = ceil_div(p.count, pieces);
+  if (rows) piece_len = ceil_div(piece_len, 16) * 16;
+  pieces = ceil_div(p.count, piece_len);
+  at::Tensor partial;
+  State* pp = nullptr;
+  if (pieces > 1) {
+    partial = at::empty({pieces * p.nout * static_cast<int64_t>(sizeof(State))}, x.options().dtype(at::kByte));
+    pp = reinterpret_cast<State*>(partial.mutable_data_ptr());
+  }
+  const Sink<T, Op> sink{o, out_idx, pp, p.nout};
+  const dim3 grid(grid_x(blocks), static_cast<unsigned>(pieces));
+  if (rows && short_rows) {
+    rows_kernel<T, Op, kWarp, kWarpRows>
+        <<<grid, dim3(kWarp, kWarpRows), 0, stream>>>(xp, kept, p.nout, p.count, piece_len, op, sink);
+  } else if (rows) {
+    rows_kernel<T, Op, kRowThreads, 1><<<grid, kRowThreads, 0, stream>>>(xp, kept, p.nout, p.count, piece_len, op, sink);
+  } else {
+    tile_kernel<T, Op><<<grid, dim3(bx, by), 0, stream>>>(xp, kept, to_arg(p.red), p.nout, p.count, piece_len, op,
+                                                         sink);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// Plans x, or x made contiguous when its layout needs more dims than the kernels take.
-ReducePlan plan_for_cuda(const char* op, at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
-  ReducePlan p = plan_reduction(op, x, dim, keepdim);
-  if (static_cast<int>(p.kept.size()) > kMaxDims || static_cast<int>(p.red.size()) > kMaxDims) {
-    x = x.contiguous();
-    p = plan_reduction(op, x, dim, keepdim);
+  if (pieces > 1) {
+    finalize_kernel<T, Op><<<grid_x(ceil_div(p.nout, kTileThreads)), kTileThreads, 0, stream>>>(pp, pieces, p.nout,
+                                                                                               op, o, out_idx);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  return p;
-}
-
-at::Tensor sum_or_mean(const char* op, const at::Tensor& input, at::OptionalIntArrayRef dim, bool keepdim,
-                       bool mean) {
-  check_float_dtype(op, "x", input);
-  c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor x = input;
-  const ReducePlan p = plan_for_cuda(op, x, dim, keepdim);
-  if (p.count == 0) {
-    return at::full(p.out_shape, mean ? std::numeric_limits<double>::quiet_NaN() : 0.0, x.options());
-  }
-  at::Tensor out = at::empty(p.out_shape, x.options());
-  if (p.nout == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "reduce_sum_cuda", [&] {
-    using A = acc_type<scalar_t>;
-    const SumOp<A> sop{mean ? A(1) / static_cast<A>(p.count) : A(1)};
-    launch<scalar_t>(x, p, sop, out, nullptr);
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> max_or_min(const char* op, const at::Tensor& input, int64_t dim, bool keepdim,
-                                              bool is_max) {
-  check_maxmin(op, input, dim);
-  c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor x = input;
-  const ReducePlan p = plan_for_cuda(op, x, at::IntArrayRef{dim}, keepdim);
-  at::Tensor values = at::empty(p.out_shape, x.options());
-  at::Tensor indices = at::empty(p.out_shape, x.options().dtype(at::kLong));
-  if (p.nout == 0) return {values, indices};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "reduce_max_cuda", [&] {
-    using A = acc_type<scalar_t>;
-    int64_t* ip = indices.mutable_data_ptr<int64_t>();
-    if (is_max) {
-      launch<scalar_t>(x, p, MaxMinOp<A, true>{}, values, ip);
-    } else {
-      launch<scalar_t>(x, p, MaxMinOp<A, false>{}, values, ip);
-    }
-  });
-  return {values, indices};
 }
 
 }  // namespace
 
-at::Tensor reduce_sum_cuda(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
-  return sum_or_mean("reduce_sum", x, dim, keepdim, false);
-}
-at::Tensor reduce_mean_cuda(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
-  return sum_or_mean("reduce_mean", x, dim, keepdim, true);
-}
-std::tuple<at::Tensor, at::Tensor> reduce_max_cuda(const at::Tensor& x, int64_t dim, bool keepdim) {
-  return max_or_min("reduce_max", x, dim, keepdim, true);
-}
-std::tuple<at::Tensor, at::Tensor> reduce_min_cuda(const at::Tensor& x, int64_t dim, bool keepdim) {
-  return max_or_min("reduce_min", x, dim, keepdim, false);
-}
-at::Tensor logsumexp_cuda(const at::Tensor& input, at::IntArrayRef dim, bool keepdim) {
-  const char* op = "logsumexp";
-  check_float_dtype(op, "x", input);
-  c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor x = input;
-  const ReducePlan p = plan_for_cuda(op, x, dim, keepdim);
-  if (p.count == 0) return at::full(p.out_shape, -std::numeric_limits<double>::infinity(), x.options());
-  at::Tensor out = at::empty(p.out_shape, x.options());
-  if (p.nout == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "logsumexp_cuda", [&] {
-    launch<scalar_t>(x, p, LseOp<acc_type<scalar_t>>{}, out, nullptr);
+void reduce_kernel(const at::Tensor& x, const ReducePlan& p, ReduceOp rop, at::Tensor& out, at::Tensor& indices) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "reduce_cuda", [&] {
+    using A = acc_type<scalar_t>;
+    switch (rop) {
+      case ReduceOp::SUM:
+      case ReduceOp::MEAN:
+        launch<scalar_t>(x, p, SumOp<A>{rop == ReduceOp::MEAN ? A(1) / static_cast<A>(p.count) : A(1)}, out, nullptr);
+        break;
+      case ReduceOp::MAX:
+        launch<scalar_t>(x, p, MaxMinOp<A, true>{}, out, indices.mutable_data_ptr<int64_t>());
+        break;
+      case ReduceOp::MIN:
+        launch<scalar_t>(x, p, MaxMinOp<A, false>{}, out, indices.mutable_data_ptr<int64_t>());
+        break;
+      case ReduceOp::LOGSUMEXP:
+        launch<scalar_t>(x, p, LseOp<A>{}, out, nullptr);
+        break;
+    }
   });
-  return out;
 }
 
-}  // namespace teachcompute_ext
+}  // namespace teachcompute_ext::cuda_kernels

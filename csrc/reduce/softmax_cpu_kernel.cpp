@@ -8,6 +8,8 @@
 // contiguous columns at once and walks the rows, so no transposing copy is
 // needed for a reduction over an outer dim. Bound: memory (read x, write y)
 // plus exp throughput (exp_u20, the polynomial torch's own softmax uses).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -18,7 +20,7 @@
 #include <vector>
 
 #include "common/vec_io.h"
-#include "reduce/softmax.h"
+#include "reduce/reduce.h"
 
 namespace teachcompute_ext {
 namespace CPU_CAPABILITY {
@@ -27,6 +29,14 @@ namespace {
 using at::vec::Vectorized;
 
 using namespace vec_io;
+
+// Columns handled together when inner > 1: a tile of 64 contiguous elements
+// per row (256 bytes of float32: four AVX512 or eight AVX2 vectors).
+constexpr int64_t kSoftmaxColTile = 64;
+
+// Outputs past this size cannot stay in the caches for the next op: the row
+// kernels then stream them to memory (non-temporal stores, no read-for-ownership).
+constexpr int64_t kSoftmaxStreamBytes = 32LL << 20;
 
 // Non-temporal store of a float32 vector at a vector-aligned address: the line
 // goes to memory without first being read into the cache (no read-for-
@@ -340,15 +350,50 @@ void bwd_cols(const T* g, const T* y, T* gx, int64_t n, int64_t inner, int64_t u
   }
 }
 
-template <typename T>
-constexpr SoftmaxFns<T> fns() {
-  return {&fwd_rows<T>, &fwd_cols<T>, &bwd_rows<T>, &bwd_cols<T>};
+// About 32K elements of work per task: enough to amortize the scheduling.
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
 }
 
 }  // namespace
 
-extern const SoftmaxKernels kSoftmaxKernels;
-const SoftmaxKernels kSoftmaxKernels = {fns<float>(), fns<double>(), fns<c10::Half>(), fns<c10::BFloat16>()};
+// In parallel (at::parallel_for) over rows (inner == 1) or over tiles of 64
+// columns (inner > 1).
+void softmax_kernel(const at::Tensor& x, at::Tensor& y, const SoftmaxShape& sh, bool log) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softmax_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    if (sh.inner == 1) {
+      const bool stream = static_cast<int64_t>(y.nbytes()) > kSoftmaxStreamBytes;
+      at::parallel_for(0, sh.outer, grain_for(sh.n),
+                       [&](int64_t r0, int64_t r1) { fwd_rows<scalar_t>(xp, yp, sh.n, r0, r1, log, stream); });
+    } else {
+      const int64_t units = sh.outer * ((sh.inner + kSoftmaxColTile - 1) / kSoftmaxColTile);
+      at::parallel_for(0, units, grain_for(sh.n * kSoftmaxColTile), [&](int64_t u0, int64_t u1) {
+        fwd_cols<scalar_t>(xp, yp, sh.n, sh.inner, u0, u1, log);
+      });
+    }
+  });
+}
+
+void softmax_backward_kernel(const at::Tensor& grad, const at::Tensor& out, at::Tensor& gx, const SoftmaxShape& sh,
+                             bool log) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "softmax_backward_cpu", [&] {
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* yp = out.const_data_ptr<scalar_t>();
+    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    if (sh.inner == 1) {
+      const bool stream = static_cast<int64_t>(gx.nbytes()) > kSoftmaxStreamBytes;
+      at::parallel_for(0, sh.outer, grain_for(sh.n),
+                       [&](int64_t r0, int64_t r1) { bwd_rows<scalar_t>(gp, yp, gxp, sh.n, r0, r1, log, stream); });
+    } else {
+      const int64_t units = sh.outer * ((sh.inner + kSoftmaxColTile - 1) / kSoftmaxColTile);
+      at::parallel_for(0, units, grain_for(sh.n * kSoftmaxColTile), [&](int64_t u0, int64_t u1) {
+        bwd_cols<scalar_t>(gp, yp, gxp, sh.n, sh.inner, u0, u1, log);
+      });
+    }
+  });
+}
 
 }  // namespace CPU_CAPABILITY
 }  // namespace teachcompute_ext

@@ -5,21 +5,20 @@
 // warps of a block), then a second pass writes the output. Columns (inner > 1):
 // one thread per column, adjacent threads on adjacent columns, so every row
 // step is a coalesced load; no transposing copy. Rows are read and written in
-// 16-byte packs when aligned. Bound: memory (one read of x for the statistics,
-// one read and one write for the output). Not yet run on a GPU.
+// 16-byte packs when aligned. Grids are capped and the kernels loop over the
+// rest of the rows (a grid of one block per row failed at 2^31 rows). Bound:
+// memory (one read of x for the statistics, one read and one write for the
+// output). Not yet run on a GPU.
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include <cmath>
 #include <limits>
 
 #include "common/cuda_utils.cuh"
-#include "ops.h"
 #include "reduce/online_softmax.cuh"
-#include "reduce/softmax.h"
+#include "reduce/reduce.h"
 
-namespace teachcompute_ext {
+namespace teachcompute_ext::cuda_kernels {
 namespace {
 
 using cuda::kWarp;
@@ -84,26 +83,31 @@ __device__ A block_sum(A v) {
 // ---- forward --------------------------------------------------------------------
 // kWarpRow: a warp per row (blockDim = 32 x 8); otherwise a block per row.
 template <typename T, bool kWarpRow>
-__global__ void fwd_rows(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int64_t n, bool log) {
+__global__ void __launch_bounds__(kWarpRow ? kWarp * kRowsPerWarpBlock : kBlockThreads)
+    fwd_rows(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int64_t n, bool log) {
   using A = acc_type<T>;
-  const int64_t row = kWarpRow ? static_cast<int64_t>(blockIdx.x) * kRowsPerWarpBlock + threadIdx.y : blockIdx.x;
-  if (row >= rows) return;  // whole warps leave together: the shuffles below stay full
-  const int tid = kWarpRow ? threadIdx.x : threadIdx.x;
+  const int tid = threadIdx.x;
   const int nthreads = kWarpRow ? kWarp : kBlockThreads;
-  const T* xr = x + row * n;
-  T* yr = y + row * n;
-  MaxSum<A> st{-std::numeric_limits<A>::infinity(), A(0)};
-  cuda::for_each_packed(xr, n, tid, nthreads,
-                        [&](T v, int64_t) { st = merge(st, MaxSum<A>{static_cast<A>(v), A(1)}); });
-  st = kWarpRow ? warp_merge(st) : block_merge(st);
-  const A M = st.m, ls = dlog(st.s), inv = A(1) / st.s;
-  cuda::map_packed<T>(xr, nullptr, yr, n, tid, nthreads, [&](T v, T) {
-    return static_cast<T>(log ? (static_cast<A>(v) - M) - ls : dexp(static_cast<A>(v) - M) * inv);
-  });
+  const int64_t per_block = kWarpRow ? kRowsPerWarpBlock : 1;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * per_block + (kWarpRow ? threadIdx.y : 0);
+  // Block-uniform for the block-wide rows (block_merge synchronizes); a warp
+  // past the last row leaves whole, so the shuffles stay full.
+  for (int64_t row = first; row < rows; row += static_cast<int64_t>(gridDim.x) * per_block) {
+    const T* xr = x + row * n;
+    T* yr = y + row * n;
+    MaxSum<A> st{-std::numeric_limits<A>::infinity(), A(0)};
+    cuda::for_each_packed(xr, n, tid, nthreads,
+                          [&](T v, int64_t) { st = merge(st, MaxSum<A>{static_cast<A>(v), A(1)}); });
+    st = kWarpRow ? warp_merge(st) : block_merge(st);
+    const A M = st.m, ls = dlog(st.s), inv = A(1) / st.s;
+    cuda::map_packed<T>(xr, nullptr, yr, n, tid, nthreads, [&](T v, T) {
+      return static_cast<T>(log ? (static_cast<A>(v) - M) - ls : dexp(static_cast<A>(v) - M) * inv);
+    });
+  }
 }
 
 template <typename T>
-__global__ void fwd_cols(const T* __restrict__ x, T* __restrict__ y, int64_t outer, int64_t n, int64_t inner,
+__global__ void __launch_bounds__(kColThreads) fwd_cols(const T* __restrict__ x, T* __restrict__ y, int64_t outer, int64_t n, int64_t inner,
                          bool log) {
   using A = acc_type<T>;
   const int64_t total = outer * inner;
@@ -122,29 +126,32 @@ __global__ void fwd_cols(const T* __restrict__ x, T* __restrict__ y, int64_t out
 
 // ---- backward -------------------------------------------------------------------
 template <typename T, bool kWarpRow>
-__global__ void bwd_rows(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ gx, int64_t rows,
-                         int64_t n, bool log) {
+__global__ void __launch_bounds__(kWarpRow ? kWarp * kRowsPerWarpBlock : kBlockThreads)
+    bwd_rows(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ gx, int64_t rows, int64_t n,
+             bool log) {
   using A = acc_type<T>;
-  const int64_t row = kWarpRow ? static_cast<int64_t>(blockIdx.x) * kRowsPerWarpBlock + threadIdx.y : blockIdx.x;
-  if (row >= rows) return;
   const int tid = threadIdx.x;
   const int nthreads = kWarpRow ? kWarp : kBlockThreads;
-  const int64_t off = row * n;
-  A acc = 0;
-  if (log) {
-    cuda::for_each_packed(g + off, n, tid, nthreads, [&](T v, int64_t) { acc += static_cast<A>(v); });
-  } else {
-    for (int64_t i = tid; i < n; i += nthreads) acc += static_cast<A>(g[off + i]) * static_cast<A>(y[off + i]);
+  const int64_t per_block = kWarpRow ? kRowsPerWarpBlock : 1;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * per_block + (kWarpRow ? threadIdx.y : 0);
+  for (int64_t row = first; row < rows; row += static_cast<int64_t>(gridDim.x) * per_block) {
+    const int64_t off = row * n;
+    A acc = 0;
+    if (log) {
+      cuda::for_each_packed(g + off, n, tid, nthreads, [&](T v, int64_t) { acc += static_cast<A>(v); });
+    } else {
+      for (int64_t i = tid; i < n; i += nthreads) acc += static_cast<A>(g[off + i]) * static_cast<A>(y[off + i]);
+    }
+    const A dot = kWarpRow ? warp_sum(acc) : block_sum(acc);
+    cuda::map_packed<T>(g + off, y + off, gx + off, n, tid, nthreads, [&](T gt, T yt) {
+      const A gv = static_cast<A>(gt), yv = static_cast<A>(yt);
+      return static_cast<T>(log ? gv - dexp(yv) * dot : yv * (gv - dot));
+    });
   }
-  const A dot = kWarpRow ? warp_sum(acc) : block_sum(acc);
-  cuda::map_packed<T>(g + off, y + off, gx + off, n, tid, nthreads, [&](T gt, T yt) {
-    const A gv = static_cast<A>(gt), yv = static_cast<A>(yt);
-    return static_cast<T>(log ? gv - dexp(yv) * dot : yv * (gv - dot));
-  });
 }
 
 template <typename T>
-__global__ void bwd_cols(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ gx, int64_t outer,
+__global__ void __launch_bounds__(kColThreads) bwd_cols(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ gx, int64_t outer,
                          int64_t n, int64_t inner, bool log) {
   using A = acc_type<T>;
   const int64_t total = outer * inner;
@@ -167,73 +174,51 @@ int64_t col_grid(int64_t cols) {
   return std::max<int64_t>(1, std::min<int64_t>((cols + kColThreads - 1) / kColThreads, 8LL * cuda::sm_count()));
 }
 
-at::Tensor forward(const char* op, const at::Tensor& x, int64_t dim, bool log) {
-  check_float_dtype(op, "x", x);
-  const SoftmaxShape sh = softmax_shape(op, x, dim);
-  c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous();
-  at::Tensor y = at::empty(x.sizes(), x.options());
-  if (x.numel() == 0) return y;
+// Row grids: capped, the kernels loop over the remaining rows.
+unsigned row_grid(int64_t blocks) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(blocks, 64LL * cuda::sm_count())));
+}
+
+}  // namespace
+
+void softmax_kernel(const at::Tensor& x, at::Tensor& y, const SoftmaxShape& sh, bool log) {
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softmax", [&] {
-    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softmax_cuda", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     if (sh.inner == 1 && sh.n <= 1024) {
       const dim3 block(kWarp, kRowsPerWarpBlock);
-      const int64_t grid = (sh.outer + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock;
+      const unsigned grid = row_grid((sh.outer + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock);
       fwd_rows<scalar_t, true><<<grid, block, 0, stream>>>(xp, yp, sh.outer, sh.n, log);
     } else if (sh.inner == 1) {
-      fwd_rows<scalar_t, false><<<sh.outer, kBlockThreads, 0, stream>>>(xp, yp, sh.outer, sh.n, log);
+      fwd_rows<scalar_t, false><<<row_grid(sh.outer), kBlockThreads, 0, stream>>>(xp, yp, sh.outer, sh.n, log);
     } else {
       fwd_cols<scalar_t><<<col_grid(sh.outer * sh.inner), kColThreads, 0, stream>>>(xp, yp, sh.outer, sh.n,
                                                                                    sh.inner, log);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return y;
 }
 
-at::Tensor backward(const char* op, const at::Tensor& grad, const at::Tensor& out, int64_t dim, bool log) {
-  check_softmax_backward(op, grad, out);
-  check_float_dtype(op, "out", out);
-  const SoftmaxShape sh = softmax_shape(op, out, dim);
-  c10::cuda::CUDAGuard guard(out.device());
-  const at::Tensor gc = grad.contiguous(), yc = out.contiguous();
-  at::Tensor gx = at::empty(out.sizes(), out.options());
-  if (out.numel() == 0) return gx;
+void softmax_backward_kernel(const at::Tensor& grad, const at::Tensor& out, at::Tensor& gx, const SoftmaxShape& sh,
+                             bool log) {
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "softmax_backward", [&] {
-    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
-    const scalar_t* yp = yc.const_data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "softmax_backward_cuda", [&] {
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* yp = out.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     if (sh.inner == 1 && sh.n <= 1024) {
       const dim3 block(kWarp, kRowsPerWarpBlock);
-      const int64_t grid = (sh.outer + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock;
+      const unsigned grid = row_grid((sh.outer + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock);
       bwd_rows<scalar_t, true><<<grid, block, 0, stream>>>(gp, yp, gxp, sh.outer, sh.n, log);
     } else if (sh.inner == 1) {
-      bwd_rows<scalar_t, false><<<sh.outer, kBlockThreads, 0, stream>>>(gp, yp, gxp, sh.outer, sh.n, log);
+      bwd_rows<scalar_t, false><<<row_grid(sh.outer), kBlockThreads, 0, stream>>>(gp, yp, gxp, sh.outer, sh.n, log);
     } else {
-      bwd_cols<scalar_t><<<col_grid(sh.outer * sh.inner), kColThreads, 0, stream>>>(gp, yp, gxp, sh.outer,
-                                                                                    sh.n, sh.inner, log);
+      bwd_cols<scalar_t><<<col_grid(sh.outer * sh.inner), kColThreads, 0, stream>>>(gp, yp, gxp, sh.outer, sh.n,
+                                                                                    sh.inner, log);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return gx;
 }
 
-}  // namespace
-
-at::Tensor softmax_cuda(const at::Tensor& x, int64_t dim) {
-  return forward("softmax", x, dim, false);
-}
-at::Tensor log_softmax_cuda(const at::Tensor& x, int64_t dim) {
-  return forward("log_softmax", x, dim, true);
-}
-at::Tensor softmax_backward_cuda(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
-  return backward("softmax_backward", grad, out, dim, false);
-}
-at::Tensor log_softmax_backward_cuda(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
-  return backward("log_softmax_backward", grad, out, dim, true);
-}
-
-}  // namespace teachcompute_ext
+}  // namespace teachcompute_ext::cuda_kernels

@@ -1,4 +1,6 @@
-// Pairwise (cascade) sum of a span. Compiled once per CPU ISA from this source.
+// vector_sum on the CPU, compiled once per CPU ISA from this source, and the
+// pairwise span sum that reduce_sum shares (sum_cpu.h).
+// The span: pairwise (cascade) sum.
 // Leaves of kLeaf elements are summed with 4 independent vector accumulators
 // (hides the 4-cycle FP-add latency so the loop runs at load speed); super-leaf
 // results are combined pairwise as float vectors (a binary counter of equal-
@@ -10,10 +12,19 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <c10/util/SmallVector.h>
+
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
-#include "reduce/vector_sum.h"
+#include "common/layout.h"
+#include "common/rounding.h"
+#include "reduce/reduce.h"
+#include "reduce/sum_cpu.h"
 
 namespace teachcompute_ext {
 namespace CPU_CAPABILITY {
@@ -170,20 +181,105 @@ double strided_sum(const scalar_t* p, int64_t n, int64_t stride) {
   return strided_sum(p, half, stride) + strided_sum(p + half * stride, n - half, stride);
 }
 
+}  // namespace
+
 template <typename scalar_t>
-double pairwise_sum(const scalar_t* p, int64_t n, int64_t stride) {
+double sum_span(const scalar_t* p, int64_t n, int64_t stride) {
   return stride == 1 ? contiguous_sum(p, n) : strided_sum(p, n, stride);
+}
+template double sum_span<float>(const float*, int64_t, int64_t);
+template double sum_span<double>(const double*, int64_t, int64_t);
+template double sum_span<c10::Half>(const c10::Half*, int64_t, int64_t);
+template double sum_span<c10::BFloat16>(const c10::BFloat16*, int64_t, int64_t);
+
+namespace {
+
+// Sum of a dense span of n elements: fixed chunks summed in parallel
+// (at::parallel_for, so torch.set_num_threads applies), then added pairwise.
+template <typename scalar_t>
+double sum_dense(const scalar_t* p, int64_t n) {
+  const int64_t chunk = sum_chunk_for(n);
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+  if (nchunks == 1) return sum_span(p, n, 1);
+  c10::SmallVector<double, 256> partial(nchunks);
+  at::parallel_for(0, nchunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t start = c * chunk;
+      partial[c] = sum_span(p + start, std::min(chunk, n - start), 1);
+    }
+  });
+  return pairwise_combine(partial.data(), nchunks);
+}
+
+// Sum of a general strided view (sliced, expanded), with no copy: rows along
+// the innermost collapsed dim, grouped into fixed groups of about kSumChunk
+// elements; a few long rows are split into kSumChunk pieces so every thread works.
+template <typename scalar_t>
+double sum_strided(const scalar_t* base, const std::vector<Dim>& dims) {
+  const Dim inner = dims.back();
+  const int64_t outer_ndim = static_cast<int64_t>(dims.size()) - 1;
+  int64_t rows = 1;
+  for (int64_t d = 0; d < outer_ndim; ++d) rows *= dims[d].size;
+  const int64_t pieces = (inner.size + kSumChunk - 1) / kSumChunk;
+  if (pieces > 1) {
+    std::vector<double> partial(rows * pieces);
+    at::parallel_for(0, rows * pieces, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        int64_t rem = u / pieces, offset = 0;
+        for (int64_t d = outer_ndim - 1; d >= 0; --d) {
+          offset += (rem % dims[d].size) * dims[d].stride;
+          rem /= dims[d].size;
+        }
+        const int64_t start = (u % pieces) * kSumChunk;
+        partial[u] = sum_span(base + offset + start * inner.stride, std::min(kSumChunk, inner.size - start),
+                              inner.stride);
+      }
+    });
+    return pairwise_combine(partial.data(), rows * pieces);
+  }
+  const int64_t rows_per_group = std::max<int64_t>(1, kSumChunk / inner.size);
+  const int64_t ngroups = (rows + rows_per_group - 1) / rows_per_group;
+  std::vector<double> partial(ngroups);
+  at::parallel_for(0, ngroups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> idx(outer_ndim);
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t r0 = g * rows_per_group, r1 = std::min(rows, r0 + rows_per_group);
+      // Multi-index of row r0 over the outer dims, then advanced like an odometer.
+      int64_t rem = r0, offset = 0;
+      for (int64_t d = outer_ndim - 1; d >= 0; --d) {
+        idx[d] = rem % dims[d].size;
+        rem /= dims[d].size;
+        offset += idx[d] * dims[d].stride;
+      }
+      double s = 0;
+      for (int64_t r = r0; r < r1; ++r) {
+        s += sum_span(base + offset, inner.size, inner.stride);
+        for (int64_t d = outer_ndim - 1; d >= 0; --d) {
+          offset += dims[d].stride;
+          if (++idx[d] < dims[d].size) break;
+          offset -= idx[d] * dims[d].stride;
+          idx[d] = 0;
+        }
+      }
+      partial[g] = s;
+    }
+  });
+  return pairwise_combine(partial.data(), ngroups);
 }
 
 }  // namespace
 
-extern const VectorSumKernels kVectorSumKernels;
-const VectorSumKernels kVectorSumKernels = {
-    &pairwise_sum<float>,
-    &pairwise_sum<double>,
-    &pairwise_sum<c10::Half>,
-    &pairwise_sum<c10::BFloat16>,
-};
+// Dense inputs (contiguous, transposed, permuted) are summed straight from
+// memory; other views row by row along their innermost collapsed dim.
+void vector_sum_kernel(const at::Tensor& x, at::Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vector_sum_cpu", [&] {
+    const scalar_t* p = x.const_data_ptr<scalar_t>();
+    // Every element once, in some order: the storage span is [p, p + numel).
+    const double total =
+        x.is_non_overlapping_and_dense() ? sum_dense(p, x.numel()) : sum_strided(p, collapse_layout(x));
+    *out.mutable_data_ptr<scalar_t>() = round_to<scalar_t>(total);
+  });
+}
 
 }  // namespace CPU_CAPABILITY
 }  // namespace teachcompute_ext

@@ -8,16 +8,14 @@
 // bandwidth, 4 B/elem for float32 (target: 90% of the copy bandwidth at 2^28).
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include <cub/block/block_reduce.cuh>
 
 #include "common/cuda_utils.cuh"
 #include "common/layout.h"
-#include "ops.h"
-#include "reduce/vector_sum.h"
+#include "reduce/reduce.h"
 
-namespace teachcompute_ext {
+namespace teachcompute_ext::cuda_kernels {
 namespace {
 
 using cuda::kPack16;
@@ -115,14 +113,9 @@ int64_t grid_for(int64_t work_items) {
 
 }  // namespace
 
-at::Tensor vector_sum_cuda(const at::Tensor& x) {
-  check_vector_sum_input(x);
-  c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor out = at::empty({}, x.options());
+void vector_sum_kernel(const at::Tensor& x, at::Tensor& out) {
   const int64_t n = x.numel();
-  if (n == 0) return out.zero_();
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vector_sum_cuda", [&] {
     using acc_t = acc_type<scalar_t>;
     const auto acc_dtype = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
@@ -151,7 +144,6 @@ at::Tensor vector_sum_cuda(const at::Tensor& x) {
     finalize<scalar_t, acc_t><<<1, kThreads, 0, stream>>>(part, grid, out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
 }
 
-}  // namespace teachcompute_ext
+}  // namespace teachcompute_ext::cuda_kernels

@@ -1,13 +1,17 @@
-// ScatterND (ONNX, opset 18) and its "of shape" forms: the semantics shared by
-// the CPU and CUDA paths (the fake kernels in teachcompute_ext/ops/scatter_nd.py
-// mirror them).
+// ScatterND (ONNX, opset 18) and its "of shape" forms: the semantics every
+// device shares (the fake kernels in teachcompute_ext/ops/scatter_nd.py mirror
+// them) and the kernel signature behind the stub. The frontends are in
+// scatter_nd.cpp, the kernels in scatter_nd_cpu_kernel.cpp and scatter_nd_cuda.cu.
 //   indices [..., k] (int64 or int32), 1 <= k <= rank(data)
 //   updates  indices.shape[:-1] + data.shape[k:]
 //   output   data with data[indices[i]] = reduction(data[indices[i]], updates[i])
 // An index i in [-s, -1] means i + s; anything else outside [0, s) is an error
-// (checked before any arithmetic, so values near 2^63 cannot wrap around).
-// Duplicate destinations: add / mul / max / min combine all of them; none
-// keeps the last one in the order of indices (deterministic on the CPU).
+// (checked before any arithmetic, so values near 2^63 cannot wrap around): on
+// the CPU an exception, on CUDA a device-side assert naming the op and the
+// argument, as torch's own CUDA index ops do (raising would need a host sync).
+// Duplicate destinations: add / mul / max / min combine all of them (half
+// types in float, rounded once); none keeps the last one in the order of
+// indices, on every device.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -15,6 +19,7 @@
 #include <string_view>
 
 #include "common/checks.h"
+#include "common/stub.h"
 
 namespace teachcompute_ext {
 
@@ -30,6 +35,9 @@ inline ScatterReduction parse_reduction(const char* op, std::string_view r) {
                     "' for argument 'reduction' (expected one of none, add, mul, max, min)");
 }
 
+// Index depth the kernels take (the CUDA kernel passes data's leading sizes by value).
+constexpr int64_t kMaxIndexDepth = 64;
+
 struct ScatterShape {
   int64_t k;          // index depth
   int64_t n_updates;  // prod(indices.shape[:-1])
@@ -37,9 +45,17 @@ struct ScatterShape {
   int64_t slice;      // prod(data.shape[k:]): elements per destination
 };
 
-// Checks dtypes and shapes; `shape` is data's shape (or the "of shape" argument).
+// Checks devices, dtypes and shapes; `shape` is data's shape (or the "of shape"
+// argument), `data` is null for the "of shape" forms.
 inline ScatterShape check_scatter(const char* op, at::IntArrayRef shape, c10::ScalarType data_dtype,
-                                  const at::Tensor& indices, const at::Tensor& updates, bool data_is_tensor) {
+                                  const at::Tensor& indices, const at::Tensor& updates, const at::Tensor* data) {
+  const bool data_is_tensor = data != nullptr;
+  if (data_is_tensor) {
+    check_same_device(op, "indices", indices, "data", *data);
+    check_same_device(op, "updates", updates, "data", *data);
+  } else {
+    check_same_device(op, "indices", indices, "updates", updates);
+  }
   if (data_is_tensor) {
     TORCH_CHECK_TYPE(is_supported_float(data_dtype), "teachcompute_ext.", op, ": unsupported dtype ",
                      dtype_name(data_dtype), " for argument 'data' (expected float32, float64, float16 or bfloat16)");
@@ -57,6 +73,8 @@ inline ScatterShape check_scatter(const char* op, at::IntArrayRef shape, c10::Sc
   const int64_t k = indices.size(-1);
   TORCH_CHECK(k >= 1 && k <= rank, "teachcompute_ext.", op, ": the last dim of 'indices' (k = ", k,
               ") must be in [1, rank of data = ", rank, "]; indices ", indices.sizes(), ", data ", shape);
+  TORCH_CHECK(k <= kMaxIndexDepth, "teachcompute_ext.", op, ": the last dim of 'indices' (k = ", k,
+              ") is more than the ", kMaxIndexDepth, " index dims supported");
   std::vector<int64_t> expected(indices.sizes().begin(), indices.sizes().end() - 1);
   for (int64_t d = k; d < rank; ++d) expected.push_back(shape[d]);
   TORCH_CHECK(updates.sizes().vec() == expected, "teachcompute_ext.", op, ": 'updates' has shape ", updates.sizes(),
@@ -71,10 +89,18 @@ inline ScatterShape check_scatter(const char* op, at::IntArrayRef shape, c10::Sc
 // masked_scatter_nd_of_shape: the checks of scatter_nd_of_shape, and k == 1.
 inline ScatterShape check_masked_scatter(at::IntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates) {
   const char* op = "masked_scatter_nd_of_shape";
-  const ScatterShape s = check_scatter(op, shape, updates.scalar_type(), indices, updates, false);
+  const ScatterShape s = check_scatter(op, shape, updates.scalar_type(), indices, updates, nullptr);
   TORCH_CHECK(s.k == 1, "teachcompute_ext.", op, ": 'indices' must end in a dim of 1 (k = 1), got shape ",
               indices.sizes());
   return s;
 }
+
+// Applies updates (contiguous) at indices (contiguous) to out (contiguous, of
+// `shape`), n_updates >= 1: checks every index (out of range is an error
+// naming op, see above), skips those whose first index equals *masked_value when it is not
+// null, and writes nothing when slice or out is empty.
+using ScatterFn = void(const char* op, at::Tensor& out, at::IntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates,
+                       ScatterReduction red, const ScatterShape& s, const int64_t* masked_value);
+TCE_DECLARE_KERNEL(ScatterFn, scatter_nd_kernel)
 
 }  // namespace teachcompute_ext

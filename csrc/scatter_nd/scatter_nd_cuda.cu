@@ -1,13 +1,16 @@
-// ScatterND family on CUDA.
-// 1. A kernel turns each index tuple into a destination row. An out-of-range
-//    index (or a masked one) gives -1 and its update is skipped: nothing is
-//    read or written outside the tensor, and no error is raised, because
-//    raising would need a host sync. The CPU path raises.
-// 2. Default: one thread per (update, element) with an atomic add/mul/max/min
-//    on the destination (plain stores for "none": one duplicate wins, unspecified).
-//    With torch.use_deterministic_algorithms(True): the rows are sorted stably
-//    (at::sort), and one thread per (segment start, element) folds its segment
-//    in index order and writes once: bitwise reproducible, "none" keeps the last.
+// ScatterND on CUDA, and the row scatter the embedding ops share (scatter_rows.h).
+// 1. A kernel turns each index tuple into a destination row. An index out of
+//    range is a device-side assert naming the op and the argument, as torch's
+//    own CUDA index ops do (raising an exception would need a host sync); a
+//    masked index gives -1 and its update is skipped.
+// 2. add / mul / max / min: one thread per (update, element), an atomic on the
+//    destination. The half types accumulate in a float copy of the output,
+//    rounded once at the end, as the CPU and torch do (half atomics summed
+//    1024 bfloat16 ones into 256). none: an atomicMax per destination finds
+//    its last update, then only that update writes, so the last one wins, as
+//    on the CPU and in ONNX. With torch.use_deterministic_algorithms(True) the
+//    rows are sorted stably (at::sort) and one thread per (segment start,
+//    element) folds its segment in index order: bitwise reproducible.
 // Bound: memory (each update read once). Not yet run on a GPU.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -15,43 +18,119 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
+
+#include <cstring>
 
 #include "common/cuda_utils.cuh"
-#include "ops.h"
 #include "scatter_nd/scatter_nd.h"
+#include "scatter_nd/scatter_rows.h"
 
-namespace teachcompute_ext {
+namespace teachcompute_ext::cuda_kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kMaxK = 8;
 
+// data's leading sizes, by value (512 bytes of kernel parameters at most).
 struct ShapeArg {
   int k;
-  int64_t sizes[kMaxK];
+  int64_t sizes[kMaxIndexDepth];
 };
 
-template <typename index_t>
-__global__ void rows_kernel(const index_t* __restrict__ idx, int64_t n, ShapeArg sh, bool masked, int64_t masked_value,
-                            int64_t* __restrict__ rows) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const index_t* t = idx + i * sh.k;
-    int64_t row = 0;
-    bool ok = !(masked && static_cast<int64_t>(t[0]) == masked_value);
-    for (int d = 0; d < sh.k && ok; ++d) {
-      const int64_t v = static_cast<int64_t>(t[d]), size = sh.sizes[d];
-      ok = v >= -size && v < size;
-      row = row * size + (v < 0 ? v + size : v);
-    }
-    rows[i] = ok ? row : -1;
+// The op's name in a device message.
+enum class ScatterOp : int { SCATTER_ND, SCATTER_ND_, OF_SHAPE, MASKED };
+
+ScatterOp scatter_op(const char* op) {
+  if (std::strcmp(op, "scatter_nd_") == 0) return ScatterOp::SCATTER_ND_;
+  if (std::strcmp(op, "scatter_nd_of_shape") == 0) return ScatterOp::OF_SHAPE;
+  if (std::strcmp(op, "masked_scatter_nd_of_shape") == 0) return ScatterOp::MASKED;
+  return ScatterOp::SCATTER_ND;
+}
+
+__device__ const char* op_name(ScatterOp op) {
+  switch (op) {
+    case ScatterOp::SCATTER_ND_: return "scatter_nd_";
+    case ScatterOp::OF_SHAPE: return "scatter_nd_of_shape";
+    case ScatterOp::MASKED: return "masked_scatter_nd_of_shape";
+    default: return "scatter_nd";
   }
 }
 
-template <typename T, typename A>
-__device__ __forceinline__ A combine(A a, A b, int red) {
-  switch (static_cast<ScatterReduction>(red)) {
+template <typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    rows_kernel(const index_t* __restrict__ idx, int64_t n, ShapeArg sh, bool masked, int64_t masked_value,
+                ScatterOp op, int64_t* __restrict__ rows) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const index_t* t = idx + i * sh.k;
+    if (masked && static_cast<int64_t>(t[0]) == masked_value) {
+      rows[i] = -1;
+      continue;
+    }
+    int64_t row = 0;
+    for (int d = 0; d < sh.k; ++d) {
+      const int64_t v = static_cast<int64_t>(t[d]), size = sh.sizes[d];
+      TCE_DEVICE_CHECK(v >= -size && v < size,
+                       "teachcompute_ext.%s: index %lld out of range for dim %d of size %lld (argument 'indices', "
+                       "entry %lld)\n",
+                       op_name(op), static_cast<long long>(v), d, static_cast<long long>(size),
+                       static_cast<long long>(i));
+      row = row * size + (v < 0 ? v + size : v);
+    }
+    rows[i] = row;
+  }
+}
+
+// add / mul / max / min into acc (the output, or its float copy for the half types).
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kThreads)
+    atomic_kernel(Acc* __restrict__ acc, const T* __restrict__ src, const int64_t* __restrict__ dest,
+                  const int64_t* __restrict__ src_row, const Acc* __restrict__ scale, int64_t n, int64_t slice,
+                  ScatterReduction red) {
+  const int64_t total = n * slice;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t i = t / slice, c = t % slice, row = dest[i];
+    if (row < 0) continue;
+    Acc v = static_cast<Acc>(src[(src_row != nullptr ? src_row[i] : i) * slice + c]);
+    if (scale != nullptr) v *= scale[i];
+    Acc* dst = acc + row * slice + c;
+    switch (red) {
+      case ScatterReduction::ADD: gpuAtomicAdd(dst, v); break;
+      case ScatterReduction::MUL: gpuAtomicMul(dst, v); break;
+      case ScatterReduction::MAX: gpuAtomicMax(dst, v); break;
+      default: gpuAtomicMin(dst, v); break;
+    }
+  }
+}
+
+// none, pass 1: last[row] = 1 + the largest update number aimed at row.
+__global__ void __launch_bounds__(kThreads)
+    last_update_kernel(const int64_t* __restrict__ dest, int64_t n, unsigned long long* __restrict__ last) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t row = dest[i];
+    if (row >= 0) atomicMax(last + row, static_cast<unsigned long long>(i + 1));
+  }
+}
+
+// none, pass 2: only the last update of each row writes it.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    store_last_kernel(T* __restrict__ out, const T* __restrict__ src, const int64_t* __restrict__ dest,
+                      const int64_t* __restrict__ src_row, const unsigned long long* __restrict__ last, int64_t n,
+                      int64_t slice) {
+  const int64_t total = n * slice;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t i = t / slice, c = t % slice, row = dest[i];
+    if (row < 0 || last[row] != static_cast<unsigned long long>(i + 1)) continue;
+    out[row * slice + c] = src[(src_row != nullptr ? src_row[i] : i) * slice + c];
+  }
+}
+
+template <typename A>
+__device__ __forceinline__ A combine(A a, A b, ScatterReduction red) {
+  switch (red) {
     case ScatterReduction::ADD: return a + b;
     case ScatterReduction::MUL: return a * b;
     case ScatterReduction::MAX: return (a != a || a > b) ? a : b;
@@ -60,30 +139,13 @@ __device__ __forceinline__ A combine(A a, A b, int red) {
   }
 }
 
+// Deterministic: sorted holds the destinations in ascending order (stable),
+// perm their update numbers; the thread at each segment start folds it.
 template <typename T>
-__global__ void atomic_kernel(T* __restrict__ out, const T* __restrict__ upd, const int64_t* __restrict__ rows,
-                              int64_t n, int64_t slice, int red) {
-  const int64_t total = n * slice;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < total;
-       t += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t i = t / slice, c = t % slice, row = rows[i];
-    if (row < 0) continue;
-    T* dst = out + row * slice + c;
-    const T v = upd[t];
-    switch (static_cast<ScatterReduction>(red)) {
-      case ScatterReduction::ADD: gpuAtomicAdd(dst, v); break;
-      case ScatterReduction::MUL: gpuAtomicMul(dst, v); break;
-      case ScatterReduction::MAX: gpuAtomicMax(dst, v); break;
-      case ScatterReduction::MIN: gpuAtomicMin(dst, v); break;
-      default: *dst = v; break;
-    }
-  }
-}
-
-// sorted: rows in ascending order (stable), perm: their update numbers.
-template <typename T>
-__global__ void segment_kernel(T* __restrict__ out, const T* __restrict__ upd, const int64_t* __restrict__ sorted,
-                               const int64_t* __restrict__ perm, int64_t n, int64_t slice, int red) {
+__global__ void __launch_bounds__(kThreads)
+    segment_kernel(T* __restrict__ out, const T* __restrict__ src, const int64_t* __restrict__ sorted,
+                   const int64_t* __restrict__ perm, const int64_t* __restrict__ src_row,
+                   const cuda::acc_type<T>* __restrict__ scale, int64_t n, int64_t slice, ScatterReduction red) {
   using A = cuda::acc_type<T>;
   const int64_t total = n * slice;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < total;
@@ -93,7 +155,10 @@ __global__ void segment_kernel(T* __restrict__ out, const T* __restrict__ upd, c
     T* dst = out + row * slice + c;
     A acc = static_cast<A>(*dst);
     for (int64_t q = p; q < n && sorted[q] == row; ++q) {
-      acc = combine<T, A>(acc, static_cast<A>(upd[perm[q] * slice + c]), red);
+      const int64_t u = perm[q];
+      A v = static_cast<A>(src[(src_row != nullptr ? src_row[u] : u) * slice + c]);
+      if (scale != nullptr) v *= scale[u];
+      acc = combine<A>(acc, v, red);
     }
     *dst = static_cast<T>(acc);
   }
@@ -103,84 +168,72 @@ int64_t grid_for(int64_t work) {
   return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 16LL * cuda::sm_count()));
 }
 
-void scatter_into(at::Tensor& out, at::IntArrayRef shape, const at::Tensor& indices_in, const at::Tensor& updates_in,
-                  ScatterReduction red, const ScatterShape& s, bool masked, int64_t masked_value) {
-  TORCH_CHECK(s.k <= kMaxK, "teachcompute_ext.scatter_nd: CUDA supports index depth k <= ", kMaxK, ", got ", s.k);
-  if (s.n_updates == 0 || s.slice == 0 || out.numel() == 0) return;
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const at::Tensor indices = indices_in.contiguous();
-  const at::Tensor updates = updates_in.contiguous();
-  at::Tensor rows = at::empty({s.n_updates}, indices.options().dtype(at::kLong));
-  ShapeArg sh{};
-  sh.k = static_cast<int>(s.k);
-  for (int d = 0; d < sh.k; ++d) sh.sizes[d] = shape[d];
-  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "scatter_nd_rows", [&] {
-    rows_kernel<index_t><<<grid_for(s.n_updates), kThreads, 0, stream>>>(
-        indices.const_data_ptr<index_t>(), s.n_updates, sh, masked, masked_value, rows.mutable_data_ptr<int64_t>());
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const bool deterministic = at::globalContext().deterministicAlgorithms();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "scatter_nd_cuda", [&] {
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const scalar_t* u = updates.const_data_ptr<scalar_t>();
-    const int64_t total = s.n_updates * s.slice;
-    if (!deterministic) {
-      atomic_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(o, u, rows.const_data_ptr<int64_t>(),
-                                                                        s.n_updates, s.slice, static_cast<int>(red));
-    } else {
-      auto [sorted, perm] = at::sort(rows, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-      segment_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
-          o, u, sorted.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>(), s.n_updates, s.slice,
-          static_cast<int>(red));
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+template <typename P>
+const P* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<P>() : nullptr;
 }
 
 }  // namespace
 
-at::Tensor scatter_nd_cuda(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
-                           c10::string_view reduction) {
-  const ScatterReduction red = parse_reduction("scatter_nd", reduction);
-  const ScatterShape s = check_scatter("scatter_nd", data.sizes(), data.scalar_type(), indices, updates, true);
-  c10::cuda::CUDAGuard guard(data.device());
-  at::Tensor out = data.clone(at::MemoryFormat::Contiguous);
-  scatter_into(out, data.sizes(), indices, updates, red, s, false, 0);
-  return out;
+void scatter_rows(at::Tensor& out, const at::Tensor& dest, const at::Tensor& src, const at::Tensor& src_row,
+                  const at::Tensor& scale, ScatterReduction red) {
+  const int64_t n = dest.numel();
+  const int64_t n_rows = out.size(0);
+  if (n == 0 || out.numel() == 0) return;
+  const int64_t slice = out.numel() / n_rows;
+  const int64_t total = n * slice;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t* dp = dest.const_data_ptr<int64_t>();
+  const int64_t* rp = ptr_or_null<int64_t>(src_row);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "scatter_rows_cuda", [&] {
+    using A = cuda::acc_type<scalar_t>;
+    const A* sp = ptr_or_null<A>(scale);
+    const scalar_t* up = src.const_data_ptr<scalar_t>();
+    if (at::globalContext().deterministicAlgorithms()) {
+      auto [sorted, perm] = at::sort(dest, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+      segment_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
+          out.mutable_data_ptr<scalar_t>(), up, sorted.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>(), rp,
+          sp, n, slice, red);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    if (red == ScatterReduction::NONE) {
+      at::Tensor last = at::zeros({n_rows}, dest.options());
+      auto* lp = reinterpret_cast<unsigned long long*>(last.mutable_data_ptr<int64_t>());
+      last_update_kernel<<<grid_for(n), kThreads, 0, stream>>>(dp, n, lp);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      store_last_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(out.mutable_data_ptr<scalar_t>(), up, dp,
+                                                                            rp, lp, n, slice);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    // Half types combine in a float copy of out, rounded once at the end.
+    at::Tensor acc = std::is_same_v<A, scalar_t> ? out : out.to(at::kFloat);
+    atomic_kernel<scalar_t, A><<<grid_for(total), kThreads, 0, stream>>>(acc.mutable_data_ptr<A>(), up, dp, rp, sp, n,
+                                                                         slice, red);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!std::is_same_v<A, scalar_t>) out.copy_(acc);
+  });
 }
 
-void scatter_nd__cuda(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
-                      c10::string_view reduction) {
-  const ScatterReduction red = parse_reduction("scatter_nd_", reduction);
-  const ScatterShape s = check_scatter("scatter_nd_", data.sizes(), data.scalar_type(), indices, updates, true);
-  c10::cuda::CUDAGuard guard(data.device());
-  at::Tensor out = data.is_contiguous() ? data : data.contiguous();
-  scatter_into(out, data.sizes(), indices, updates, red, s, false, 0);
-  if (!data.is_contiguous()) const_cast<at::Tensor&>(data).copy_(out);
+void scatter_nd_kernel(const char* op, at::Tensor& out, at::IntArrayRef shape, const at::Tensor& indices,
+                       const at::Tensor& updates, ScatterReduction red, const ScatterShape& s,
+                       const int64_t* masked_value) {
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor rows = at::empty({s.n_updates}, indices.options().dtype(at::kLong));
+  ShapeArg sh{};
+  sh.k = static_cast<int>(s.k);
+  for (int d = 0; d < sh.k; ++d) sh.sizes[d] = shape[d];
+  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "scatter_nd_rows_cuda", [&] {
+    rows_kernel<index_t><<<grid_for(s.n_updates), kThreads, 0, stream>>>(
+        indices.const_data_ptr<index_t>(), s.n_updates, sh, masked_value != nullptr,
+        masked_value != nullptr ? *masked_value : 0, scatter_op(op), rows.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  // The indices were checked even when there is nothing to write.
+  if (s.slice == 0 || out.numel() == 0) return;
+  at::Tensor out2d = out.view({s.n_rows, s.slice});
+  scatter_rows(out2d, rows, updates.view({s.n_updates, s.slice}), at::Tensor(), at::Tensor(), red);
 }
 
-at::Tensor scatter_nd_of_shape_cuda(c10::SymIntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates,
-                                    c10::string_view reduction) {
-  const ScatterReduction red = parse_reduction("scatter_nd_of_shape", reduction);
-  const at::IntArrayRef sh = C10_AS_INTARRAYREF_SLOW(shape);
-  const ScatterShape s = check_scatter("scatter_nd_of_shape", sh, updates.scalar_type(), indices, updates, false);
-  c10::cuda::CUDAGuard guard(updates.device());
-  at::Tensor out = at::zeros(sh, updates.options());
-  scatter_into(out, sh, indices, updates, red, s, false, 0);
-  return out;
-}
-
-at::Tensor masked_scatter_nd_of_shape_cuda(c10::SymIntArrayRef shape, const at::Tensor& indices,
-                                           const at::Tensor& updates, int64_t masked_value,
-                                           c10::string_view reduction) {
-  const char* op = "masked_scatter_nd_of_shape";
-  const ScatterReduction red = parse_reduction(op, reduction);
-  const at::IntArrayRef sh = C10_AS_INTARRAYREF_SLOW(shape);
-  const ScatterShape s = check_masked_scatter(sh, indices, updates);
-  c10::cuda::CUDAGuard guard(updates.device());
-  at::Tensor out = at::zeros(sh, updates.options());
-  scatter_into(out, sh, indices, updates, red, s, true, masked_value);
-  return out;
-}
-
-}  // namespace teachcompute_ext
+}  // namespace teachcompute_ext::cuda_kernels

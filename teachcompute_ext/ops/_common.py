@@ -12,6 +12,15 @@ def check_float_dtype(op, arg, t):
         )
 
 
+def check_same_device(op, arg, t, ref_arg, ref):
+    """The message of check_same_device in csrc/common/checks.h: torch's words, then ours."""
+    if t.device != ref.device:
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: Expected all tensors to be on the same device, but found at least two devices, "
+            f"{ref.device} and {t.device}! (argument '{arg}' is on {t.device}, '{ref_arg}' is on {ref.device})"
+        )
+
+
 def check_dim(op, x, dim):
     """The message of csrc/reduce/softmax.h for a dim out of range (IndexError, as torch's)."""
     ndim = max(x.dim(), 1)

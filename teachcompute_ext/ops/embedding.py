@@ -1,11 +1,11 @@
 """Embedding family: embedding and embedding_bag (torch.nn.functional semantics),
-wrappers, fake kernels and autograd. The dense weight gradients come from the
+wrappers and fake kernels (autograd is in C++). The dense weight gradients come from the
 ScatterND family's scatter-add kernel: deterministic on the CPU always, on CUDA
 under torch.use_deterministic_algorithms(True).
 """
 import torch
 
-from ._common import check_float_dtype
+from ._common import check_float_dtype, check_same_device
 
 _ops = torch.ops.teachcompute_ext
 MODES = ("sum", "mean", "max")
@@ -66,24 +66,53 @@ def _bag_count(indices, offsets, mode, psw, include_last_offset):
     return bags
 
 
+def _check_padding(op, padding_idx, num):
+    if padding_idx is not None and not -num <= padding_idx < num:
+        raise IndexError(f"teachcompute_ext.{op}: padding_idx {padding_idx} out of range for argument 'padding_idx' "
+                         f"of a weight with {num} rows")
+
+
+def _check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset):
+    """Mirror of check_bag_args in csrc/embedding/embedding.h (same checks, same order, same words)."""
+    _check_weight(op, weight)
+    check_same_device(op, "indices", indices, "weight", weight)
+    if offsets is not None:
+        check_same_device(op, "offsets", offsets, "weight", weight)
+    if psw is not None:
+        check_same_device(op, "per_sample_weights", psw, "weight", weight)
+    bags = _bag_count(indices, offsets, mode, psw, include_last_offset)
+    if psw is not None and psw.dtype != weight.dtype:
+        raise TypeError(f"teachcompute_ext.embedding_bag: 'per_sample_weights' has dtype {psw.dtype} but 'weight' "
+                        f"has dtype {weight.dtype}")
+    _check_padding(op, padding_idx, weight.shape[0])
+    return bags
+
+
 @torch.library.register_fake("teachcompute_ext::embedding")
 def _embedding_fake(weight, indices, padding_idx=None):
     _check_weight("embedding", weight)
     _check_indices("embedding", indices)
+    check_same_device("embedding", "indices", indices, "weight", weight)
+    _check_padding("embedding", padding_idx, weight.shape[0])
     return weight.new_empty(tuple(indices.shape) + (weight.shape[1],))
 
 
 @torch.library.register_fake("teachcompute_ext::embedding_backward")
 def _embedding_backward_fake(grad, indices, num_weights, padding_idx=None):
-    check_float_dtype("embedding_backward", "grad", grad)
-    _check_indices("embedding_backward", indices)
+    op = "embedding_backward"
+    check_float_dtype(op, "grad", grad)
+    _check_indices(op, indices)
+    check_same_device(op, "indices", indices, "grad", grad)
+    if grad.dim() != indices.dim() + 1 or list(grad.shape[:-1]) != list(indices.shape):
+        raise RuntimeError(f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but 'indices' has "
+                           f"shape {list(indices.shape)} (expected indices.shape + [embedding_dim])")
+    _check_padding(op, padding_idx, num_weights)
     return grad.new_empty((num_weights, grad.shape[-1]))
 
 
 @torch.library.register_fake("teachcompute_ext::embedding_bag_forward")
 def _embedding_bag_forward_fake(weight, indices, offsets, mode, psw, padding_idx, include_last_offset):
-    _check_weight("embedding_bag", weight)
-    bags = _bag_count(indices, offsets, mode, psw, include_last_offset)
+    bags = _check_bag_args("embedding_bag", weight, indices, offsets, mode, psw, padding_idx, include_last_offset)
     out = weight.new_empty((bags, weight.shape[1]))
     argmax = indices.new_empty((bags, weight.shape[1]) if mode == "max" else (0,), dtype=torch.int64)
     return out, argmax
@@ -92,38 +121,21 @@ def _embedding_bag_forward_fake(weight, indices, offsets, mode, psw, padding_idx
 @torch.library.register_fake("teachcompute_ext::embedding_bag_backward")
 def _embedding_bag_backward_fake(grad, weight, indices, offsets, max_indices, mode, psw, padding_idx,
                                  include_last_offset):
-    check_float_dtype("embedding_bag_backward", "grad", grad)
-    _bag_count(indices, offsets, mode, psw, include_last_offset)
+    op = "embedding_bag_backward"
+    check_float_dtype(op, "grad", grad)
+    bags = _check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset)
+    check_same_device(op, "grad", grad, "weight", weight)
+    if grad.dim() != 2 or grad.shape[0] != bags or grad.shape[1] != weight.shape[1]:
+        raise RuntimeError(f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but the bags have "
+                           f"shape [{bags}, {weight.shape[1]}]")
+    if mode == "max":
+        check_same_device(op, "max_indices", max_indices, "weight", weight)
+        if max_indices.dtype != torch.int64 or max_indices.shape != grad.shape:
+            raise RuntimeError(f"teachcompute_ext.{op}: argument 'max_indices' must be int64 of shape "
+                               f"{list(grad.shape)} (the forward's argmax), got {max_indices.dtype} of shape "
+                               f"{list(max_indices.shape)}")
     gpsw = psw.new_empty(psw.shape) if psw is not None else grad.new_empty((0,))
     return grad.new_empty(weight.shape), gpsw
 
 
-def _embedding_setup(ctx, inputs, output):
-    weight, indices, padding_idx = inputs
-    ctx.save_for_backward(indices)
-    ctx.num_weights = weight.shape[0]
-    ctx.padding_idx = padding_idx
-
-
-def _embedding_backward(ctx, grad):
-    (indices,) = ctx.saved_tensors
-    return _ops.embedding_backward.default(grad, indices, ctx.num_weights, ctx.padding_idx), None, None
-
-
-def _bag_setup(ctx, inputs, output):
-    weight, indices, offsets, mode, psw, padding_idx, include_last_offset = inputs
-    _, max_indices = output
-    ctx.save_for_backward(weight, indices, offsets, max_indices, psw)
-    ctx.mode, ctx.padding_idx, ctx.include_last_offset = mode, padding_idx, include_last_offset
-
-
-def _bag_backward(ctx, grad, _grad_max_indices):
-    weight, indices, offsets, max_indices, psw = ctx.saved_tensors
-    gw, gpsw = _ops.embedding_bag_backward.default(grad, weight, indices, offsets, max_indices, ctx.mode, psw,
-                                                   ctx.padding_idx, ctx.include_last_offset)
-    return (gw if ctx.needs_input_grad[0] else None), None, None, None, \
-        (gpsw if psw is not None and ctx.needs_input_grad[4] else None), None, None
-
-
-torch.library.register_autograd("teachcompute_ext::embedding", _embedding_backward, setup_context=_embedding_setup)
-torch.library.register_autograd("teachcompute_ext::embedding_bag_forward", _bag_backward, setup_context=_bag_setup)
+# Autograd is registered in C++ (csrc/embedding/embedding_autograd.cpp), like every family's.

@@ -9,7 +9,7 @@ gradient and runs the two GEMMs.
 """
 import torch
 
-from ._common import check_float_dtype
+from ._common import check_float_dtype, check_same_device
 
 _ops = torch.ops.teachcompute_ext
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
@@ -36,9 +36,7 @@ def _check_same(op, what, t, ref_what, ref):
     if t.dtype != ref.dtype:
         raise RuntimeError(f"teachcompute_ext.{op}: argument '{what}' has dtype {t.dtype} but '{ref_what}' has "
                            f"dtype {ref.dtype}")
-    if t.device != ref.device:
-        raise RuntimeError(f"teachcompute_ext.{op}: argument '{what}' is on {t.device} but '{ref_what}' is on "
-                           f"{ref.device}")
+    check_same_device(op, what, t, ref_what, ref)
 
 
 def _check_activation(op, activation):
@@ -112,78 +110,22 @@ def _fused_linear_forward_fake(x, weight, bias, activation, save_pre):
 
 @torch.library.register_fake("teachcompute_ext::fused_linear_backward")
 def _fused_linear_backward_fake(grad, x, weight, aux, activation, has_bias, output_mask):
-    _check_linear("fused_linear_backward", x, weight, None)
-    _check_activation("fused_linear_backward", activation)
+    op = "fused_linear_backward"
+    _check_linear(op, x, weight, None)
+    _check_activation(op, activation)
+    _check_same(op, "grad", grad, "x", x)
+    out_shape = [*x.shape[:-1], weight.shape[0]]
+    torch._check(list(grad.shape) == out_shape, lambda: (
+        f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but the output has shape {out_shape}"))
+    if activation != "none":
+        torch._check(aux.shape == grad.shape, lambda: (
+            f"teachcompute_ext.{op}: argument 'aux' (the saved {'output' if activation == 'relu' else 'pre-activation'})"
+            f" has shape {list(aux.shape)} but 'grad' has shape {list(grad.shape)}"))
+        _check_same(op, "aux", aux, "x", x)
     n, k = weight.shape
     gx = x.new_empty(x.shape) if output_mask[0] else x.new_empty((0, 0))
     gw = x.new_empty((n, k)) if output_mask[1] else x.new_empty((0, 0))
     gb = x.new_empty((n,)) if output_mask[2] and has_bias else x.new_empty((0,))
     return gx, gw, gb
 
-
-# ---- autograd ----------------------------------------------------------------------------------
-
-def _matmul_setup(ctx, inputs, output):
-    a, b, alpha, trans_a, trans_b = inputs
-    ctx.save_for_backward(a, b)
-    ctx.alpha, ctx.trans_a, ctx.trans_b = alpha, trans_a, trans_b
-
-
-def _matmul_backward(ctx, grad):
-    # C = alpha op(a) op(b). Each gradient is again one fused_matmul, its
-    # transposes chosen so no operand is ever transposed by a copy (and double
-    # backward works, since fused_matmul is differentiable).
-    a, b = ctx.saved_tensors
-    alpha, ta, tb = ctx.alpha, ctx.trans_a, ctx.trans_b
-    ga = gb = None
-    if ctx.needs_input_grad[0]:
-        ga = fused_matmul(b, grad, alpha, tb, True) if ta else fused_matmul(grad, b, alpha, False, not tb)
-        ga = ga.sum_to_size(a.shape)
-    if ctx.needs_input_grad[1]:
-        if b.dim() == 2 and grad.dim() > 2 and not ta:
-            # b shared by the whole batch: one GEMM over all batch rows, not a
-            # batched product summed afterwards.
-            a2, g2 = a.reshape(-1, a.shape[-1]), grad.reshape(-1, grad.shape[-1])
-            gb = fused_matmul(g2, a2, alpha, True, False) if tb else fused_matmul(a2, g2, alpha, True, False)
-        else:
-            gb = fused_matmul(grad, a, alpha, True, ta) if tb else fused_matmul(a, grad, alpha, not ta, False)
-            gb = gb.sum_to_size(b.shape)
-    return ga, gb, None, None, None
-
-
-def _linear_setup(ctx, inputs, output):
-    x, weight, bias, activation, save_pre = inputs
-    out, pre = output
-    ctx.mark_non_differentiable(pre)
-    # No zero-filled [M, N] gradient for pre (it has none): measured 2.5 ms a
-    # step at (2048, 4096) before this.
-    ctx.set_materialize_grads(False)
-    ctx.activation, ctx.has_bias = activation, bias is not None
-    ctx.recompute = activation in _NEEDS_PRE and not save_pre
-    if activation == "relu":
-        aux = out
-    elif activation in _NEEDS_PRE and save_pre:
-        aux = pre
-    else:
-        aux = None
-    ctx.save_for_backward(x, weight, bias if ctx.recompute else None, aux)
-
-
-def _linear_backward(ctx, grad, _grad_pre):
-    if grad is None:  # no gradient reached the output (grads are not materialized): all zero
-        return None, None, None, None, None
-    x, weight, bias, aux = ctx.saved_tensors
-    if ctx.recompute:
-        # Called with save_pre=False under autograd (fused_linear itself never
-        # does that): one more GEMM instead of the saved [M, N] tensor.
-        aux = _ops.fused_linear_forward.default(x, weight, bias, "none", False)[0]
-    if aux is None:
-        aux = grad.new_empty((0,))
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    gx, gw, gb = _ops.fused_linear_backward.default(grad, x, weight, aux, ctx.activation, ctx.has_bias, mask)
-    return (gx if mask[0] else None), (gw if mask[1] else None), (gb if mask[2] else None), None, None
-
-
-torch.library.register_autograd("teachcompute_ext::fused_matmul", _matmul_backward, setup_context=_matmul_setup)
-torch.library.register_autograd("teachcompute_ext::fused_linear_forward", _linear_backward,
-                                setup_context=_linear_setup)
+# Autograd is registered in C++ (csrc/matmul/matmul_autograd.cpp).

@@ -2,7 +2,7 @@
 softmax, log_softmax: wrappers and fake kernels (autograd is in C++)."""
 import torch
 
-from ._common import check_dim, check_float_dtype
+from ._common import check_dim, check_float_dtype, check_same_device
 
 _ops = torch.ops.teachcompute_ext
 
@@ -50,11 +50,15 @@ def _softmax_fake(op):
 def _softmax_backward_fake(op):
     def fake(grad, out, dim):
         check_float_dtype(op, "grad", grad)
+        check_same_device(op, "out", out, "grad", grad)
         if grad.shape != out.shape:
             raise RuntimeError(
                 f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but 'out' has shape "
                 f"{list(out.shape)}"
             )
+        if grad.dtype != out.dtype:
+            raise RuntimeError(f"teachcompute_ext.{op}: argument 'grad' has dtype {grad.dtype} but 'out' has dtype "
+                               f"{out.dtype}")
         check_dim(op, out, dim)
         return out.new_empty(out.shape)
 

@@ -1,7 +1,9 @@
-// fused_matmul and fused_linear: the semantics shared by the CPU and CUDA paths
-// (argument checks, activation names, output shapes; the fake kernels in
-// teachcompute_ext/ops/matmul.py mirror them), and the CPU epilogue kernels'
-// table. Device files only compute.
+// fused_matmul and fused_linear: the semantics every device shares (argument
+// checks, activation names, output shapes; the fake kernels in
+// teachcompute_ext/ops/matmul.py mirror them) and the kernel signatures behind
+// the stubs. The frontends are in matmul.cpp (fused_matmul is device-generic
+// all through: the GEMM library takes alpha and the transposes), the kernels
+// in fused_linear_cpu_kernel.cpp and fused_linear_cuda.cu.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -14,7 +16,7 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "common/cpu_isa.h"
+#include "common/stub.h"
 
 namespace teachcompute_ext {
 
@@ -43,8 +45,7 @@ inline void check_same(const char* op, const char* what, const at::Tensor& t, co
                        const at::Tensor& ref) {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "teachcompute_ext.", op, ": argument '", what, "' has dtype ",
               dtype_name(t.scalar_type()), " but '", ref_what, "' has dtype ", dtype_name(ref.scalar_type()));
-  TORCH_CHECK(t.device() == ref.device(), "teachcompute_ext.", op, ": argument '", what, "' is on ", t.device(),
-              " but '", ref_what, "' is on ", ref.device());
+  check_same_device(op, what, t, ref_what, ref);
 }
 
 // x [..., in], weight [out, in], bias [out]: checks and returns (M, N, K) with
@@ -153,22 +154,17 @@ inline MatmulShape check_matmul(const char* op, const at::Tensor& a, const at::T
   return {batch, m, n, ka};
 }
 
-// CPU epilogue kernels, one table per ISA (fused_linear_cpu_kernel.cpp); they
-// work on `rows` rows of `cols` columns, each array with its own row stride.
-template <typename scalar_t>
-struct FusedLinearFns {
-  // y holds x @ W^T on entry; writes y = act(y + bias) and, when pre is not
-  // null, pre = y + bias (the pre-activation the backward needs). bias may be null.
-  void (*forward)(scalar_t* y, int64_t ldy, scalar_t* pre, int64_t ldp, const scalar_t* bias, int64_t rows,
-                  int64_t cols, Act act);
-  // dpre = grad * act'(aux), aux being the pre-activation (or the output for
-  // relu); dpre may alias nothing else. When bias_acc is not null, adds each
-  // column's sum of dpre into bias_acc[col] (float, double for float64).
-  void (*backward)(const scalar_t* grad, int64_t ldg, const scalar_t* aux, int64_t lda, scalar_t* dpre, int64_t ldd,
-                   int64_t rows, int64_t cols, Act act, void* bias_acc);
-};
-
-using FusedLinearKernels = PerDtype<FusedLinearFns>;
-TCE_DECLARE_ISA_TABLE(FusedLinearKernels, kFusedLinearKernels)
+// out [m, n] = act(x2 @ w^T + b) with x2 [m, k] and w [n, k] (any strides), b
+// [n] or undefined; pre, when it is not empty, also gets x2 @ w^T + b (the
+// pre-activation the backward needs). m, n >= 1; k may be 0.
+using FusedLinearFn = void(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, Act act, at::Tensor& out,
+                           at::Tensor& pre);
+// The gradients bw asks for (bw.gx [m, k], bw.gw [n, k], bw.gb [n], allocated)
+// from g2 [m, n] and aux2 [m, n] (the pre-activation, or the output for relu;
+// unused for none); not bw.done().
+using FusedLinearBackwardFn = void(const at::Tensor& g2, const at::Tensor& x2, const at::Tensor& w,
+                                   const at::Tensor& aux2, LinearBackward& bw);
+TCE_DECLARE_KERNEL(FusedLinearFn, fused_linear_kernel)
+TCE_DECLARE_KERNEL(FusedLinearBackwardFn, fused_linear_backward_kernel)
 
 }  // namespace teachcompute_ext

@@ -1,4 +1,4 @@
-// embedding and embedding_bag on the CPU.
+// embedding and embedding_bag on the CPU, compiled once per ISA.
 // Forward: embedding copies rows in parallel; embedding_bag sums (scaled for
 // mean and per-sample weights) the rows of each bag straight into its output
 // row with the package's one scatter kernel (one group per bag), so the
@@ -10,10 +10,6 @@
 // row mapping (the bag of each index) and scales, again without materializing.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/zeros.h>
 
 #include <cstring>
 #include <memory>
@@ -21,11 +17,10 @@
 #include <vector>
 
 #include "embedding/embedding.h"
-#include "ops.h"
-#include "scatter_nd/scatter_nd_kernels.h"
 #include "scatter_nd/scatter_rows.h"
 
 namespace teachcompute_ext {
+namespace CPU_CAPABILITY {
 namespace {
 
 // An int64 array left uninitialized: zero-filling the per-index arrays (and
@@ -166,63 +161,42 @@ std::vector<double> bag_scales(const BagPlan& p, BagMode mode, const std::option
 
 }  // namespace
 
-at::Tensor embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, std::optional<int64_t> padding_idx) {
-  const char* op = "embedding";
-  check_weight(op, weight);
-  check_indices(op, indices);
-  wrap_padding_idx(op, padding_idx, weight.size(0));
-  const Buf rows = checked_rows(op, indices, weight.size(0));
-  const at::Tensor w = weight.contiguous();
-  const int64_t dim = w.size(1);
-  std::vector<int64_t> shape(indices.sizes().begin(), indices.sizes().end());
-  shape.push_back(dim);
-  at::Tensor out = at::empty(shape, w.options());
-  const int64_t bytes = dim * static_cast<int64_t>(w.element_size());
-  const char* src = static_cast<const char*>(w.const_data_ptr());
+void embedding_kernel(const at::Tensor& weight, const at::Tensor& indices, at::Tensor& out) {
+  const Buf rows = checked_rows("embedding", indices, weight.size(0));
+  const int64_t bytes = weight.size(1) * static_cast<int64_t>(weight.element_size());
+  const char* src = static_cast<const char*>(weight.const_data_ptr());
   char* dst = static_cast<char*>(out.mutable_data_ptr());
-  at::parallel_for(0, static_cast<int64_t>(rows.size()), std::max<int64_t>(1, 65536 / std::max<int64_t>(1, bytes)),
+  at::parallel_for(0, rows.size(), std::max<int64_t>(1, 65536 / std::max<int64_t>(1, bytes)),
                    [&](int64_t b, int64_t e) {
                      for (int64_t i = b; i < e; ++i) std::memcpy(dst + i * bytes, src + rows[i] * bytes, bytes);
                    });
-  return out;
 }
 
-at::Tensor embedding_backward_cpu(const at::Tensor& grad, const at::Tensor& indices, int64_t num_weights,
-                                  std::optional<int64_t> padding_idx) {
-  const char* op = "embedding_backward";
-  check_float_dtype(op, "grad", grad);
-  check_indices(op, indices);
-  const int64_t padding = wrap_padding_idx(op, padding_idx, num_weights);
-  const int64_t dim = grad.size(-1);
-  const Buf rows = checked_rows(op, indices, num_weights);
-  std::vector<int64_t> dest(rows.data(), rows.data() + rows.size());
+void embedding_backward_kernel(const at::Tensor& grad, const at::Tensor& indices, int64_t padding, at::Tensor& gw) {
+  Buf dest = checked_rows("embedding_backward", indices, gw.size(0));
   if (padding >= 0) {
-    for (int64_t& r : dest) r = r == padding ? -1 : r;  // the padding row gets no gradient
+    for (int64_t i = 0; i < dest.size(); ++i) dest[i] = dest[i] == padding ? -1 : dest[i];  // no gradient
   }
-  at::Tensor gw = at::zeros({num_weights, dim}, grad.options());
-  const at::Tensor g2 = grad.contiguous().view({-1, dim});
-  scatter_rows_cpu(gw, dest, g2, nullptr, nullptr, ScatterReduction::ADD);
-  return gw;
+  scatter_rows(gw, dest.data(), dest.size(), grad, nullptr, nullptr, ScatterReduction::ADD);
 }
 
-std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_cpu(const at::Tensor& weight, const at::Tensor& indices,
-                                                             const std::optional<at::Tensor>& offsets,
-                                                             c10::string_view mode_s,
-                                                             const std::optional<at::Tensor>& psw,
-                                                             std::optional<int64_t> padding_idx,
-                                                             bool include_last_offset) {
+void embedding_bag_kernel(const BagInputs& in, at::Tensor& out, at::Tensor& argmax) {
   const char* op = "embedding_bag";
-  const auto [mode, bags, padding] =
-      check_bag_args(op, weight, indices, offsets, mode_s, psw, padding_idx, include_last_offset);
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor& w = in.weight;
+  const at::Tensor& indices = in.indices;
+  const auto& offsets = in.offsets;
+  const auto& psw = in.psw;
+  const BagMode mode = in.args.mode;
+  const int64_t bags = in.args.bags, padding = in.args.padding;
+  const bool include_last_offset = in.include_last_offset;
   const int64_t dim = w.size(1);
   if (padding < 0 && mode != BagMode::MAX) {
     // The common case, no padding: each bag is a contiguous run of indices, summed
     // straight into its output row by the scatter family's bag_sum kernel.
-    // int64 contiguous indices are only checked, not copied.
+    // int64 indices are only checked, not copied.
     Buf converted;
     const int64_t* rows_ptr;
-    if (indices.scalar_type() == at::kLong && indices.is_contiguous()) {
+    if (indices.scalar_type() == at::kLong) {
       rows_ptr = indices.const_data_ptr<int64_t>();
       const int64_t num = w.size(0), n = indices.numel();
       at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
@@ -236,10 +210,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_cpu(const at::Tensor& w
       rows_ptr = converted.data();
     }
     const std::vector<int64_t> begin = bag_bounds(indices, offsets, bags, include_last_offset);
-    at::Tensor out = at::empty({bags, dim}, w.options());
     const at::Tensor pw = psw.has_value() ? psw->contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "embedding_bag_sum", [&] {
-      const auto& f = scatter_kernels<scalar_t>();
       const scalar_t* wp = w.const_data_ptr<scalar_t>();
       const scalar_t* pp = pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr;
       scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
@@ -248,25 +220,23 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_cpu(const at::Tensor& w
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t cnt = begin[b + 1] - begin[b];
           const double post = (mode == BagMode::MEAN && cnt > 0) ? 1.0 / static_cast<double>(cnt) : 1.0;
-          f.bag_sum(op_ + b * dim, wp, rows_ptr + begin[b], cnt, begin[b1] - begin[b], dim,
-                    pp ? pp + begin[b] : nullptr, post);
+          bag_sum<scalar_t>(op_ + b * dim, wp, rows_ptr + begin[b], cnt, begin[b1] - begin[b], dim,
+                            pp ? pp + begin[b] : nullptr, post);
         }
       });
     });
-    return {out, at::empty({0}, indices.options().dtype(at::kLong))};
+    return;
   }
   const BagPlan p = plan_bags(w, indices, offsets, bags, padding, include_last_offset, /*need_bag_of=*/false);
   if (mode != BagMode::MAX) {
-    at::Tensor out = at::empty({bags, dim}, w.options());  // every row written once by the kernel
+    // out is uninitialized: the kernel writes every row once (zeros for an empty bag).
     const std::vector<double> scale = bag_scales(p, mode, psw);
     std::vector<int64_t> group_row(bags);
     for (int64_t b = 0; b < bags; ++b) group_row[b] = b;
-    scatter_groups_cpu(out, group_row, p.bounds.data(), p.order.data(), p.order.size(), w, p.rows.data(),
-                       scale.empty() ? nullptr : scale.data(), ScatterReduction::ADD, /*out_is_zero=*/true);
-    return {out, at::empty({0}, indices.options().dtype(at::kLong))};
+    scatter_groups(out, group_row.data(), bags, p.bounds.data(), p.order.data(), p.order.size(), w, p.rows.data(),
+                   scale.empty() ? nullptr : scale.data(), ScatterReduction::ADD, /*out_is_zero=*/true);
+    return;
   }
-  at::Tensor out = at::zeros({bags, dim}, w.options());
-  at::Tensor argmax = at::full({bags, dim}, -1, indices.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "embedding_bag_max", [&] {
     using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
@@ -293,52 +263,48 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_cpu(const at::Tensor& w
       }
     });
   });
-  return {out, argmax};
 }
 
-std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices,
-    const std::optional<at::Tensor>& offsets, const at::Tensor& max_indices, c10::string_view mode_s,
-    const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx, bool include_last_offset) {
-  const char* op = "embedding_bag_backward";
-  check_float_dtype(op, "grad", grad);
-  const auto [mode, bags, padding] =
-      check_bag_args(op, weight, indices, offsets, mode_s, psw, padding_idx, include_last_offset);
-  const int64_t num = weight.size(0), dim = weight.size(1);
-  const BagPlan p = plan_bags(weight, indices, offsets, bags, padding, include_last_offset, /*need_bag_of=*/true);
-  const at::Tensor g = grad.contiguous();
-  at::Tensor gw = at::zeros({num, dim}, grad.options());
-  at::Tensor gpsw = psw.has_value() ? at::zeros(psw->sizes(), psw->options()) : at::empty({0}, grad.options());
+void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& g, const at::Tensor& max_indices,
+                                   at::Tensor& gw, at::Tensor& gpsw) {
+  const at::Tensor& weight = in.weight;
+  const auto& psw = in.psw;
+  const BagMode mode = in.args.mode;
+  const int64_t bags = in.args.bags, dim = weight.size(1);
+  const BagPlan p =
+      plan_bags(weight, in.indices, in.offsets, bags, in.args.padding, in.include_last_offset, /*need_bag_of=*/true);
   if (mode == BagMode::MAX) {
-    const at::Tensor am = max_indices.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "embedding_bag_max_backward", [&] {
+      using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      const int64_t* ap = am.const_data_ptr<int64_t>();
+      const int64_t* ap = max_indices.const_data_ptr<int64_t>();
+      const int64_t num = gw.size(0);
       scalar_t* wp = gw.mutable_data_ptr<scalar_t>();
       // Columns split across threads: each (row, column) has one writer, bags in order.
       at::parallel_for(0, dim, 16, [&](int64_t c0, int64_t c1) {
         for (int64_t b = 0; b < bags; ++b) {
           for (int64_t c = c0; c < c1; ++c) {
             const int64_t r = ap[b * dim + c];
-            using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+            TORCH_CHECK_INDEX(r < num, "teachcompute_ext.embedding_bag_backward: max_indices entry ", r,
+                              " out of range for a weight with ", num, " rows");
             if (r >= 0) wp[r * dim + c] = static_cast<scalar_t>(static_cast<A>(wp[r * dim + c]) +
                                                                 static_cast<A>(gp[b * dim + c]));
           }
         }
       });
     });
-    return {gw, gpsw};
+    return;
   }
   std::vector<int64_t> dest(p.rows.size(), -1);
   for (int64_t k = 0; k < p.order.size(); ++k) dest[p.order[k]] = p.rows[p.order[k]];
   const std::vector<double> scale = bag_scales(p, mode, psw);
-  scatter_rows_cpu(gw, dest, g, p.bag_of.data(), scale.empty() ? nullptr : scale.data(), ScatterReduction::ADD);
+  scatter_rows(gw, dest.data(), static_cast<int64_t>(dest.size()), g, p.bag_of.data(),
+               scale.empty() ? nullptr : scale.data(), ScatterReduction::ADD);
   if (psw.has_value() && p.order.size() > 0) {
     // d out[b] / d psw[i] = weight[row_i]: the gradient is <grad[b], weight[row_i]>.
-    const at::Tensor w = weight.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "embedding_bag_psw_backward", [&] {
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      const scalar_t* wp = w.const_data_ptr<scalar_t>();
+      const scalar_t* wp = weight.const_data_ptr<scalar_t>();
       scalar_t* out = gpsw.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, p.order.size(), 256, [&](int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; ++j) {
@@ -352,27 +318,7 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_cpu(
       });
     });
   }
-  return {gw, gpsw};
 }
 
-}  // namespace teachcompute_ext
-
-namespace teachcompute_ext {
-
-// embedding_bag itself is CompositeImplicitAutograd: it calls
-// embedding_bag_forward (which also returns the argmax rows that max mode needs
-// for its backward) and returns the bags. Autograd, fake kernels and
-// torch.compile see embedding_bag_forward.
-at::Tensor embedding_bag_composite(const at::Tensor& weight, const at::Tensor& indices,
-                                   const std::optional<at::Tensor>& offsets, c10::string_view mode,
-                                   const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,
-                                   bool include_last_offset) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("teachcompute_ext::embedding_bag_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
-                           const std::optional<at::Tensor>&, std::optional<int64_t>, bool)>();
-  return std::get<0>(op.call(weight, indices, offsets, mode, psw, padding_idx, include_last_offset));
-}
-
+}  // namespace CPU_CAPABILITY
 }  // namespace teachcompute_ext

@@ -1,8 +1,11 @@
-// Reductions along dims (reduce_sum, reduce_mean, reduce_max, reduce_min,
-// logsumexp): the semantics shared by the CPU and CUDA paths (the fake kernels
-// in teachcompute_ext/ops/reduce.py mirror them), and the plan that maps each
-// output element to the input elements it reduces, from x's strides, with no
-// transposing copy:
+// The reduce family (vector_sum, reduce_sum, reduce_mean, reduce_max,
+// reduce_min, logsumexp, softmax, log_softmax and their backwards): the
+// semantics every device shares (checks, plans, output shapes; the fake
+// kernels in teachcompute_ext/ops/reduce.py mirror them) and the kernel
+// signatures behind the stubs. The frontends are in reduce.cpp, the kernels in
+// *_cpu_kernel.cpp (one build per CPU ISA) and *_cuda.cu.
+//
+// Reductions along dims are planned from x's strides, with no transposing copy:
 //   kept    the dims that stay, in output order, neighbours merged when they
 //           are contiguous with each other in x
 //   red     the reduced dims, ordered by stride and merged (reduction order
@@ -22,10 +25,23 @@
 
 #include "common/checks.h"
 #include "common/layout.h"
+#include "common/stub.h"
 
 namespace teachcompute_ext {
 
+// ---- vector_sum -----------------------------------------------------------------
+// Sum of every element of a non-empty x into the 0-dim out (x's dtype).
+using VectorSumFn = void(const at::Tensor& x, at::Tensor& out);
+TCE_DECLARE_KERNEL(VectorSumFn, vector_sum_kernel)
+
+// ---- reductions along dims ----------------------------------------------------------
 enum class ReduceLayout { ROWS, COLS, GENERAL };
+enum class ReduceOp { SUM, MEAN, MAX, MIN, LOGSUMEXP };
+
+// The CUDA kernels take a layout's dims by value in fixed arrays of this many;
+// a layout that does not collapse to this many dims is copied once into
+// kept-then-reduced order, where it collapses to two.
+constexpr int kMaxReduceDims = 10;
 
 struct ReducePlan {
   std::vector<int64_t> out_shape;  // keepdim applied
@@ -60,8 +76,7 @@ inline std::vector<bool> reduced_mask(const char* op, const at::Tensor& x, at::O
   return mask;
 }
 
-inline ReducePlan plan_reduction(const char* op, const at::Tensor& x, at::OptionalIntArrayRef dims, bool keepdim) {
-  const std::vector<bool> mask = reduced_mask(op, x, dims);
+inline ReducePlan plan_from_mask(const at::Tensor& x, const std::vector<bool>& mask, bool keepdim) {
   ReducePlan p;
   std::vector<Dim> red;
   for (int64_t d = 0; d < x.dim(); ++d) {
@@ -98,6 +113,29 @@ inline ReducePlan plan_reduction(const char* op, const at::Tensor& x, at::Option
     p.layout = ReduceLayout::ROWS;  // count == 1: a span of one element
   }
   return p;
+}
+
+// The plan of x reduced over dims. When the layout needs more than
+// kMaxReduceDims dims, x is replaced by a copy in kept-then-reduced order
+// (x.permute(kept..., reduced...).contiguous(), then viewed back in x's dim
+// order so that dims and out_shape keep their meaning).
+inline ReducePlan plan_reduction(const char* op, at::Tensor& x, at::OptionalIntArrayRef dims, bool keepdim) {
+  const std::vector<bool> mask = reduced_mask(op, x, dims);
+  ReducePlan p = plan_from_mask(x, mask, keepdim);
+  if (static_cast<int>(p.kept.size()) <= kMaxReduceDims && static_cast<int>(p.red.size()) <= kMaxReduceDims) {
+    return p;
+  }
+  std::vector<int64_t> order;
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    if (!mask[d]) order.push_back(d);
+  }
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    if (mask[d]) order.push_back(d);
+  }
+  std::vector<int64_t> inverse(order.size());
+  for (size_t i = 0; i < order.size(); ++i) inverse[order[i]] = static_cast<int64_t>(i);
+  x = x.permute(order).contiguous().permute(inverse);
+  return plan_from_mask(x, mask, keepdim);
 }
 
 // Offset in x of output number o (row-major over the kept dims).
@@ -140,5 +178,52 @@ inline void merge_candidate(A v, int64_t i, bool is_max, A& best, int64_t& best_
     best_i = i;
   }
 }
+
+// out (and, for MAX/MIN, indices) of x under plan p, count >= 1 and nout >= 1.
+// Rounds once to x's dtype; MEAN divides by p.count.
+using ReduceFn = void(const at::Tensor& x, const ReducePlan& p, ReduceOp op, at::Tensor& out, at::Tensor& indices);
+TCE_DECLARE_KERNEL(ReduceFn, reduce_kernel)
+
+// ---- softmax / log_softmax ------------------------------------------------------------
+// x is viewed as (outer, n, inner) around `dim`: n is the normalized length,
+// inner the contiguous stride between two of its elements. The result is
+// contiguous, of x's dtype; half types compute in float32.
+struct SoftmaxShape {
+  int64_t outer;
+  int64_t n;
+  int64_t inner;
+};
+
+// Wraps a negative dim; a 0-dim tensor accepts dim 0 and -1 (as torch does).
+inline SoftmaxShape softmax_shape(const char* op, const at::Tensor& x, int64_t dim) {
+  const int64_t ndim = std::max<int64_t>(x.dim(), 1);
+  TORCH_CHECK_INDEX(dim >= -ndim && dim < ndim, "teachcompute_ext.", op, ": dim ", dim,
+                    " out of range for argument 'dim' of a ", x.dim(), "-d tensor (expected in [", -ndim,
+                    ", ", ndim - 1, "])");
+  if (dim < 0) dim += ndim;
+  SoftmaxShape s{1, 1, 1};
+  if (x.dim() == 0) return s;
+  for (int64_t d = 0; d < dim; ++d) s.outer *= x.size(d);
+  s.n = x.size(dim);
+  for (int64_t d = dim + 1; d < x.dim(); ++d) s.inner *= x.size(d);
+  return s;
+}
+
+inline void check_softmax_backward(const char* op, const at::Tensor& grad, const at::Tensor& out) {
+  check_float_dtype(op, "grad", grad);
+  check_same_device(op, "out", out, "grad", grad);
+  TORCH_CHECK(grad.sizes() == out.sizes(), "teachcompute_ext.", op, ": argument 'grad' has shape ",
+              grad.sizes(), " but 'out' has shape ", out.sizes());
+  TORCH_CHECK(grad.scalar_type() == out.scalar_type(), "teachcompute_ext.", op, ": argument 'grad' has dtype ",
+              dtype_name(grad.scalar_type()), " but 'out' has dtype ", dtype_name(out.scalar_type()));
+}
+
+// y = softmax or log_softmax of the contiguous, non-empty x.
+using SoftmaxFn = void(const at::Tensor& x, at::Tensor& y, const SoftmaxShape& sh, bool log);
+// gx from the contiguous, non-empty grad and out (the forward's result).
+using SoftmaxBackwardFn = void(const at::Tensor& grad, const at::Tensor& out, at::Tensor& gx, const SoftmaxShape& sh,
+                               bool log);
+TCE_DECLARE_KERNEL(SoftmaxFn, softmax_kernel)
+TCE_DECLARE_KERNEL(SoftmaxBackwardFn, softmax_backward_kernel)
 
 }  // namespace teachcompute_ext
