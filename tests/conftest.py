@@ -1,9 +1,20 @@
+import os
+
 import pytest
 import torch
 
 import teachcompute_ext  # noqa: F401  (loads the library, registers the ops)
 
 CUDA_OK = torch.cuda.is_available() and "CUDA" in teachcompute_ext.compiled_backends()
+
+
+def pytest_configure(config):
+    # The GPU proof (benchmarks/gpu_check.sh) sets this: without it every CUDA
+    # test would skip silently on a machine whose GPU is not seen.
+    if os.environ.get("TEACHCOMPUTE_EXT_REQUIRE_CUDA") == "1" and not CUDA_OK:
+        raise pytest.UsageError(
+            "TEACHCOMPUTE_EXT_REQUIRE_CUDA=1 but no CUDA test can run: torch.cuda.is_available()="
+            f"{torch.cuda.is_available()}, compiled backends {teachcompute_ext.compiled_backends()}")
 
 DEVICES = [
     "cpu",

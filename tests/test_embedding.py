@@ -232,3 +232,37 @@ def test_nn_modules_are_drop_ins():
     assert isinstance(teachcompute_ext.nn.EmbeddingBag.from_pretrained(torch.randn(5, 3)), teachcompute_ext.nn.EmbeddingBag)
     with pytest.raises(NotImplementedError, match="max_norm"):
         teachcompute_ext.nn.Embedding(5, 3, max_norm=1.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bag_zero_bags_with_indices(mode, device):
+    # include_last_offset=True with offsets=[0]: no bag, though indices is not
+    # empty; the backward index-selected rows of an empty gradient.
+    w = torch.randn(10, 4, dtype=torch.float64, device=device, requires_grad=True)
+    idx = torch.tensor([1, 2, 3], device=device)
+    # (No comparison with F.embedding_bag here: torch 2.15 segfaults on this input in max mode.)
+    out = teachcompute_ext.embedding_bag(w, idx, torch.tensor([0], device=device), mode, None, None, True)
+    assert out.shape == (0, 4)
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w))
+    gw, gpsw = torch.ops.teachcompute_ext.embedding_bag_backward(
+        torch.empty(0, 4, dtype=torch.float64, device=device), w, idx, torch.tensor([0], device=device),
+        torch.empty(0, 4, dtype=torch.long, device=device), mode, None, None, True)
+    assert torch.equal(gw, torch.zeros_like(w)) and gpsw.numel() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_embedding_bag_backward_refuses_what_the_forward_refuses(device):
+    w = torch.randn(10, 4, device=device)
+    idx = torch.tensor([1, 2, 3], device=device)
+    if device == "cpu":  # CUDA: a device-side assert, tests/test_devices.py
+        for off in ([0, 2, 1], [1, 2], [0, 4]):
+            offsets = torch.tensor(off, device=device)
+            with pytest.raises(ValueError) as fwd:
+                teachcompute_ext.embedding_bag(w, idx, offsets, "sum")
+            with pytest.raises(ValueError) as bwd:
+                torch.ops.teachcompute_ext.embedding_bag_backward(
+                    torch.ones(len(off), 4, device=device), w, idx, offsets, torch.empty(0, dtype=torch.long), "sum",
+                    None, None, False)
+            assert str(fwd.value).split(": ", 1)[1] == str(bwd.value).split(": ", 1)[1]

@@ -286,3 +286,37 @@ def test_nn_fused_linear_is_a_drop_in_for_linear():
     assert nb.bias is None and nb.weight.dtype == torch.float64 and "activation=none" in repr(nb)
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         teachcompute_ext.nn.FusedLinear(6, 3, activation="swish")
+
+
+# ---- issue 11 defects ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ["none", "relu", "gelu", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("x_shape", [(24,), (1, 24), (1, 1, 24)])
+def test_fused_linear_bias_gradient_of_a_single_row(x_shape, activation, device):
+    # One row (1-D x, batch 1): the CUDA bias gradient was left uninitialized.
+    g = torch.Generator().manual_seed(len(x_shape))
+    x = torch.randn(x_shape, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    w = torch.randn(40, 24, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    b = torch.randn(40, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    out = teachcompute_ext.fused_linear(x, w, b, activation)
+    acts = {"none": lambda t: t, "relu": torch.relu, "gelu": F.gelu,
+            "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "silu": F.silu}
+    ref = acts[activation](F.linear(x, w, b))
+    torch.testing.assert_close(out, ref)
+    go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device)
+    grads = torch.autograd.grad(out, (x, w, b), go)
+    refs = torch.autograd.grad(ref, (x, w, b), go)
+    for a, r in zip(grads, refs):
+        torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_linear_relu_keeps_nan_as_torch_relu(bias, device):
+    x = torch.randn(6, 8, device=device)
+    x[2, 3] = float("nan")
+    w, b = torch.randn(5, 8, device=device), (torch.randn(5, device=device) if bias else None)
+    out = teachcompute_ext.fused_linear(x, w, b, "relu")
+    ref = torch.relu(F.linear(x, w, b))
+    assert torch.equal(out.isnan(), ref.isnan()) and out[2].isnan().all()
+    torch.testing.assert_close(out, ref, equal_nan=True)

@@ -537,3 +537,102 @@ def test_softmax_cpu_streaming_path_for_outputs_past_32mb(name):
     xe = x.detach().requires_grad_()
     (ge,) = torch.autograd.grad(getattr(torch, name)(xe, 1), xe, g)
     torch.testing.assert_close(gx, ge)
+
+
+# ---- few outputs, long reductions; many dims (issue 11) ------------------------------------------------
+def _err(out, ref):
+    return (out.double() - ref).abs().max().item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reduce_sum_few_outputs_long_reduction_is_accurate(device):
+    # (140001, 2) over dim 0: two outputs of 140001 elements each. One serial float
+    # accumulation per output was about 3e-3 off (and ran on one thread).
+    x = torch.randn(140001, 2, generator=torch.Generator().manual_seed(3)).to(device)
+    ref = x.double().sum(0)
+    err, torch_err = _err(teachcompute_ext.reduce_sum(x, 0), ref), _err(x.sum(0), ref)
+    eps = torch.finfo(torch.float32).eps
+    assert err <= 4 * max(torch_err, eps * ref.abs().max().item()), (err, torch_err)
+    for keepdim in (False, True):
+        torch.testing.assert_close(teachcompute_ext.reduce_mean(x, 0, keepdim), x.double().mean(0, keepdim).float())
+        torch.testing.assert_close(teachcompute_ext.logsumexp(x, 0, keepdim),
+                                   x.double().logsumexp(0, keepdim).float())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,dims", [((300001, 3), [0]), ((5, 200003), [1]), ((1000, 7, 40), [0, 2]),
+                                        ((3, 70000, 2), [1])])
+def test_reduce_split_reductions_match_float64(shape, dims, device):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g).to(device)
+    ref = x.double()
+    torch.testing.assert_close(teachcompute_ext.reduce_sum(x, dims), ref.sum(dims).float(), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(teachcompute_ext.logsumexp(x, dims), ref.logsumexp(dims).float())
+    if len(dims) == 1:
+        for ours, theirs in ((teachcompute_ext.reduce_max, torch.max), (teachcompute_ext.reduce_min, torch.min)):
+            v, i = ours(x, dims[0])
+            ev, ei = theirs(x, dims[0])
+            assert torch.equal(v, ev) and torch.equal(i, ei)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reduce_max_min_ties_and_nan_across_pieces_keep_the_first_index(device):
+    # A long reduction is cut into pieces merged in order: the first index of
+    # the extreme value (or of the first NaN) must win across piece boundaries.
+    x = torch.zeros(400000, 3, device=device)
+    x[[5, 150000, 399999], 0] = 7.0  # ties in different pieces
+    x[[300000, 100], 1] = -3.0
+    x[[250000, 350000], 2] = float("nan")
+    v, i = teachcompute_ext.reduce_max(x, 0)
+    assert i.tolist() == [5, 0, 250000] and v[0].item() == 7.0 and v[2].isnan()
+    v, i = teachcompute_ext.reduce_min(x, 0)
+    assert i.tolist() == [0, 100, 250000] and v[1].item() == -3.0
+
+
+def test_reduce_cpu_split_results_are_the_same_bits_for_any_thread_count():
+    x = torch.randn(200003, 3, generator=torch.Generator().manual_seed(9))
+    general = torch.randn(9, 300, 70, generator=torch.Generator().manual_seed(10))[:, ::2, :].transpose(0, 2)
+    outs = {}
+    for n in (1, 2, 3):
+        torch.set_num_threads(n)
+        try:
+            outs[n] = (teachcompute_ext.reduce_sum(x, 0), teachcompute_ext.logsumexp(x, [0]),
+                       teachcompute_ext.reduce_sum(general), teachcompute_ext.reduce_mean(general, [0, 1]))
+        finally:
+            torch.set_num_threads(2)
+    for n in (2, 3):
+        assert all(torch.equal(a, b) for a, b in zip(outs[1], outs[n]))
+    torch.testing.assert_close(outs[1][2], general.double().sum().float())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reduce_many_alternating_kept_and_reduced_dims(device):
+    # 11 kept and 11 reduced dims that cannot merge: more than the CUDA kernels'
+    # fixed dim arrays hold (it overflowed them); planned from a reordered copy.
+    x = torch.randn([2] * 22, generator=torch.Generator().manual_seed(1)).to(device)
+    dims = list(range(1, 22, 2))
+    eps = torch.finfo(torch.float32).eps
+    for keepdim in (False, True):
+        out, ref = teachcompute_ext.reduce_sum(x, dims, keepdim), x.double().sum(dims, keepdim)
+        # one rounding of the result plus float32 accumulation error on sum(|x|)
+        tol = eps * ref.abs() + 8 * eps * x.double().abs().sum(dims, keepdim)
+        assert out.shape == ref.shape and ((out.double() - ref).abs() <= tol).all()
+    torch.testing.assert_close(teachcompute_ext.logsumexp(x, dims), x.double().logsumexp(dims).float())
+    xg = x.double().requires_grad_()
+    teachcompute_ext.reduce_mean(xg, dims).sum().backward()
+    torch.testing.assert_close(xg.grad, torch.full_like(xg, 1 / 2**11))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or "CUDA" not in teachcompute_ext.compiled_backends(),
+                    reason="no CUDA device or CUDA not compiled")
+def test_reduce_and_softmax_cuda_more_rows_than_a_grid_holds():
+    # 2^31 + 5 outputs: a grid of one block per output failed at 2^31 and was
+    # silently partial above 2^32; the grids are capped and the kernels loop.
+    n = 2**31 + 5
+    x = torch.ones(n, 1, device="cuda")
+    x[-1] = 3.0
+    s = teachcompute_ext.reduce_sum(x, 1)
+    assert s.shape == (n,) and s[-1].item() == 3.0 and s[:-1].min().item() == 1.0
+    del s
+    y = teachcompute_ext.softmax(x, 1)
+    assert y[-1].item() == 1.0 and y.min().item() == 1.0

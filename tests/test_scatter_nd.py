@@ -262,17 +262,89 @@ def test_scatter_nd_torch_compile_fullgraph_dynamic(device):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or "CUDA" not in teachcompute_ext.compiled_backends(),
                     reason="no CUDA device or CUDA not compiled")
-def test_scatter_nd_cuda_deterministic_mode_is_bitwise_reproducible_and_skips_bad_indices():
+def test_scatter_nd_cuda_deterministic_mode_is_bitwise_reproducible():
     data, idx, upd = _case((1000, 64), 1, 50000, 13, device="cuda")
     torch.use_deterministic_algorithms(True)
     try:
-        outs = [teachcompute_ext.scatter_nd(data, idx, upd, "add") for _ in range(3)]
+        for reduction in ("add", "none", "max"):
+            outs = [teachcompute_ext.scatter_nd(data, idx, upd, reduction) for _ in range(3)]
+            assert all(torch.equal(o, outs[0]) for o in outs)
+            torch.testing.assert_close(outs[0].cpu(),
+                                       teachcompute_ext.scatter_nd(data.cpu(), idx.cpu(), upd.cpu(), reduction))
     finally:
         torch.use_deterministic_algorithms(False)
-    assert all(torch.equal(o, outs[0]) for o in outs)
-    torch.testing.assert_close(outs[0].cpu(), teachcompute_ext.scatter_nd(data.cpu(), idx.cpu(), upd.cpu(), "add"))
-    bad = idx.clone()
-    bad[0] = 10**15  # skipped on CUDA, never written
-    out = teachcompute_ext.scatter_nd(data, bad, upd, "add")
-    ref = teachcompute_ext.scatter_nd(data.cpu(), idx[1:].cpu(), upd[1:].cpu(), "add")
-    torch.testing.assert_close(out.cpu(), ref)
+
+
+# ---- issue 11 defects ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types_accumulate_in_float_and_round_once(dtype, device):
+    # 1024 bfloat16 ones summed into one row gave 256 through half atomics.
+    idx = torch.zeros(1024, 1, dtype=torch.long, device=device)
+    ones = torch.ones(1024, 8, dtype=dtype, device=device)
+    assert (teachcompute_ext.scatter_nd_of_shape([3, 8], idx, ones, "add")[0] == 1024).all()
+    data = torch.zeros(3, 8, dtype=dtype, device=device)
+    assert (teachcompute_ext.scatter_nd(data, idx, ones, "add")[0] == 1024).all()
+    # mul: the product rounded once, not after every factor
+    f = torch.full((300, 8), 1.01, dtype=dtype, device=device)
+    ref = torch.full((8,), 1.01, dtype=dtype).double().pow(300).to(dtype)
+    out = teachcompute_ext.scatter_nd(torch.ones(3, 8, dtype=dtype, device=device), idx[:300], f, "mul")[0]
+    torch.testing.assert_close(out.cpu(), ref, rtol=0, atol=0)
+    # the embedding backwards share the scatter
+    w = torch.randn(5, 8, dtype=dtype, device=device, requires_grad=True)
+    teachcompute_ext.embedding(w, torch.zeros(1024, dtype=torch.long, device=device)).sum().backward()
+    assert (w.grad[0] == 1024).all() and (w.grad[1:] == 0).all()
+    w.grad = None
+    bag = teachcompute_ext.embedding_bag(w, torch.zeros(1024, dtype=torch.long, device=device),
+                                         torch.tensor([0, 512], device=device), "sum")
+    bag.sum().backward()
+    assert (w.grad[0] == 1024).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_scatter_nd_none_keeps_the_last_duplicate(deterministic, device):
+    # ONNX, the docs and the autograd all assume the last update in index order
+    # wins; the default CUDA path kept an arbitrary one.
+    g = torch.Generator().manual_seed(4)
+    n_rows, n = 50, 20000
+    idx = torch.randint(0, n_rows, (n, 1), generator=g)
+    upd = torch.randn(n, 16, generator=g, dtype=torch.float64)
+    data = torch.randn(n_rows, 16, generator=g, dtype=torch.float64)
+    ref = data.clone()
+    for i in range(n):  # the last write wins
+        ref[idx[i, 0]] = upd[i]
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        out = teachcompute_ext.scatter_nd(data.to(device), idx.to(device), upd.to(device), "none")
+        of_shape = teachcompute_ext.scatter_nd_of_shape([n_rows, 16], idx.to(device), upd.to(device), "none")
+        masked = teachcompute_ext.masked_scatter_nd_of_shape([n_rows, 16], idx.to(device), upd.to(device),
+                                                             int(idx[-1, 0]), "none")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(out.cpu(), ref)
+    written = torch.zeros(n_rows, dtype=torch.bool).index_fill(0, idx[:, 0], True)
+    assert torch.equal(of_shape.cpu(), torch.where(written.unsqueeze(1), ref, 0.0))
+    keep = idx[:, 0] != idx[-1, 0]
+    ref_masked = torch.zeros(n_rows, 16, dtype=torch.float64)
+    for i in torch.nonzero(keep)[:, 0].tolist():
+        ref_masked[idx[i, 0]] = upd[i]
+    assert torch.equal(masked.cpu(), ref_masked)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["add", "none"])
+def test_masked_scatter_backward_skips_masked_indices_out_of_range(reduction, device):
+    # A masked index (here past the end) is skipped by the forward; the backward
+    # must never index with it either.
+    idx = torch.tensor([[1], [1000], [3], [1000], [1]], device=device)
+    upd = torch.randn(5, 4, dtype=torch.float64, device=device, requires_grad=True)
+    out = teachcompute_ext.masked_scatter_nd_of_shape([6, 4], idx, upd, 1000, reduction)
+    g = torch.randn(6, 4, dtype=torch.float64, device=device)
+    (gu,) = torch.autograd.grad(out, upd, g)
+    keep = {"add": [True, False, True, False, True], "none": [False, False, True, False, True]}[reduction]
+    ref = torch.stack([g[r] if k else torch.zeros(4, dtype=torch.float64, device=device)
+                       for r, k in zip([1, 0, 3, 0, 1], keep)])
+    torch.testing.assert_close(gu, ref)
+    torch.autograd.gradcheck(lambda u: teachcompute_ext.masked_scatter_nd_of_shape([6, 4], idx, u, 1000, reduction),
+                             (upd,))

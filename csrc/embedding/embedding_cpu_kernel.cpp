@@ -56,8 +56,8 @@ Buf checked_rows(const char* op, const at::Tensor& indices, int64_t num) {
 }
 
 // Bag b holds positions [begin[b], begin[b + 1]) of the flattened indices.
-std::vector<int64_t> bag_bounds(const at::Tensor& indices, const std::optional<at::Tensor>& offsets, int64_t bags,
-                                bool include_last_offset) {
+std::vector<int64_t> bag_bounds(const char* op, const at::Tensor& indices, const std::optional<at::Tensor>& offsets,
+                                int64_t bags, bool include_last_offset) {
   const int64_t n = indices.numel();
   std::vector<int64_t> begin(bags + 1);
   if (indices.dim() == 2) {
@@ -71,7 +71,6 @@ std::vector<int64_t> bag_bounds(const at::Tensor& indices, const std::optional<a
     const index_t* p = off.const_data_ptr<index_t>();
     for (int64_t i = 0; i < off.numel(); ++i) o[i] = static_cast<int64_t>(p[i]);
   });
-  const char* op = "embedding_bag";
   if (!o.empty()) {
     TORCH_CHECK_VALUE(o[0] == 0, "teachcompute_ext.", op, ": offsets[0] must be 0, got ", o[0]);
   }
@@ -98,12 +97,12 @@ struct BagPlan {
   Buf bag_of;                   // bag of each position, -1 when it counts for none (backward only)
 };
 
-BagPlan plan_bags(const at::Tensor& weight, const at::Tensor& indices, const std::optional<at::Tensor>& offsets,
+BagPlan plan_bags(const char* op, const at::Tensor& weight, const at::Tensor& indices, const std::optional<at::Tensor>& offsets,
                   int64_t bags, int64_t padding, bool include_last_offset, bool need_bag_of) {
   BagPlan p;
-  p.rows = checked_rows("embedding_bag", indices, weight.size(0));
+  p.rows = checked_rows(op, indices, weight.size(0));
   const int64_t n = p.rows.size();
-  const std::vector<int64_t> begin = bag_bounds(indices, offsets, bags, include_last_offset);
+  const std::vector<int64_t> begin = bag_bounds(op, indices, offsets, bags, include_last_offset);
   p.bounds.assign(bags + 1, 0);
   p.order = Buf(n);
   if (need_bag_of) {
@@ -209,7 +208,7 @@ void embedding_bag_kernel(const BagInputs& in, at::Tensor& out, at::Tensor& argm
       converted = checked_rows(op, indices, w.size(0));
       rows_ptr = converted.data();
     }
-    const std::vector<int64_t> begin = bag_bounds(indices, offsets, bags, include_last_offset);
+    const std::vector<int64_t> begin = bag_bounds(op, indices, offsets, bags, include_last_offset);
     const at::Tensor pw = psw.has_value() ? psw->contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "embedding_bag_sum", [&] {
       const scalar_t* wp = w.const_data_ptr<scalar_t>();
@@ -227,7 +226,7 @@ void embedding_bag_kernel(const BagInputs& in, at::Tensor& out, at::Tensor& argm
     });
     return;
   }
-  const BagPlan p = plan_bags(w, indices, offsets, bags, padding, include_last_offset, /*need_bag_of=*/false);
+  const BagPlan p = plan_bags(op, w, indices, offsets, bags, padding, include_last_offset, /*need_bag_of=*/false);
   if (mode != BagMode::MAX) {
     // out is uninitialized: the kernel writes every row once (zeros for an empty bag).
     const std::vector<double> scale = bag_scales(p, mode, psw);
@@ -271,8 +270,8 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& g, con
   const auto& psw = in.psw;
   const BagMode mode = in.args.mode;
   const int64_t bags = in.args.bags, dim = weight.size(1);
-  const BagPlan p =
-      plan_bags(weight, in.indices, in.offsets, bags, in.args.padding, in.include_last_offset, /*need_bag_of=*/true);
+  const BagPlan p = plan_bags("embedding_bag_backward", weight, in.indices, in.offsets, bags, in.args.padding,
+                              in.include_last_offset, /*need_bag_of=*/true);
   if (mode == BagMode::MAX) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "embedding_bag_max_backward", [&] {
       using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
