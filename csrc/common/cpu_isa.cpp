@@ -17,12 +17,4 @@ CpuIsa cpu_isa() {
   return isa;
 }
 
-const char* cpu_isa_name(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::AVX512: return "AVX512";
-    case CpuIsa::AVX2: return "AVX2";
-    default: return "DEFAULT";
-  }
-}
-
 }  // namespace teachcompute_ext

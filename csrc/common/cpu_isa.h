@@ -12,7 +12,6 @@ enum class CpuIsa { DEFAULT = 0, AVX2 = 1, AVX512 = 2 };
 
 // The best ISA both this build and the machine (capped by torch's setting) support.
 CpuIsa cpu_isa();
-const char* cpu_isa_name(CpuIsa isa);
 
 // The AVX2 / AVX512 build of a kernel, or null when this build has none.
 #ifdef TCE_HAVE_ISA_AVX2

@@ -54,16 +54,16 @@ __device__ __forceinline__ void check_index(int64_t r, int64_t num, int64_t i, E
 // non-decreasing and none past n: the checks of the CPU path (bag_bounds).
 template <typename index_t>
 __global__ void __launch_bounds__(kThreads)
-    validate_kernel(const index_t* __restrict__ idx, int64_t n, int64_t num, const index_t* __restrict__ off,
+    validate_kernel(const index_t* __restrict__ idx, int64_t n, int64_t num, const int64_t* __restrict__ off,
                     int64_t noff, EmbOp op) {
   const int64_t work = n > noff ? n : noff;
   TCE_GRID_LOOP(i, work) {
     if (i < n) check_index(static_cast<int64_t>(idx[i]), num, i, op);
     if (i < noff) {
-      const int64_t o = static_cast<int64_t>(off[i]);
+      const int64_t o = off[i];
       TCE_DEVICE_CHECK(i > 0 || o == 0, "teachcompute_ext.%s: offsets[0] must be 0, got %lld\n", op_name(op),
                        static_cast<long long>(o));
-      TCE_DEVICE_CHECK(i == 0 || o >= static_cast<int64_t>(off[i - 1]),
+      TCE_DEVICE_CHECK(i == 0 || o >= off[i - 1],
                        "teachcompute_ext.%s: 'offsets' must be non-decreasing, got offsets[%lld] = %lld after "
                        "offsets[%lld] = %lld\n",
                        op_name(op), static_cast<long long>(i), static_cast<long long>(o),
@@ -91,21 +91,17 @@ __global__ void __launch_bounds__(kThreads)
 struct BagBounds {
   int64_t n, bags, fixed_len;
   bool last_offset;
-  template <typename index_t>
-  __device__ int64_t begin(const index_t* off, int64_t b) const {
-    return off ? static_cast<int64_t>(off[b]) : b * fixed_len;
-  }
-  template <typename index_t>
-  __device__ int64_t end(const index_t* off, int64_t b) const {
+  __device__ int64_t begin(const int64_t* off, int64_t b) const { return off ? off[b] : b * fixed_len; }
+  __device__ int64_t end(const int64_t* off, int64_t b) const {
     if (!off) return (b + 1) * fixed_len;
-    return (b + 1 < bags || last_offset) ? static_cast<int64_t>(off[b + 1]) : n;
+    return (b + 1 < bags || last_offset) ? off[b + 1] : n;
   }
 };
 
 // Indices and offsets were validated first (validate_kernel).
 template <typename T, typename index_t>
 __global__ void __launch_bounds__(kThreads)
-    bag_kernel(const T* __restrict__ w, const index_t* __restrict__ idx, const index_t* __restrict__ off,
+    bag_kernel(const T* __restrict__ w, const index_t* __restrict__ idx, const int64_t* __restrict__ off,
                const T* __restrict__ psw, BagBounds bb, int64_t dim, BagMode mode, int64_t padding,
                T* __restrict__ out, int64_t* __restrict__ argmax) {
   using A = cuda::acc_type<T>;
@@ -142,7 +138,7 @@ __global__ void __launch_bounds__(kThreads)
 // with padding, the count of each bag.
 template <typename index_t>
 __global__ void __launch_bounds__(kThreads)
-    positions_kernel(const index_t* __restrict__ idx, const index_t* __restrict__ off, BagBounds bb,
+    positions_kernel(const index_t* __restrict__ idx, const int64_t* __restrict__ off, BagBounds bb,
                      int64_t padding, int64_t* __restrict__ bag_of, int64_t* __restrict__ dest,
                      int* __restrict__ counts) {
   TCE_GRID_LOOP(i, bb.n) {
@@ -153,7 +149,7 @@ __global__ void __launch_bounds__(kThreads)
       int64_t lo = 0, hi = bb.bags;  // the last bag whose start is <= i
       while (hi - lo > 1) {
         const int64_t mid = (lo + hi) / 2;
-        if (static_cast<int64_t>(off[mid]) <= i) lo = mid;
+        if (off[mid] <= i) lo = mid;
         else hi = mid;
       }
       b = lo;
@@ -170,9 +166,9 @@ __global__ void __launch_bounds__(kThreads)
 
 // Per-position scale of the gradient row: 1 / (entries of its bag) for mean,
 // the per-sample weight for sum with weights.
-template <typename T, typename index_t>
+template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    scale_kernel(const int64_t* __restrict__ bag_of, const index_t* __restrict__ off, BagBounds bb,
+    scale_kernel(const int64_t* __restrict__ bag_of, const int64_t* __restrict__ off, BagBounds bb,
                  const int* __restrict__ counts, const T* __restrict__ psw, cuda::acc_type<T>* __restrict__ scale) {
   using A = cuda::acc_type<T>;
   TCE_GRID_LOOP(i, bb.n) {
@@ -236,13 +232,14 @@ template <typename index_t>
 void validate(const at::Tensor& idx, int64_t num, const at::Tensor& off, EmbOp op) {
   const int64_t n = idx.numel(), noff = off.defined() ? off.numel() : 0;
   validate_kernel<index_t><<<grid_for(std::max(n, noff)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      idx.const_data_ptr<index_t>(), n, num, off.defined() ? off.const_data_ptr<index_t>() : nullptr, noff, op);
+      idx.const_data_ptr<index_t>(), n, num, off.defined() ? off.const_data_ptr<int64_t>() : nullptr, noff, op);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Offsets in the indices' dtype, contiguous (or undefined for 2-D indices).
+// Offsets as int64, contiguous (or undefined for 2-D indices): int64 offsets
+// beside int32 indices must not wrap around (the CPU reads them as int64).
 at::Tensor offsets_like(const BagInputs& in) {
-  return in.offsets.has_value() ? in.offsets->to(in.indices.scalar_type()).contiguous() : at::Tensor();
+  return in.offsets.has_value() ? in.offsets->to(at::kLong).contiguous() : at::Tensor();
 }
 
 BagBounds bounds_of(const BagInputs& in) {
@@ -289,7 +286,7 @@ void embedding_bag_kernel(const BagInputs& in, at::Tensor& out, at::Tensor& argm
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.weight.scalar_type(), "embedding_bag_cuda", [&] {
       bag_kernel<scalar_t, index_t><<<grid_for(bb.bags * dim), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           in.weight.const_data_ptr<scalar_t>(), in.indices.const_data_ptr<index_t>(),
-          off.defined() ? off.const_data_ptr<index_t>() : nullptr,
+          off.defined() ? off.const_data_ptr<int64_t>() : nullptr,
           pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr, bb, dim, in.args.mode, in.args.padding,
           out.mutable_data_ptr<scalar_t>(),
           in.args.mode == BagMode::MAX ? argmax.mutable_data_ptr<int64_t>() : nullptr);
@@ -305,6 +302,11 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& grad, 
   const at::Tensor off = offsets_like(in);
   const BagBounds bb = bounds_of(in);
   const int64_t n = bb.n;
+  // The checks of the forward, in the backward too (max mode included): the
+  // CPU backward raises on the same inputs.
+  AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_backward_cuda_validate", [&] {
+    validate<index_t>(in.indices, num, off, EmbOp::BAG_BACKWARD);
+  });
   if (in.args.mode == BagMode::MAX) {
     const int64_t total = max_indices.numel();
     at::Tensor dest = at::empty({total}, max_indices.options());
@@ -321,8 +323,7 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& grad, 
   at::Tensor counts = mean && in.args.padding >= 0 ? at::zeros({bb.bags}, long_opts.dtype(at::kInt)) : at::Tensor();
   const at::Tensor pw = in.psw.has_value() ? in.psw->contiguous() : at::Tensor();
   AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_backward_cuda_idx", [&] {
-    const index_t* offp = off.defined() ? off.const_data_ptr<index_t>() : nullptr;
-    validate<index_t>(in.indices, num, off, EmbOp::BAG_BACKWARD);
+    const int64_t* offp = off.defined() ? off.const_data_ptr<int64_t>() : nullptr;
     positions_kernel<index_t><<<grid_for(n), kThreads, 0, stream>>>(
         in.indices.const_data_ptr<index_t>(), offp, bb, in.args.padding, bag_of.mutable_data_ptr<int64_t>(),
         dest.mutable_data_ptr<int64_t>(), counts.defined() ? counts.mutable_data_ptr<int>() : nullptr);
@@ -332,7 +333,7 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& grad, 
       at::Tensor scale;
       if (mean || pw.defined()) {
         scale = at::empty({n}, grad.options().dtype(std::is_same_v<A, double> ? at::kDouble : at::kFloat));
-        scale_kernel<scalar_t, index_t><<<grid_for(n), kThreads, 0, stream>>>(
+        scale_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
             bag_of.const_data_ptr<int64_t>(), offp, bb, counts.defined() ? counts.const_data_ptr<int>() : nullptr,
             pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr, scale.mutable_data_ptr<A>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -92,7 +92,7 @@ __device__ __forceinline__ A act_bwd(A g, A v, Act act) {
 // out = act(y + bias) over an [M, N] row-major matrix, pre = y + bias when
 // pre is not null. y may be out itself (inference: the GEMM wrote there). 16-byte packs when the row length keeps them aligned.
 template <typename T>
-__global__ void forward_epilogue_kernel(const T* y, const T* __restrict__ bias, T* pre, T* out,
+__global__ void __launch_bounds__(256) forward_epilogue_kernel(const T* y, const T* __restrict__ bias, T* pre, T* out,
                                         int64_t total, int64_t n, Act act) {
   using A = acc_type<T>;
   constexpr int P = cuda::kPack16<T>;
@@ -123,7 +123,7 @@ __global__ void forward_epilogue_kernel(const T* y, const T* __restrict__ bias, 
 
 // dpre = grad * act'(aux), one read of each input and one write.
 template <typename T>
-__global__ void backward_epilogue_kernel(const T* __restrict__ g, const T* __restrict__ aux, T* __restrict__ dpre,
+__global__ void __launch_bounds__(256) backward_epilogue_kernel(const T* __restrict__ g, const T* __restrict__ aux, T* __restrict__ dpre,
                                          int64_t total, Act act) {
   using A = acc_type<T>;
   const int nthreads = gridDim.x * blockDim.x;
@@ -305,7 +305,9 @@ void fused_linear_kernel(const at::Tensor& x, const at::Tensor& weight, const at
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fused_linear_forward_cuda", [&] {
       forward_epilogue_kernel<scalar_t><<<elementwise_blocks(total), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
           y.const_data_ptr<scalar_t>(), (!bias_done && b.defined()) ? b.const_data_ptr<scalar_t>() : nullptr,
-          keep_pre ? pre.mutable_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), total, s.n, act);
+          // pre already holds x W^T + b when the GEMM added the bias: not rewritten.
+          keep_pre && !bias_done ? pre.mutable_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+          total, s.n, act);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

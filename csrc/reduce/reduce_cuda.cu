@@ -73,11 +73,11 @@ struct SumOp {
   struct State {
     A s;
   };
-  A scale;
+  double scale;  // 1 / count for mean, in double as on the CPU (1 / count is inexact in float past 2^24)
   __device__ State init() const { return {A(0)}; }
   __device__ void update(State& st, A v, int64_t) const { st.s += v; }
   __device__ State merge(State a, State b) const { return {a.s + b.s}; }
-  __device__ A result(State st) const { return st.s * scale; }
+  __device__ A result(State st) const { return static_cast<A>(static_cast<double>(st.s) * scale); }
 };
 
 template <typename A>
@@ -309,7 +309,7 @@ void reduce_kernel(const at::Tensor& x, const ReducePlan& p, ReduceOp rop, at::T
     switch (rop) {
       case ReduceOp::SUM:
       case ReduceOp::MEAN:
-        launch<scalar_t>(x, p, SumOp<A>{rop == ReduceOp::MEAN ? A(1) / static_cast<A>(p.count) : A(1)}, out, nullptr);
+        launch<scalar_t>(x, p, SumOp<A>{rop == ReduceOp::MEAN ? 1.0 / static_cast<double>(p.count) : 1.0}, out, nullptr);
         break;
       case ReduceOp::MAX:
         launch<scalar_t>(x, p, MaxMinOp<A, true>{}, out, indices.mutable_data_ptr<int64_t>());

@@ -22,7 +22,7 @@ def check_same_device(op, arg, t, ref_arg, ref):
 
 
 def check_dim(op, x, dim):
-    """The message of csrc/reduce/softmax.h for a dim out of range (IndexError, as torch's)."""
+    """The message of csrc/reduce/reduce.h for a dim out of range (IndexError, as torch's)."""
     ndim = max(x.dim(), 1)
     if not -ndim <= dim < ndim:
         raise IndexError(

@@ -30,7 +30,7 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias=None, activation: s
     return _ops.fused_linear.default(x, weight, bias, activation)
 
 
-# ---- checks, mirroring csrc/matmul/fused_linear.h --------------------------------------------
+# ---- checks, mirroring csrc/matmul/matmul.h --------------------------------------------
 
 def _check_same(op, what, t, ref_what, ref):
     if t.dtype != ref.dtype:

@@ -106,7 +106,7 @@ def _as_list(dim):
 
 
 def _reduced_mask(op, x, dim):
-    """Mirror of reduced_mask in csrc/reduce/reduce_dims.h (same checks, same words)."""
+    """Mirror of reduced_mask in csrc/reduce/reduce.h (same checks, same words)."""
     ndim = x.dim()
     if dim is None or len(dim) == 0:
         return [True] * ndim
