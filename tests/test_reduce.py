@@ -208,6 +208,8 @@ SOFTMAX_OPS = [
 SOFTMAX_CASES = [
     ((7,), 0), ((5, 37), 1), ((5, 37), 0), ((5, 37), -2), ((3, 100, 70), 1), ((3, 100, 70), 0),
     ((4, 3, 200), -1), ((2, 130, 65), 2), ((2, 130, 129), 1), ((3, 1500), 1), ((6, 5000), -1), ((), 0), ((), -1),
+    # few long columns (CUDA splits them over blocks)
+    ((3000, 5), 0), ((2, 2000, 3), 1),
 ]
 
 
@@ -290,7 +292,7 @@ def test_softmax_backward_op_matches_float64_formula(name, dtype, device):
     # The fused backward against its formula in float64, on the same (grad, out).
     fwd = getattr(teachcompute_ext, name)
     bwd = getattr(torch.ops.teachcompute_ext, f"{name}_backward")
-    for shape, dim in [((8, 300), 1), ((3, 1500), 1), ((300, 70), 0), ((4, 50, 130), 1)]:
+    for shape, dim in [((8, 300), 1), ((3, 1500), 1), ((300, 70), 0), ((4, 50, 130), 1), ((3000, 5), 0)]:
         y = fwd(_rand(shape, dtype, device, 45), dim)
         g = _rand(shape, dtype, device, 46)
         gd, yd = g.double(), y.double()
@@ -305,7 +307,7 @@ def test_softmax_backward_op_matches_float64_formula(name, dtype, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ours,theirs", SOFTMAX_OPS)
 def test_softmax_gradient_matches_torch(ours, theirs, dtype, device):
-    for shape, dim in [((8, 300), 1), ((300, 70), 0)]:
+    for shape, dim in [((8, 300), 1), ((300, 70), 0), ((2, 2000, 3), 1)]:
         x = _rand(shape, dtype, device, 45).requires_grad_()
         g = _rand(shape, dtype, device, 46)
         (gx,) = torch.autograd.grad(ours(x, dim), x, g)

@@ -12,12 +12,20 @@
 //                     ... foo_stub(x.device().type(), x, out);
 #pragma once
 
+#include <ATen/Config.h>
 #include <c10/core/DeviceType.h>
 #include <c10/util/Exception.h>
 
 #include <utility>
 
 #include "common/cpu_isa.h"
+
+// The CPU kernel files launch with at::parallel_for, a header template that
+// expands to `#pragma omp parallel`: compiled without -fopenmp, every loop
+// would run on one thread, silently (it once cost 2-4x on every CPU op).
+#if defined(CPU_CAPABILITY) && AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#error "the per-ISA CPU kernel files must be compiled with OpenMP (-fopenmp), as torch's thread pool is OpenMP"
+#endif
 
 namespace teachcompute_ext {
 

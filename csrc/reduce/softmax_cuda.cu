@@ -4,13 +4,19 @@
 // elements; pairs are merged by warp shuffles (and shared memory across the
 // warps of a block), then a second pass writes the output. Columns (inner > 1):
 // one thread per column, adjacent threads on adjacent columns, so every row
-// step is a coalesced load; no transposing copy. Rows are read and written in
+// step is a coalesced load; no transposing copy. Few long columns (softmax
+// over dim 0 of a (10^6, 2) tensor ran on 2 threads): blocks of bx columns x
+// by row-strided threads, the column cut into pieces over the grid's y; the
+// pieces' states merge in piece order (the same bits every run), then each
+// piece writes its rows. Rows are read and written in
 // 16-byte packs when aligned. Grids are capped and the kernels loop over the
 // rest of the rows (a grid of one block per row failed at 2^31 rows). Bound:
 // memory (one read of x for the statistics, one read and one write for the
 // output). Not yet run on a GPU.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -170,6 +176,153 @@ __global__ void __launch_bounds__(kColThreads) bwd_cols(const T* __restrict__ g,
   }
 }
 
+// ---- few long columns: split over blocks ---------------------------------------------------------
+constexpr int kSplitThreads = 256;
+constexpr int64_t kMaxPieces = 65535;  // gridDim.y
+
+// The (bx x by) block, the pieces and their length for cols columns of n rows.
+struct ColSplit {
+  int bx, by;
+  int64_t col_blocks, pieces, piece_len;
+};
+
+ColSplit col_split(int64_t cols, int64_t n) {
+  ColSplit c{1, kSplitThreads, 0, 1, n};
+  while (c.bx < 32 && c.bx < cols) c.bx *= 2;
+  c.by = kSplitThreads / c.bx;
+  c.col_blocks = (cols + c.bx - 1) / c.bx;
+  const int64_t target = 4LL * cuda::sm_count();
+  const int64_t by_work = n / (static_cast<int64_t>(c.by) * 16);  // 16 rows a thread at least
+  c.pieces = std::max<int64_t>(1, std::min({target / std::max<int64_t>(c.col_blocks, 1), by_work, kMaxPieces}));
+  c.piece_len = (n + c.pieces - 1) / c.pieces;
+  c.pieces = (n + c.piece_len - 1) / c.piece_len;
+  return c;
+}
+
+// Column col of the (outer, n, inner) layout starts at base(col) and steps by inner.
+__device__ __forceinline__ int64_t col_base(int64_t col, int64_t n, int64_t inner) {
+  return (col / inner) * n * inner + col % inner;
+}
+
+// Pass 1 of the forward: each piece's (max, sum of exp) of each column into
+// part[piece * cols + col]. Pass 1 of the backward: the dot sum(g * y) (sum(g)
+// for log_softmax) into dot[piece * cols + col].
+template <typename T, bool kBackward>
+__global__ void __launch_bounds__(kSplitThreads)
+    split_stats(const T* __restrict__ a, const T* __restrict__ b, int64_t cols, int64_t n, int64_t inner,
+                int64_t piece_len, bool log, MaxSum<acc_type<T>>* __restrict__ part, acc_type<T>* __restrict__ dot) {
+  using A = acc_type<T>;
+  __shared__ MaxSum<A> states[kSplitThreads];
+  __shared__ A sums[kSplitThreads];
+  const int bx = blockDim.x, by = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t piece = blockIdx.y, r0 = piece * piece_len;
+  const int64_t r1 = r0 + piece_len < n ? r0 + piece_len : n;
+  const int64_t nblocks = (cols + bx - 1) / bx;
+  for (int64_t cb = blockIdx.x; cb < nblocks; cb += gridDim.x) {  // block-uniform trip count
+    const int64_t col = cb * bx + tx;
+    MaxSum<A> st{-std::numeric_limits<A>::infinity(), A(0)};
+    A acc = 0;
+    if (col < cols) {
+      const int64_t base = col_base(col, n, inner);
+      for (int64_t r = r0 + ty; r < r1; r += by) {
+        const A v = static_cast<A>(a[base + r * inner]);
+        if constexpr (kBackward) {
+          acc += log ? v : v * static_cast<A>(b[base + r * inner]);
+        } else {
+          st = merge(st, MaxSum<A>{v, A(1)});
+        }
+      }
+    }
+    states[ty * bx + tx] = st;
+    sums[ty * bx + tx] = acc;
+    __syncthreads();
+    if (ty == 0 && col < cols) {
+      for (int k = 1; k < by; ++k) {
+        st = merge(st, states[k * bx + tx]);
+        acc += sums[k * bx + tx];
+      }
+      if constexpr (kBackward) {
+        dot[piece * cols + col] = acc;
+      } else {
+        part[piece * cols + col] = st;
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Pass 2: every block merges its columns' states over all pieces, in piece
+// order, then writes the rows of its own piece.
+template <typename T, bool kBackward>
+__global__ void __launch_bounds__(kSplitThreads)
+    split_write(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out, int64_t cols, int64_t n,
+                int64_t inner, int64_t piece_len, int64_t pieces, bool log,
+                const MaxSum<acc_type<T>>* __restrict__ part, const acc_type<T>* __restrict__ dot) {
+  using A = acc_type<T>;
+  __shared__ A m_sh[32], c_sh[32];  // per column of the block: max and 1 / sum (forward), or the dot
+  const int bx = blockDim.x, by = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t piece = blockIdx.y, r0 = piece * piece_len;
+  const int64_t r1 = r0 + piece_len < n ? r0 + piece_len : n;
+  const int64_t nblocks = (cols + bx - 1) / bx;
+  for (int64_t cb = blockIdx.x; cb < nblocks; cb += gridDim.x) {  // block-uniform trip count
+    const int64_t col = cb * bx + tx;
+    if (ty == 0 && col < cols) {
+      if constexpr (kBackward) {
+        A d = 0;
+        for (int64_t k = 0; k < pieces; ++k) d += dot[k * cols + col];
+        c_sh[tx] = d;
+      } else {
+        MaxSum<A> st = part[col];
+        for (int64_t k = 1; k < pieces; ++k) st = merge(st, part[k * cols + col]);
+        m_sh[tx] = st.m;
+        c_sh[tx] = log ? dlog(st.s) : A(1) / st.s;
+      }
+    }
+    __syncthreads();
+    if (col < cols) {
+      const int64_t base = col_base(col, n, inner);
+      const A M = m_sh[tx], C = c_sh[tx];
+      for (int64_t r = r0 + ty; r < r1; r += by) {
+        const int64_t i = base + r * inner;
+        const A v = static_cast<A>(a[i]);
+        if constexpr (kBackward) {
+          const A yv = static_cast<A>(b[i]);
+          out[i] = static_cast<T>(log ? v - dexp(yv) * C : yv * (v - C));
+        } else {
+          out[i] = static_cast<T>(log ? (v - M) - C : dexp(v - M) * C);
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Whether a columns layout should be split: too few columns to fill the GPU
+// with one thread each, and columns long enough to share.
+bool split_columns(int64_t cols, int64_t n) {
+  return cols < 16LL * cuda::sm_count() * kColThreads / 4 && n >= 1024;
+}
+
+template <typename T, bool kBackward>
+void launch_split(const T* a, const T* b, T* out, const SoftmaxShape& sh, bool log, const at::Tensor& like) {
+  using A = acc_type<T>;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t cols = sh.outer * sh.inner;
+  const ColSplit c = col_split(cols, sh.n);
+  const int64_t state_bytes = kBackward ? sizeof(A) : sizeof(MaxSum<A>);
+  const at::Tensor ws = at::empty({c.pieces * cols * state_bytes}, like.options().dtype(at::kByte));
+  auto* part = kBackward ? nullptr : reinterpret_cast<MaxSum<A>*>(ws.data_ptr());
+  auto* dot = kBackward ? reinterpret_cast<A*>(ws.data_ptr()) : nullptr;
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(c.col_blocks, 64LL * cuda::sm_count())),
+                  static_cast<unsigned>(c.pieces));
+  const dim3 block(c.bx, c.by);
+  split_stats<T, kBackward><<<grid, block, 0, stream>>>(a, b, cols, sh.n, sh.inner, c.piece_len, log, part, dot);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  split_write<T, kBackward><<<grid, block, 0, stream>>>(a, b, out, cols, sh.n, sh.inner, c.piece_len, c.pieces, log,
+                                                        part, dot);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 int64_t col_grid(int64_t cols) {
   return std::max<int64_t>(1, std::min<int64_t>((cols + kColThreads - 1) / kColThreads, 8LL * cuda::sm_count()));
 }
@@ -192,6 +345,8 @@ void softmax_kernel(const at::Tensor& x, at::Tensor& y, const SoftmaxShape& sh, 
       fwd_rows<scalar_t, true><<<grid, block, 0, stream>>>(xp, yp, sh.outer, sh.n, log);
     } else if (sh.inner == 1) {
       fwd_rows<scalar_t, false><<<row_grid(sh.outer), kBlockThreads, 0, stream>>>(xp, yp, sh.outer, sh.n, log);
+    } else if (split_columns(sh.outer * sh.inner, sh.n)) {
+      launch_split<scalar_t, false>(xp, nullptr, yp, sh, log, x);
     } else {
       fwd_cols<scalar_t><<<col_grid(sh.outer * sh.inner), kColThreads, 0, stream>>>(xp, yp, sh.outer, sh.n,
                                                                                    sh.inner, log);
@@ -213,6 +368,8 @@ void softmax_backward_kernel(const at::Tensor& grad, const at::Tensor& out, at::
       bwd_rows<scalar_t, true><<<grid, block, 0, stream>>>(gp, yp, gxp, sh.outer, sh.n, log);
     } else if (sh.inner == 1) {
       bwd_rows<scalar_t, false><<<row_grid(sh.outer), kBlockThreads, 0, stream>>>(gp, yp, gxp, sh.outer, sh.n, log);
+    } else if (split_columns(sh.outer * sh.inner, sh.n)) {
+      launch_split<scalar_t, true>(gp, yp, gxp, sh, log, out);
     } else {
       bwd_cols<scalar_t><<<col_grid(sh.outer * sh.inner), kColThreads, 0, stream>>>(gp, yp, gxp, sh.outer, sh.n,
                                                                                     sh.inner, log);
