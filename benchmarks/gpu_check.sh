@@ -12,7 +12,7 @@
 #   3. probe: does cuBLASLt's RELU epilogue keep NaN (probe.log)
 #   4. the report on CUDA, sized to about 3 minutes (bench.log, bench.tar.gz:
 #      the JSON and the plots; --no-compile unless TCE_GPU_CHECK_COMPILE=1)
-#   5. compute-sanitizer memcheck over benchmarks/gpu_sanitize.py, where the
+#   5. compute-sanitizer memcheck over tests/every_op.py, where the
 #      machine's runtime supports it; the log says which (sanitizer.log)
 # summary.txt gets every step's status and time. At most 8 files come back
 # from $OUT: these 7.
@@ -102,7 +102,7 @@ summary "bench --device cuda $compile_flag: rc=$rc in $(( $(date +%s) - t )) s, 
 # ---- 5. compute-sanitizer memcheck ------------------------------------------------------------------
 t=$(date +%s)
 if command -v compute-sanitizer >/dev/null; then
-  timeout "$(limit 120 5)" compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/gpu_sanitize.py \
+  timeout "$(limit 120 5)" compute-sanitizer --tool memcheck --error-exitcode 9 $PY tests/every_op.py \
     > "$OUT/sanitizer.log" 2>&1
   rc=$?
   if grep -q "Device not supported\|Unable to find injection\|error 999" "$OUT/sanitizer.log"; then

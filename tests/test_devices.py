@@ -160,6 +160,17 @@ def test_cuda_device_side_assert_names_the_op_and_argument(case):
     assert message in run.stdout + run.stderr, (run.stdout + run.stderr)[-3000:]
 
 
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+def test_every_op_on_every_cpu_isa_build(isa):
+    # The stubs run the ISA build torch runs (ATEN_CPU_CAPABILITY); each build
+    # holds the launches and kernels of every op (tests/every_op.py).
+    script = os.path.join(os.path.dirname(__file__), "every_op.py")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, TCE_SANITIZE_DEVICE="cpu")
+    run = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert ", 0 wrong" in run.stdout
+
+
 def test_gpu_proof_sees_the_gpu_it_expects():
     """benchmarks/gpu_check.sh sets TEACHCOMPUTE_EXT_REQUIRE_CUDA=1: the suite fails (conftest), and this test
     too, when no GPU is seen, instead of skipping every CUDA test."""

@@ -1,8 +1,12 @@
-"""Every CUDA kernel once, on small inputs that reach each of its code paths,
-forward and backward: the workload benchmarks/gpu_check.sh runs under
-compute-sanitizer --tool memcheck (out-of-bounds and misaligned accesses,
-illegal addresses). Small, because the sanitizer slows every kernel down by
-orders of magnitude. Exits non-zero when a result disagrees with torch.
+"""Every kernel once, on small inputs that reach each of its code paths,
+forward and backward, against torch; exits non-zero when a result disagrees.
+
+- On CUDA (the default), the workload benchmarks/gpu_check.sh runs under
+  compute-sanitizer --tool memcheck (out-of-bounds and misaligned accesses,
+  illegal addresses): small, because the sanitizer slows every kernel down by
+  orders of magnitude.
+- On the CPU (TCE_SANITIZE_DEVICE=cpu), tests/test_devices.py runs it under each
+  ATEN_CPU_CAPABILITY: every per-ISA build holds the launch code and kernels.
 """
 import os
 
