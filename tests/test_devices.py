@@ -138,10 +138,8 @@ BAD_VALUES = {
 @pytest.mark.parametrize("case", list(BAD_VALUES))
 def test_cpu_refuses_bad_indices_and_offsets_with_the_op_and_argument(case):
     expr, message = BAD_VALUES[case]
-    d = "cpu"  # noqa: F841  (used by the expression)
-    t = teachcompute_ext  # noqa: F841
     with pytest.raises((IndexError, ValueError, RuntimeError)) as err:
-        eval(expr)
+        eval(expr, {"torch": torch, "t": teachcompute_ext, "d": "cpu"})
     assert message in str(err.value)
 
 

@@ -5,6 +5,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cstdint>
 #include <cstdio>
@@ -98,6 +99,43 @@ using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 inline int sm_count() {
   return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// Blocks of `threads` for `work` items in a grid-stride loop, capped at
+// blocks_per_sm per SM: the kernel loops over the rest.
+inline int64_t capped_grid(int64_t work, int threads, int blocks_per_sm = 16) {
+  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(work, threads), int64_t(blocks_per_sm) * sm_count()));
+}
+
+// Neighbouring outputs a reduction block covers in x (a power of two up to a
+// warp); the rest of the block's threads reduce in y. A few outputs still get
+// the whole block.
+inline int outputs_per_block(int64_t outputs) {
+  int bx = 1;
+  while (bx < 32 && bx < outputs) bx *= 2;
+  return bx;
+}
+
+// Pieces each reduction of `count` elements is cut into (gridDim.y) so that
+// `blocks` blocks per piece fill the GPU (about 4 blocks per SM), with at
+// least 16 elements per thread of a piece: few outputs and long reductions
+// still use every SM.
+inline int64_t pieces_to_fill(int64_t blocks, int64_t count, int64_t threads_per_output) {
+  constexpr int64_t kMinPerThread = 16, kMaxGridY = 65535;
+  const int64_t target = 4LL * sm_count();
+  if (blocks >= target) return 1;
+  const int64_t by_work = count / (threads_per_output * kMinPerThread);
+  return std::max<int64_t>(1, std::min({target / std::max<int64_t>(blocks, 1), by_work, kMaxGridY}));
+}
+
+// Rows [r0, r1) of piece `piece` of a reduction cut into pieces of piece_len.
+__device__ __forceinline__ void piece_rows(int64_t piece, int64_t piece_len, int64_t n, int64_t& r0, int64_t& r1) {
+  r0 = piece * piece_len;
+  r1 = r0 + piece_len < n ? r0 + piece_len : n;
 }
 
 }  // namespace teachcompute_ext::cuda

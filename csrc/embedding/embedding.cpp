@@ -3,13 +3,13 @@
 // the device's kernel through its stub (embedding.h). Registered for CPU and
 // CUDA alike.
 #include <ATen/DeviceGuard.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 
 #include <vector>
 
+#include "common/autograd.h"
 #include "embedding/embedding.h"
 #include "ops.h"
 
@@ -115,11 +115,9 @@ at::Tensor embedding_bag_composite(const at::Tensor& weight, const at::Tensor& i
                                    const std::optional<at::Tensor>& offsets, c10::string_view mode,
                                    const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,
                                    bool include_last_offset) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("teachcompute_ext::embedding_bag_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
-                           const std::optional<at::Tensor>&, std::optional<int64_t>, bool)>();
+  static auto op = find_op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+      const std::optional<at::Tensor>&, std::optional<int64_t>, bool)>("teachcompute_ext::embedding_bag_forward");
   return std::get<0>(op.call(weight, indices, offsets, mode, psw, padding_idx, include_last_offset));
 }
 

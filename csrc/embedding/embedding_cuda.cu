@@ -24,7 +24,7 @@ namespace {
 constexpr int kThreads = 256;
 
 int64_t grid_for(int64_t work) {
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 16LL * cuda::sm_count()));
+  return cuda::capped_grid(work, kThreads);
 }
 
 #define TCE_GRID_LOOP(i, n)                                                                         \

@@ -7,12 +7,11 @@
 // fused_linear_forward / _backward: checks, outputs and empty cases here, the
 // fused GEMMs in the device's kernel through its stub (matmul.h).
 #include <ATen/DeviceGuard.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/core/grad_mode.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/baddbmm.h>
 #include <ATen/ops/empty.h>
 
+#include "common/autograd.h"
 #include "matmul/matmul.h"
 #include "ops.h"
 
@@ -88,11 +87,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward(const at::T
 
 at::Tensor fused_linear_composite(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                   c10::string_view activation) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("teachcompute_ext::fused_linear_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const std::optional<at::Tensor>&, c10::string_view,
-                                                                 bool)>();
+  static auto op = find_op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view, bool)>(
+      "teachcompute_ext::fused_linear_forward");
   // The pre-activation is kept only when a backward can follow: inference
   // writes one [M, N] tensor, not two.
   const bool grad = at::GradMode::is_enabled() &&

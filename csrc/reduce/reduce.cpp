@@ -28,7 +28,8 @@ at::Tensor vector_sum(const at::Tensor& x) {
 
 namespace {
 
-at::Tensor sum_or_mean(const char* op, const at::Tensor& input, at::OptionalIntArrayRef dim, bool keepdim,
+// sum, mean and logsumexp: one value per output.
+at::Tensor reduce_values(const char* op, const at::Tensor& input, at::OptionalIntArrayRef dim, bool keepdim,
                        ReduceOp rop) {
   check_float_dtype(op, "x", input);
   const at::OptionalDeviceGuard guard(at::device_of(input));
@@ -86,13 +87,13 @@ at::Tensor softmax_backward_impl(const char* op, const at::Tensor& grad, const a
 }  // namespace
 
 at::Tensor reduce_sum(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
-  return sum_or_mean("reduce_sum", x, dim, keepdim, ReduceOp::SUM);
+  return reduce_values("reduce_sum", x, dim, keepdim, ReduceOp::SUM);
 }
 at::Tensor reduce_mean(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
-  return sum_or_mean("reduce_mean", x, dim, keepdim, ReduceOp::MEAN);
+  return reduce_values("reduce_mean", x, dim, keepdim, ReduceOp::MEAN);
 }
 at::Tensor logsumexp(const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
-  return sum_or_mean("logsumexp", x, dim, keepdim, ReduceOp::LOGSUMEXP);
+  return reduce_values("logsumexp", x, dim, keepdim, ReduceOp::LOGSUMEXP);
 }
 std::tuple<at::Tensor, at::Tensor> reduce_max(const at::Tensor& x, int64_t dim, bool keepdim) {
   return max_or_min("reduce_max", x, dim, keepdim, ReduceOp::MAX);

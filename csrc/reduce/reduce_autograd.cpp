@@ -17,9 +17,7 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 at::Tensor vector_sum_redispatch(const at::Tensor& x) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("teachcompute_ext::vector_sum", "")
-                       .typed<at::Tensor(const at::Tensor&)>();
+  static auto op = find_op<at::Tensor(const at::Tensor&)>("teachcompute_ext::vector_sum");
   return op.call(x);
 }
 

@@ -36,8 +36,6 @@ constexpr int kRowThreads = 512;   // threads on one long row
 constexpr int kWarpRows = 8;       // short rows per block, a warp each
 constexpr int kShortRow = 1024;    // rows up to this long get a warp
 constexpr int kTileThreads = 256;  // COLS / GENERAL block
-constexpr int kMinPerThread = 16;  // elements a thread reduces at least before a reduction is split further
-constexpr int64_t kMaxPieces = 65535;  // gridDim.y
 
 struct DimsArg {
   int n;
@@ -160,8 +158,9 @@ __global__ void __launch_bounds__(kThreadsX* kRows)
   using A = acc_type<T>;
   using State = typename Op::State;
   const int64_t piece = blockIdx.y;
-  const int64_t r0 = piece * piece_len;
-  const int64_t n = count - r0 < piece_len ? count - r0 : piece_len;
+  int64_t r0, r1;
+  cuda::piece_rows(piece, piece_len, count, r0, r1);
+  const int64_t n = r1 - r0;
   const int64_t nblocks = (nout + kRows - 1) / kRows;
   for (int64_t rb = blockIdx.x; rb < nblocks; rb += gridDim.x) {  // block-uniform trip count
     const int64_t o = rb * kRows + threadIdx.y;
@@ -197,8 +196,8 @@ __global__ void __launch_bounds__(kTileThreads)
   __shared__ State states[kTileThreads];
   const int bx = blockDim.x, by = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
   const int64_t piece = blockIdx.y;
-  const int64_t r0 = piece * piece_len;
-  const int64_t r1 = r0 + piece_len < count ? r0 + piece_len : count;
+  int64_t r0, r1;
+  cuda::piece_rows(piece, piece_len, count, r0, r1);
   const int64_t nblocks = (nout + bx - 1) / bx;
   for (int64_t ob = blockIdx.x; ob < nblocks; ob += gridDim.x) {  // block-uniform trip count
     const int64_t o = ob * bx + tx;
@@ -231,18 +230,7 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
-// Pieces per output so that the grid fills the GPU (about 4 blocks per SM),
-// with at least kMinPerThread elements per thread of a piece.
-int64_t pieces_for(int64_t blocks, int64_t count, int64_t threads_per_output) {
-  const int64_t target = 4LL * cuda::sm_count();
-  if (blocks >= target) return 1;
-  const int64_t by_work = count / (threads_per_output * kMinPerThread);
-  return std::max<int64_t>(1, std::min({target / blocks, by_work, kMaxPieces}));
-}
+using cuda::ceil_div;
 
 // Grid x: the blocks, capped (each kernel loops over the rest): a grid of one
 // block per output failed at 2^31 outputs.
@@ -265,13 +253,12 @@ void launch(const at::Tensor& x, const ReducePlan& p, const Op& op, at::Tensor& 
     blocks = short_rows ? ceil_div(p.nout, kWarpRows) : p.nout;
     threads_per_output = short_rows ? kWarp : kRowThreads;
   } else {
-    bx = 1;
-    while (bx < 32 && bx < p.nout) bx *= 2;  // neighbouring outputs in x, the rest of the block reduces
+    bx = cuda::outputs_per_block(p.nout);
     by = kTileThreads / bx;
     blocks = ceil_div(p.nout, bx);
     threads_per_output = by;
   }
-  int64_t pieces = pieces_for(blocks, p.count, threads_per_output);
+  int64_t pieces = cuda::pieces_to_fill(blocks, p.count, threads_per_output);
   // Pieces of rows start at a multiple of 16 elements: 16-byte loads stay aligned.
   int64_t piece_len = ceil_div(p.count, pieces);
   if (rows) piece_len = ceil_div(piece_len, 16) * 16;

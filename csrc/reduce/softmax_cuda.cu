@@ -178,7 +178,6 @@ __global__ void __launch_bounds__(kColThreads) bwd_cols(const T* __restrict__ g,
 
 // ---- few long columns: split over blocks ---------------------------------------------------------
 constexpr int kSplitThreads = 256;
-constexpr int64_t kMaxPieces = 65535;  // gridDim.y
 
 // The (bx x by) block, the pieces and their length for cols columns of n rows.
 struct ColSplit {
@@ -187,15 +186,12 @@ struct ColSplit {
 };
 
 ColSplit col_split(int64_t cols, int64_t n) {
-  ColSplit c{1, kSplitThreads, 0, 1, n};
-  while (c.bx < 32 && c.bx < cols) c.bx *= 2;
+  ColSplit c;
+  c.bx = cuda::outputs_per_block(cols);
   c.by = kSplitThreads / c.bx;
-  c.col_blocks = (cols + c.bx - 1) / c.bx;
-  const int64_t target = 4LL * cuda::sm_count();
-  const int64_t by_work = n / (static_cast<int64_t>(c.by) * 16);  // 16 rows a thread at least
-  c.pieces = std::max<int64_t>(1, std::min({target / std::max<int64_t>(c.col_blocks, 1), by_work, kMaxPieces}));
-  c.piece_len = (n + c.pieces - 1) / c.pieces;
-  c.pieces = (n + c.piece_len - 1) / c.piece_len;
+  c.col_blocks = cuda::ceil_div(cols, c.bx);
+  c.piece_len = cuda::ceil_div(n, cuda::pieces_to_fill(c.col_blocks, n, c.by));
+  c.pieces = cuda::ceil_div(n, c.piece_len);
   return c;
 }
 
@@ -215,8 +211,9 @@ __global__ void __launch_bounds__(kSplitThreads)
   __shared__ MaxSum<A> states[kSplitThreads];
   __shared__ A sums[kSplitThreads];
   const int bx = blockDim.x, by = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t piece = blockIdx.y, r0 = piece * piece_len;
-  const int64_t r1 = r0 + piece_len < n ? r0 + piece_len : n;
+  const int64_t piece = blockIdx.y;
+  int64_t r0, r1;
+  cuda::piece_rows(piece, piece_len, n, r0, r1);
   const int64_t nblocks = (cols + bx - 1) / bx;
   for (int64_t cb = blockIdx.x; cb < nblocks; cb += gridDim.x) {  // block-uniform trip count
     const int64_t col = cb * bx + tx;
@@ -261,8 +258,9 @@ __global__ void __launch_bounds__(kSplitThreads)
   using A = acc_type<T>;
   __shared__ A m_sh[32], c_sh[32];  // per column of the block: max and 1 / sum (forward), or the dot
   const int bx = blockDim.x, by = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t piece = blockIdx.y, r0 = piece * piece_len;
-  const int64_t r1 = r0 + piece_len < n ? r0 + piece_len : n;
+  const int64_t piece = blockIdx.y;
+  int64_t r0, r1;
+  cuda::piece_rows(piece, piece_len, n, r0, r1);
   const int64_t nblocks = (cols + bx - 1) / bx;
   for (int64_t cb = blockIdx.x; cb < nblocks; cb += gridDim.x) {  // block-uniform trip count
     const int64_t col = cb * bx + tx;
@@ -324,7 +322,7 @@ void launch_split(const T* a, const T* b, T* out, const SoftmaxShape& sh, bool l
 }
 
 int64_t col_grid(int64_t cols) {
-  return std::max<int64_t>(1, std::min<int64_t>((cols + kColThreads - 1) / kColThreads, 8LL * cuda::sm_count()));
+  return cuda::capped_grid(cols, kColThreads, 8);
 }
 
 // Row grids: capped, the kernels loop over the remaining rows.

@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 int64_t grid_for(int64_t work) {
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 16LL * cuda::sm_count()));
+  return cuda::capped_grid(work, kThreads);
 }
 
 template <typename P>
