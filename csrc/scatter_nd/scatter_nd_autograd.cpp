@@ -40,7 +40,7 @@ c10::SymInt prod(c10::SymIntArrayRef sizes, int64_t begin, int64_t end) {
 // Destination row of each update (negative indices wrapped), flattened.
 at::Tensor rows_of(const at::Tensor& indices, c10::SymIntArrayRef shape) {
   const at::Tensor idx = indices.to(at::kLong);
-  const int64_t k = idx.size(-1);
+  const int64_t k = idx.sym_size(-1).guard_int(__FILE__, __LINE__);
   at::Tensor row = at::zeros_like(idx.select(-1, 0));
   for (int64_t d = 0; d < k; ++d) {
     const at::Tensor v = idx.select(-1, d);
@@ -84,7 +84,7 @@ struct ScatterNdFunction : public torch::autograd::Function<ScatterNdFunction> {
     const at::Tensor indices = ctx->get_saved_variables()[0];
     const at::Tensor& grad = grad_out[0];
     const auto updates_shape = ctx->saved_data["updates_shape"].toSymIntVector();
-    const int64_t k = indices.size(-1);
+    const int64_t k = indices.sym_size(-1).guard_int(__FILE__, __LINE__);
     const at::Tensor rows = rows_of(indices, grad.sym_sizes());
     at::Tensor grad_data, grad_updates;
     if (reduction == "add") {
@@ -129,7 +129,7 @@ struct OfShapeFunction : public torch::autograd::Function<OfShapeFunction> {
     check_differentiable(masked ? "masked_scatter_nd_of_shape" : "scatter_nd_of_shape", reduction);
     const at::Tensor indices = ctx->get_saved_variables()[0];
     const at::Tensor& grad = grad_out[0];
-    const int64_t k = indices.size(-1);
+    const int64_t k = indices.sym_size(-1).guard_int(__FILE__, __LINE__);
     at::Tensor rows = rows_of(indices, grad.sym_sizes());
     at::Tensor keep;
     if (masked) {
