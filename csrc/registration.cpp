@@ -1,91 +1,111 @@
 // Every schema of teachcompute_ext, one comment each, and the kernels behind
 // them: one frontend per op registered for CPU and CUDA alike (it reaches the
-// device's kernel through a stub), the autograd Functions (C++ for every
-// family: csrc/README.md says why) and two composites. Fake kernels are
-// registered from Python, in teachcompute_ext/ops/<family>.py.
+// device's kernel through a stub), the autograd kernels (hand-built nodes in
+// C++ for every family: csrc/README.md says why), the autocast kernels and two
+// composites. Fake kernels and vmap rules are registered from Python, in
+// teachcompute_ext/ops/<family>.py.
 #include <torch/library.h>
 
+#include "common/autocast.h"
 #include "ops.h"
+
+namespace {
+
+// Layout contracts, read by Inductor when it picks the strides of an op's inputs:
+//   kAnyStrides  the kernels read any strides in place (reductions plan from
+//                strides; the GEMMs take row- or column-major operands): no copy
+//                is needed, Inductor keeps whatever layout it makes;
+//   kContiguous  the frontend makes its inputs contiguous (a copy when they are
+//                not): Inductor writes them contiguous in the first place, so
+//                that copy never runs (tests/test_torch_paths.py shows it);
+//   kComposite   decomposed before Inductor sees it.
+const std::vector<at::Tag> kAnyStrides = {at::Tag::pt2_compliant_tag, at::Tag::flexible_layout};
+const std::vector<at::Tag> kContiguous = {at::Tag::pt2_compliant_tag, at::Tag::needs_contiguous_strides};
+const std::vector<at::Tag> kComposite = {at::Tag::pt2_compliant_tag};
+
+}  // namespace
 
 TORCH_LIBRARY(teachcompute_ext, m) {
   // ---- reduce -------------------------------------------------------------
   // Sum of every element of x (any shape, any strides) as a 0-dim tensor of x's dtype.
-  m.def("vector_sum(Tensor x) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("vector_sum(Tensor x) -> Tensor", kAnyStrides);
   // Sum over dims (torch.sum); None or [] reduces every dim.
-  m.def("reduce_sum(Tensor x, int[1]? dim=None, bool keepdim=False) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("reduce_sum(Tensor x, int[1]? dim=None, bool keepdim=False) -> Tensor", kAnyStrides);
   // Mean over dims (torch.mean); NaN over an empty dim.
-  m.def("reduce_mean(Tensor x, int[1]? dim=None, bool keepdim=False) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("reduce_mean(Tensor x, int[1]? dim=None, bool keepdim=False) -> Tensor", kAnyStrides);
   // Max along one dim and the index of its first occurrence (torch.max(x, dim)); NaN wins.
   m.def("reduce_max(Tensor x, int dim, bool keepdim=False) -> (Tensor values, Tensor indices)",
-        {at::Tag::pt2_compliant_tag});
+        kAnyStrides);
   // Min along one dim and the index of its first occurrence (torch.min(x, dim)); NaN wins.
   m.def("reduce_min(Tensor x, int dim, bool keepdim=False) -> (Tensor values, Tensor indices)",
-        {at::Tag::pt2_compliant_tag});
+        kAnyStrides);
   // log(sum(exp(x))) over dims (torch.logsumexp), one online pass.
-  m.def("logsumexp(Tensor x, int[1] dim, bool keepdim=False) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("logsumexp(Tensor x, int[1] dim, bool keepdim=False) -> Tensor", kAnyStrides);
   // softmax of x along dim (torch.softmax); one pass for max and sum, one for the output.
-  m.def("softmax(Tensor x, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("softmax(Tensor x, int dim) -> Tensor", kContiguous);
   // log_softmax of x along dim (torch.log_softmax).
-  m.def("log_softmax(Tensor x, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("log_softmax(Tensor x, int dim) -> Tensor", kContiguous);
   // Gradient of softmax given its output: out * (grad - sum(grad * out, dim)), fused.
-  m.def("softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor", kContiguous);
   // Gradient of log_softmax given its output: grad - exp(out) * sum(grad, dim), fused.
-  m.def("log_softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("log_softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor", kContiguous);
 
   // ---- scatter_nd -----------------------------------------------------------
   // ONNX ScatterND (opset 18) on a copy of data; reduction: none, add, mul, max, min.
   m.def("scatter_nd(Tensor data, Tensor indices, Tensor updates, str reduction=\"none\") -> Tensor",
-        {at::Tag::pt2_compliant_tag});
+        kContiguous);
   // The same, in place on data.
   m.def("scatter_nd_(Tensor(a!) data, Tensor indices, Tensor updates, str reduction=\"none\") -> ()",
-        {at::Tag::pt2_compliant_tag});
+        kAnyStrides);
   // ScatterND into zeros of `shape`: the backward of a gather or an embedding.
   m.def("scatter_nd_of_shape(SymInt[] shape, Tensor indices, Tensor updates, str reduction=\"add\") -> Tensor",
-        {at::Tag::pt2_compliant_tag});
+        kContiguous);
   // scatter_nd_of_shape that skips the updates whose index equals masked_value (padding rows).
   m.def(
       "masked_scatter_nd_of_shape(SymInt[] shape, Tensor indices, Tensor updates, int masked_value, "
       "str reduction=\"add\") -> Tensor",
-      {at::Tag::pt2_compliant_tag});
+      kContiguous);
 
   // ---- embedding ------------------------------------------------------------
   // weight[indices] (torch.nn.functional.embedding); padding_idx gets no gradient.
-  m.def("embedding(Tensor weight, Tensor indices, int? padding_idx=None) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("embedding(Tensor weight, Tensor indices, int? padding_idx=None) -> Tensor", kContiguous);
   // Dense weight gradient of embedding: a deterministic scatter-add of grad rows.
   m.def("embedding_backward(Tensor grad, Tensor indices, SymInt num_weights, int? padding_idx=None) -> Tensor",
-        {at::Tag::pt2_compliant_tag});
+        kContiguous);
   // Bags of embeddings reduced by sum, mean or max (torch.nn.functional.embedding_bag).
   m.def(
       "embedding_bag(Tensor weight, Tensor indices, Tensor? offsets=None, str mode=\"mean\", "
       "Tensor? per_sample_weights=None, int? padding_idx=None, bool include_last_offset=False) -> Tensor",
-      {at::Tag::pt2_compliant_tag});
+      kComposite);
   // embedding_bag and the argmax rows of max mode (empty for sum and mean), kept for the backward.
   m.def(
       "embedding_bag_forward(Tensor weight, Tensor indices, Tensor? offsets, str mode, Tensor? per_sample_weights, "
       "int? padding_idx, bool include_last_offset) -> (Tensor, Tensor)",
-      {at::Tag::pt2_compliant_tag});
+      kContiguous);
   // Gradients of embedding_bag for weight (dense) and per_sample_weights (empty when None).
   m.def(
       "embedding_bag_backward(Tensor grad, Tensor weight, Tensor indices, Tensor? offsets, Tensor max_indices, "
       "str mode, Tensor? per_sample_weights, int? padding_idx, bool include_last_offset) -> (Tensor, Tensor)",
-      {at::Tag::pt2_compliant_tag});
+      kContiguous);
 
   // ---- matmul -----------------------------------------------------------------
-  // alpha * op(a) @ op(b), op transposing the last two dims; batch dims broadcast (torch.matmul).
+  // alpha * op(a) @ op(b), op transposing the last two dims; batch dims broadcast and 1-D operands
+  // as in torch.matmul (a flag on a 1-D operand is ignored).
   m.def("fused_matmul(Tensor a, Tensor b, float alpha=1.0, bool trans_a=False, bool trans_b=False) -> Tensor",
-        {at::Tag::pt2_compliant_tag});
-  // act(x @ weight.T + bias), act in none, relu, gelu, gelu_tanh, silu (F.linear then the activation).
+        kAnyStrides);
+  // act(x @ weight.T + bias), act in none, relu, gelu, gelu_tanh, silu (F.linear then the activation;
+  // a 1-D weight as F.linear's: no out_features dim, a 0-d bias).
   m.def("fused_linear(Tensor x, Tensor weight, Tensor? bias=None, str activation=\"none\") -> Tensor",
-        {at::Tag::pt2_compliant_tag});
+        kComposite);
   // fused_linear and its pre-activation (empty unless save_pre and the activation's backward needs it).
   m.def("fused_linear_forward(Tensor x, Tensor weight, Tensor? bias, str activation, bool save_pre) -> (Tensor, Tensor)",
-        {at::Tag::pt2_compliant_tag});
+        kAnyStrides);
   // Gradients of fused_linear for x, weight, bias from grad and aux (the pre-activation, or the
   // output for relu); grad * act' and the bias sums fused in one pass. Masked-out ones are empty.
   m.def(
       "fused_linear_backward(Tensor grad, Tensor x, Tensor weight, Tensor aux, str activation, bool has_bias, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
-      {at::Tag::pt2_compliant_tag});
+      kContiguous);
 }
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, CompositeImplicitAutograd, m) {
@@ -150,4 +170,25 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
   m.impl("embedding_bag_forward", &teachcompute_ext::embedding_bag_forward_autograd);
   m.impl("fused_matmul", &teachcompute_ext::fused_matmul_autograd);
   m.impl("fused_linear_forward", &teachcompute_ext::fused_linear_forward_autograd);
+}
+
+// Autocast: torch's policy for each op's counterpart (common/autocast.h says which).
+TORCH_LIBRARY_IMPL(teachcompute_ext, AutocastCPU, m) {
+  using teachcompute_ext::autocast_boxed;
+  using teachcompute_ext::AutocastTo;
+  constexpr auto kLower = &autocast_boxed<c10::DeviceType::CPU, AutocastTo::LOWER_PRECISION>;
+  m.impl("fused_matmul", torch::CppFunction::makeFromBoxedFunction<kLower>());
+  m.impl("fused_linear_forward", torch::CppFunction::makeFromBoxedFunction<kLower>());
+}
+
+TORCH_LIBRARY_IMPL(teachcompute_ext, AutocastCUDA, m) {
+  using teachcompute_ext::autocast_boxed;
+  using teachcompute_ext::AutocastTo;
+  constexpr auto kLower = &autocast_boxed<c10::DeviceType::CUDA, AutocastTo::LOWER_PRECISION>;
+  constexpr auto kFloat32 = &autocast_boxed<c10::DeviceType::CUDA, AutocastTo::FLOAT32>;
+  m.impl("fused_matmul", torch::CppFunction::makeFromBoxedFunction<kLower>());
+  m.impl("fused_linear_forward", torch::CppFunction::makeFromBoxedFunction<kLower>());
+  for (const char* op : {"softmax", "log_softmax", "logsumexp", "vector_sum", "reduce_sum"}) {
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<kFloat32>());
+  }
 }

@@ -30,3 +30,14 @@ def close_to_reference(out, ref, abs_sum, dtype):
     eps_acc = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
     tol = eps_out * abs(ref) + 8 * eps_acc * abs_sum + 1e-300
     return abs(float(out) - ref) <= tol, tol
+
+
+def assert_func_grad_matches_autograd(fn, ins, g):
+    """torch.func.grad of sum(fn(*ins) * g) over every input equals torch.autograd.grad's."""
+    loss = lambda *p: (fn(*p) * g).sum()  # noqa: E731
+    got = torch.func.grad(loss, argnums=tuple(range(len(ins))))(*ins)
+    params = [t.clone().requires_grad_() for t in ins]
+    want = torch.autograd.grad(loss(*params), params)
+    for p, q in zip(got, want):
+        torch.testing.assert_close(p, q)
+    return loss

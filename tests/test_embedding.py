@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import teachcompute_ext
-from conftest import DEVICES, FLOAT_DTYPES
+from conftest import DEVICES, FLOAT_DTYPES, assert_func_grad_matches_autograd
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12),
        torch.float16: dict(rtol=2e-3, atol=2e-3), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
@@ -266,3 +266,23 @@ def test_embedding_bag_backward_refuses_what_the_forward_refuses(device):
                     torch.ones(len(off), 4, device=device), w, idx, offsets, torch.empty(0, dtype=torch.long), "sum",
                     None, None, False)
             assert str(fwd.value).split(": ", 1)[1] == str(bwd.value).split(": ", 1)[1]
+
+
+# ---- torch.func transforms: the autograd Nodes are hand-built (no torch::autograd::Function) ----------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["embedding", "embedding_padding", "bag_sum_psw", "bag_mean", "bag_max"])
+def test_torch_func_grad_matches_autograd(case, device):
+    w = _weight(9, 4, torch.float64, device, 16)
+    idx = _indices((12,), 9, device, 17)
+    off = torch.tensor([0, 2, 2, 7], device=device)
+    psw = torch.rand(12, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
+    fns = {
+        "embedding": (lambda ww: teachcompute_ext.embedding(ww * ww, idx.view(3, 4)), (w,)),
+        "embedding_padding": (lambda ww: teachcompute_ext.embedding(ww * ww, idx.view(3, 4), 1), (w,)),
+        "bag_sum_psw": (lambda ww, pp: teachcompute_ext.embedding_bag(ww * ww, idx, off, "sum", pp * pp), (w, psw)),
+        "bag_mean": (lambda ww: teachcompute_ext.embedding_bag(ww * ww, idx, off, "mean"), (w,)),
+        "bag_max": (lambda ww: teachcompute_ext.embedding_bag(ww * ww, idx, off, "max"), (w,)),
+    }
+    fn, ins = fns[case]
+    g = torch.randn(fn(*ins).shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
+    loss = assert_func_grad_matches_autograd(fn, ins, g)

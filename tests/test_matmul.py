@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import teachcompute_ext
-from conftest import DEVICES, FLOAT_DTYPES
+from conftest import DEVICES, FLOAT_DTYPES, assert_func_grad_matches_autograd
 
 ops = torch.ops.teachcompute_ext
 ACTS = {
@@ -193,8 +193,14 @@ def test_fused_matmul_and_linear_bad_input():
     with pytest.raises(ValueError, match=r"unknown activation 'tanh' for argument 'activation' \(expected one of "
                                          r"none, relu, gelu, gelu_tanh, silu\)"):
         fl(x, w, b, "tanh")
-    with pytest.raises(RuntimeError, match=r"fused_linear: argument 'weight' must be 2-D"):
-        fl(x, w[0])
+    with pytest.raises(RuntimeError, match=r"fused_linear: argument 'weight' must be 1-D \[in_features\] or 2-D"):
+        fl(x, w[None])
+    with pytest.raises(RuntimeError, match=r"fused_linear: argument 'weight' must be 1-D \[in_features\] or 2-D"):
+        fl(x, w[0, 0])
+    with pytest.raises(RuntimeError, match=r"fused_linear: argument 'bias' must be 0-d when 'weight' is 1-D"):
+        fl(x, w[0], b[:1])
+    with pytest.raises(RuntimeError, match=r"fused_linear: in_features mismatch"):
+        fl(x, w[0, :4])
     with pytest.raises(TypeError, match=r"fused_linear: unsupported dtype torch.int64 for argument 'x'"):
         fl(x.long(), w.long())
     # devices: the meta device reaches the same checks through the fake kernel
@@ -206,8 +212,12 @@ def test_fused_matmul_and_linear_bad_input():
     fm(x, x, 1.0, False, True)  # a @ a.T is fine
     with pytest.raises(RuntimeError, match=r"fused_matmul: batch dims do not broadcast: 'a' has batch shape \[2\]"):
         fm(torch.randn(2, 3, 4), torch.randn(3, 4, 5))
-    with pytest.raises(RuntimeError, match=r"fused_matmul: argument 'b' must have at least 2 dims"):
-        fm(x, torch.randn(5))
+    with pytest.raises(RuntimeError, match=r"fused_matmul: argument 'b' must have at least 1 dim, got a 0-d tensor"):
+        fm(x, torch.randn(()))
+    with pytest.raises(RuntimeError, match=r"fused_matmul: argument 'a' must have at least 1 dim, got a 0-d tensor"):
+        fm(torch.randn(()), x)
+    with pytest.raises(RuntimeError, match=r"fused_matmul: inner dims do not match: op\(a\) is 1x4"):
+        fm(torch.randn(4), torch.randn(5))
     with pytest.raises(RuntimeError, match=r"fused_matmul: Expected all tensors to be on the same device.*argument 'b' is on meta, 'a' is on cpu"):
         fm(x, torch.randn(5, 2, device="meta"))
     # and inside a compiled graph (fake kernels)
@@ -320,3 +330,192 @@ def test_fused_linear_relu_keeps_nan_as_torch_relu(bias, device):
     ref = torch.relu(F.linear(x, w, b))
     assert torch.equal(out.isnan(), ref.isnan()) and out[2].isnan().all()
     torch.testing.assert_close(out, ref, equal_nan=True)
+
+
+# ---- 1-D operands and zero-size dims follow torch.matmul / F.linear ------------------------------------
+# (a shape, b shape) as stored; a flag on a 1-D operand is ignored (a vector's transpose is the vector),
+# a flag on a matrix transposes it, so the stored shape is op(.)'s transpose then.
+VECTOR_CASES = [((4,), (4,)), ((4,), (4, 3)), ((4,), (2, 4, 3)), ((3, 4), (4,)), ((2, 3, 4), (4,)),
+                ((2, 1, 3, 4), (4,)), ((4,), (5, 2, 4, 3)), ((0,), (0,)), ((0,), (0, 3)), ((3, 0), (0,))]
+
+
+def _vector_inputs(sa, sb, ta, tb, dtype, device, seed):
+    a = _rand(sa, dtype, device, seed)
+    b = _rand(sb, dtype, device, seed + 1)
+    a = a.mT.contiguous() if ta and a.dim() >= 2 else a
+    b = b.mT.contiguous() if tb and b.dim() >= 2 else b
+    return a, b
+
+
+def _matmul_reference(a, b, alpha, ta, tb):
+    A = a.double().mT if ta and a.dim() >= 2 else a.double()
+    B = b.double().mT if tb and b.dim() >= 2 else b.double()
+    return alpha * torch.matmul(A, B)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_fused_matmul_vectors_match_torch_matmul(tb, ta, device):
+    for i, (sa, sb) in enumerate(VECTOR_CASES):
+        a, b = _vector_inputs(sa, sb, ta, tb, torch.float64, device, 40 + i)
+        out = teachcompute_ext.fused_matmul(a, b, 0.75, ta, tb)
+        ref = _matmul_reference(a, b, 0.75, ta, tb)
+        assert out.shape == ref.shape, (sa, sb)
+        torch.testing.assert_close(out, ref, **TOL[torch.float64])
+        # the same with inputs that require grad (the autograd kernel's views), and its gradients
+        pa, pb = a.clone().requires_grad_(), b.clone().requires_grad_()
+        out = teachcompute_ext.fused_matmul(pa, pb, 0.75, ta, tb)
+        ra, rb = a.clone().requires_grad_(), b.clone().requires_grad_()
+        ref = _matmul_reference(ra, rb, 0.75, ta, tb)
+        torch.testing.assert_close(out, ref, **TOL[torch.float64])
+        g = _rand(ref.shape, torch.float64, device, 50 + i)
+        for got, want in zip(torch.autograd.grad(out, (pa, pb), g), torch.autograd.grad(ref, (ra, rb), g)):
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_fused_matmul_vectors_gradcheck(tb, ta, device):
+    for sa, sb in [((4,), (4,)), ((4,), (4, 3)), ((4,), (2, 4, 3)), ((3, 4), (4,)), ((2, 3, 4), (4,))]:
+        a, b = _vector_inputs(sa, sb, ta, tb, torch.float64, device, 7)
+        f = lambda a, b: teachcompute_ext.fused_matmul(a, b, -1.5, ta, tb)  # noqa: E731
+        assert torch.autograd.gradcheck(f, [a.requires_grad_(), b.requires_grad_()])
+        assert torch.autograd.gradgradcheck(f, [a, b])
+
+
+# (a, b, trans_b): empty inner dims (the product is zeros), m = 0, n = 0, batch 0, broadcast batch 0
+ZERO_SIZE_CASES = [((5, 5, 0), (0, 5), False), ((3, 0), (0, 4), False), ((2, 3, 0), (2, 0, 4), False),
+                   ((2, 3, 0), (4, 0), True), ((0, 4), (4, 3), False), ((3, 4), (4, 0), False),
+                   ((0, 3, 4), (4, 5), False), ((0, 3, 4), (1, 4, 5), False), ((2, 3, 4), (0, 1, 4, 5), False),
+                   ((0,), (2, 0, 3), False)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_matmul_zero_size_dims(device):
+    for i, (sa, sb, tb) in enumerate(ZERO_SIZE_CASES):
+        a = _rand(sa, torch.float64, device, 60 + i).requires_grad_()
+        b = _rand(sb, torch.float64, device, 70 + i).requires_grad_()
+        out = teachcompute_ext.fused_matmul(a, b, 2.0, False, tb)
+        ref = _matmul_reference(a, b, 2.0, False, tb)
+        assert out.shape == ref.shape, (sa, sb)
+        torch.testing.assert_close(out, ref)
+        with torch.no_grad():
+            torch.testing.assert_close(teachcompute_ext.fused_matmul(a, b, 2.0, False, tb), ref.detach())
+        g = torch.ones_like(ref)
+        for got, want in zip(torch.autograd.grad(out, (a, b), g), torch.autograd.grad(ref, (a, b), g)):
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want)
+    a = torch.zeros(3, 0, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.zeros(0, 2, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: teachcompute_ext.fused_matmul(a, b), [a, b])
+
+
+def _linear_ref(x, w, b):
+    # F.linear refuses a 0-d bias with a 1-D weight for a 2-D x (its addmm path): the same sum written out
+    out = F.linear(x, w)
+    return out if b is None else out + b
+
+
+LINEAR_VECTOR_X = [(4,), (3, 4), (2, 3, 4), (0, 4), (2, 0, 4), (3, 0)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_linear_vector_weight_matches_f_linear(bias, act, device):
+    for i, xs in enumerate(LINEAR_VECTOR_X):
+        x = _rand(xs, torch.float64, device, 80 + i)
+        w = _rand(xs[-1:], torch.float64, device, 90 + i)
+        b = _rand((), torch.float64, device, 100 + i) if bias else None
+        if bias and len(xs) != 2:
+            # where F.linear takes this bias, it agrees with the sum written out
+            torch.testing.assert_close(F.linear(x, w, b), _linear_ref(x, w, b))
+        params = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+        out = teachcompute_ext.fused_linear(params[0], params[1], params[2] if bias else None, act)
+        refs = [t.clone().requires_grad_() for t in params]
+        ref = ACTS[act](_linear_ref(refs[0], refs[1], refs[2] if bias else None))
+        assert out.shape == ref.shape == xs[:-1]
+        torch.testing.assert_close(out, ref, **TOL[torch.float64])
+        with torch.no_grad():
+            torch.testing.assert_close(teachcompute_ext.fused_linear(x, w, b, act), ref.detach(), **TOL[torch.float64])
+        if out.numel():
+            g = _rand(out.shape, torch.float64, device, 110 + i)
+            for got, want in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, refs, g)):
+                torch.testing.assert_close(got, want, **TOL[torch.float64])
+        if len(xs) <= 2 and act != "relu":  # relu: gradcheck's finite difference crosses the kink
+            assert torch.autograd.gradcheck(lambda *p: teachcompute_ext.fused_linear(
+                p[0], p[1], p[2] if bias else None, act), refs)
+    # the 2-D weight takes no 0-d bias (it needs [out_features])
+    with pytest.raises(RuntimeError, match=r"fused_linear: argument 'bias' must have shape \[3\]"):
+        teachcompute_ext.fused_linear(x, _rand((3, xs[-1]), torch.float64, device, 1), torch.zeros((), device=device,
+                                                                                                    dtype=torch.float64))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vector_and_zero_size_opcheck(device):
+    for sa, sb, ta, tb in [((4,), (4,), True, True), ((4,), (2, 3, 4), False, True), ((2, 4, 3), (4,), True, False),
+                           ((5, 5, 0), (0, 5), False, False), ((0, 3, 4), (4, 5), False, False)]:
+        a, b = _rand(sa, torch.float64, device, 1), _rand(sb, torch.float64, device, 2)
+        torch.library.opcheck(ops.fused_matmul, (a.requires_grad_(), b.requires_grad_(), 0.5, ta, tb))
+    for xs in [(4,), (3, 4), (2, 3, 4)]:
+        x, w, b = _rand(xs, torch.float64, device, 3), _rand((4,), torch.float64, device, 4), \
+            _rand((), torch.float64, device, 5)
+        for act in ("gelu", "relu"):
+            for save_pre in (True, False):
+                torch.library.opcheck(ops.fused_linear_forward,
+                                      (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), act, save_pre))
+        torch.library.opcheck(ops.fused_linear, (x, w, None, "silu"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vector_cases_torch_compile_fullgraph_dynamic(device):
+    torch._dynamo.reset()
+
+    def f(v, m, x, w, b):
+        return (teachcompute_ext.fused_matmul(v, m, 2.0, False, True).sum()
+                + teachcompute_ext.fused_matmul(m, v).sum() + teachcompute_ext.fused_matmul(v, v)
+                + teachcompute_ext.fused_linear(x, w, b, "gelu").sum())
+
+    cf = torch.compile(f, fullgraph=True, dynamic=True)
+    for k in (3, 8, 17):
+        ins = [_rand(s, torch.float64, device, k + j).requires_grad_()
+               for j, s in enumerate([(k,), (2, 5, k), (4, k), (k,), ()])]
+        got, want = cf(*ins), f(*ins)
+        torch.testing.assert_close(got, want)
+        for p, q in zip(torch.autograd.grad(got, ins), torch.autograd.grad(want, ins)):
+            torch.testing.assert_close(p, q)
+    # an empty inner dim, compiled
+    a, b = _rand((5, 5, 0), torch.float64, device, 1), _rand((0, 5), torch.float64, device, 2)
+    torch.testing.assert_close(torch.compile(teachcompute_ext.fused_matmul, fullgraph=True, dynamic=True)(a, b),
+                               torch.zeros(5, 5, 5, dtype=torch.float64, device=device))
+
+
+# ---- torch.func transforms: the autograd Nodes are hand-built (no torch::autograd::Function) ----------
+FUNC_CASES = {
+    "matmul": (lambda a, b: teachcompute_ext.fused_matmul(a, b, 0.5, False, True), [(3, 4), (2, 5, 4)]),
+    "matmul_batched_b2d": (lambda a, b: teachcompute_ext.fused_matmul(a, b, 1.5, True, False), [(2, 4, 3), (4, 5)]),
+    "matmul_vectors": (lambda a, b: teachcompute_ext.fused_matmul(a, b), [(4,), (2, 4, 3)]),
+    "linear_none": (lambda x, w, b: teachcompute_ext.fused_linear(x, w, b), [(3, 4), (5, 4), (5,)]),
+    "linear_gelu": (lambda x, w, b: teachcompute_ext.fused_linear(x, w, b, "gelu"), [(2, 3, 4), (5, 4), (5,)]),
+    "linear_relu": (lambda x, w: teachcompute_ext.fused_linear(x, w, None, "relu"), [(3, 4), (5, 4)]),
+    "linear_silu_vector_weight": (lambda x, w, b: teachcompute_ext.fused_linear(x, w, b, "silu"), [(3, 4), (4,), ()]),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(FUNC_CASES))
+def test_torch_func_grad_matches_autograd(case, device):
+    fn, shapes = FUNC_CASES[case]
+    ins = [_rand(s, torch.float64, device, 120 + i) for i, s in enumerate(shapes)]
+    out_shape = fn(*ins).shape
+    g = _rand(out_shape, torch.float64, device, 130)
+    loss = assert_func_grad_matches_autograd(fn, ins, g)
+    # and a second order: the gradient of a gradient's norm (the backward ops are differentiable)
+    if case.startswith("matmul"):
+        gg = torch.func.grad(lambda a, b: torch.func.grad(loss)(a, b).pow(2).sum(), argnums=1)(*ins)
+        pa, pb = [t.clone().requires_grad_() for t in ins]
+        (ga,) = torch.autograd.grad(loss(pa, pb), (pa,), create_graph=True)
+        torch.testing.assert_close(gg, torch.autograd.grad(ga.pow(2).sum(), pb)[0])

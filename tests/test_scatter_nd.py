@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import teachcompute_ext
-from conftest import DEVICES
+from conftest import DEVICES, assert_func_grad_matches_autograd
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
@@ -348,3 +348,115 @@ def test_masked_scatter_backward_skips_masked_indices_out_of_range(reduction, de
     torch.testing.assert_close(gu, ref)
     torch.autograd.gradcheck(lambda u: teachcompute_ext.masked_scatter_nd_of_shape([6, 4], idx, u, 1000, reduction),
                              (upd,))
+
+
+# ---- integer and bool data ------------------------------------------------------------------
+INT_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+
+
+def _loop_reference(data, indices, updates, reduction):
+    """ScatterND one update at a time in numpy, in data's own integer type (add and mul wrap)."""
+    out = data.cpu().numpy().copy()
+    idx = indices.cpu().numpy().reshape(-1, indices.shape[-1])
+    upd = updates.cpu().numpy().reshape(idx.shape[0], *data.shape[indices.shape[-1]:])
+    with np.errstate(over="ignore"):
+        for i in range(idx.shape[0]):
+            t = tuple(idx[i])
+            if reduction == "none":
+                out[t] = upd[i]
+            elif reduction == "add":
+                out[t] = out[t] + upd[i]
+            elif reduction == "mul":
+                out[t] = out[t] * upd[i]
+            elif reduction == "max":
+                out[t] = np.maximum(out[t], upd[i])
+            else:
+                out[t] = np.minimum(out[t], upd[i])
+    return torch.from_numpy(out)
+
+
+def _int_case(dtype, device, k, seed, shape=(6, 5, 4), n=40):
+    g = torch.Generator().manual_seed(seed)
+    low = -100 if dtype.is_signed else 0
+    data = torch.randint(low, 100, shape, generator=g).to(dtype)
+    indices = torch.stack([torch.randint(0, shape[d], (n,), generator=g) for d in range(k)], -1)
+    updates = torch.randint(low, 100, (n, *shape[k:]), generator=g).to(dtype)
+    return data.to(device), indices.to(device), updates.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_scatter_nd_integer_data(reduction, k, dtype, device):
+    data, indices, updates = _int_case(dtype, device, k, seed=k * 10 + len(reduction))
+    ref = _loop_reference(data, indices, updates, reduction)  # duplicates: many (40 updates, 6 or 30 rows)
+    out = teachcompute_ext.scatter_nd(data, indices, updates, reduction)
+    assert out.dtype == dtype and torch.equal(out.cpu(), ref)
+    inplace = data.clone()
+    teachcompute_ext.scatter_nd_(inplace, indices, updates, reduction)
+    assert torch.equal(inplace.cpu(), ref)
+    zeros = torch.zeros_like(data)
+    of_shape = teachcompute_ext.scatter_nd_of_shape(list(data.shape), indices, updates, reduction)
+    assert torch.equal(of_shape.cpu(), _loop_reference(zeros, indices, updates, reduction))
+    if k == 1:
+        masked = teachcompute_ext.masked_scatter_nd_of_shape(list(data.shape), indices, updates, 2, reduction)
+        keep = indices[:, 0] != 2
+        assert torch.equal(masked.cpu(), _loop_reference(zeros, indices[keep], updates[keep], reduction))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scatter_nd_bool_data_none_only(device):
+    g = torch.Generator().manual_seed(4)
+    data = (torch.rand(7, 3, generator=g) > 0.5).to(device)
+    indices = torch.randint(0, 7, (12, 1), generator=g).to(device)
+    updates = (torch.rand(12, 3, generator=g) > 0.5).to(device)
+    out = teachcompute_ext.scatter_nd(data, indices, updates, "none")
+    assert out.dtype == torch.bool and torch.equal(out.cpu(), _loop_reference(data, indices, updates, "none"))
+    for reduction in ("add", "mul", "max", "min"):
+        with pytest.raises(TypeError, match=f"teachcompute_ext.scatter_nd: reduction '{reduction}' is not supported "
+                                            "for bool data"):
+            teachcompute_ext.scatter_nd(data, indices, updates, reduction)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.bool])
+def test_scatter_nd_integer_opcheck_and_compile(dtype):
+    data, indices, updates = _int_case(torch.int64, "cpu", 1, seed=5)
+    data, updates = data.to(dtype), updates.to(dtype)
+    ops = torch.ops.teachcompute_ext
+    torch.library.opcheck(ops.scatter_nd.default, (data, indices, updates, "none"))
+    torch.library.opcheck(ops.scatter_nd_of_shape.default, ([6, 5, 4], indices, updates, "none"))
+    if dtype != torch.bool:
+        torch.library.opcheck(ops.scatter_nd.default, (data, indices, updates, "add"))
+    torch._dynamo.reset()
+    f = torch.compile(lambda d, i, u: teachcompute_ext.scatter_nd(d, i, u, "none"), fullgraph=True, dynamic=True)
+    assert torch.equal(f(data, indices, updates), _loop_reference(data, indices, updates, "none"))
+
+
+def test_scatter_nd_refuses_other_dtypes_clearly():
+    data = torch.zeros(4, 2, dtype=torch.complex64)
+    with pytest.raises(TypeError, match="teachcompute_ext.scatter_nd: unsupported dtype torch.complex64 for argument "
+                                        "'data'"):
+        teachcompute_ext.scatter_nd(data, torch.tensor([[1]]), torch.zeros(1, 2, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="'updates' has dtype torch.int32 but 'data' has dtype torch.int64"):
+        teachcompute_ext.scatter_nd(torch.zeros(4, 2, dtype=torch.int64), torch.tensor([[1]]),
+                                    torch.zeros(1, 2, dtype=torch.int32))
+
+
+# ---- torch.func transforms: the autograd Nodes are hand-built (no torch::autograd::Function) ----------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "add"])
+@pytest.mark.parametrize("op", ["scatter_nd", "scatter_nd_of_shape", "masked_scatter_nd_of_shape"])
+def test_torch_func_grad_matches_autograd(op, reduction, device):
+    data, idx, upd = _case((6, 4), 1, 8, 9, torch.float64, device)  # duplicates included
+    midx = idx.clone()
+    midx[1::3] = -1
+    fns = {
+        "scatter_nd": (lambda d, u: teachcompute_ext.scatter_nd(d * d, idx, u * u, reduction), (data, upd)),
+        "scatter_nd_of_shape": (lambda u: teachcompute_ext.scatter_nd_of_shape([6, 4], idx, u * u, reduction), (upd,)),
+        "masked_scatter_nd_of_shape": (
+            lambda u: teachcompute_ext.masked_scatter_nd_of_shape([6, 4], midx, u * u, -1, reduction), (upd,)),
+    }
+    fn, ins = fns[op]
+    g = torch.randn(6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
+    loss = assert_func_grad_matches_autograd(fn, ins, g)

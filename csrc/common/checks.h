@@ -28,6 +28,18 @@ inline void check_float_dtype(const char* op, const char* arg, const at::Tensor&
                    "' (expected float32, float64, float16 or bfloat16)");
 }
 
+// The integer and bool dtypes of the ops that torch also computes on them
+// (sums, max/min, ScatterND): uint8, int8, int16, int32, int64, bool.
+inline bool is_supported_int(c10::ScalarType t) {
+  return t == at::kBool || t == at::kByte || t == at::kChar || t == at::kShort || t == at::kInt || t == at::kLong;
+}
+
+inline void check_float_or_int_dtype(const char* op, const char* arg, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()) || is_supported_int(t.scalar_type()), "teachcompute_ext.", op,
+                   ": unsupported dtype ", dtype_name(t.scalar_type()), " for argument '", arg,
+                   "' (expected float32, float64, float16, bfloat16, uint8, int8, int16, int32, int64 or bool)");
+}
+
 // Every tensor argument must live on the device of the op's first tensor
 // argument, as in torch: a CPU pointer handed to a CUDA kernel is an illegal
 // address that loses the process's CUDA context. Torch's words, then ours.

@@ -1,7 +1,8 @@
-// Autograd of the embedding family (C++ autograd Functions, the rule of every
-// family: csrc/README.md). The weight gradients are the dense backward ops
+// Autograd of the embedding family (hand-built autograd Nodes, the rule of
+// every family: csrc/README.md). The weight gradients are the dense backward ops
 // embedding_backward and embedding_bag_backward; indices and offsets get none.
-#include <torch/csrc/autograd/custom_function.h>
+#include <mutex>
+#include <string>
 
 #include "common/autograd.h"
 #include "ops.h"
@@ -9,7 +10,8 @@
 namespace teachcompute_ext {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
 using EmbeddingSig = at::Tensor(const at::Tensor&, const at::Tensor&, std::optional<int64_t>);
@@ -35,74 +37,71 @@ std::tuple<at::Tensor, at::Tensor> call_bag(const at::Tensor& weight, const at::
   return op.call(weight, indices, offsets, mode, psw, padding_idx, include_last_offset);
 }
 
-c10::IValue optional_int(std::optional<int64_t> v) {
-  return v.has_value() ? c10::IValue(*v) : c10::IValue();
-}
-
-std::optional<int64_t> to_optional_int(const c10::IValue& v) {
-  return v.isNone() ? std::nullopt : std::optional<int64_t>(v.toInt());
-}
-
-struct EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& indices,
-                            std::optional<int64_t> padding_idx) {
-    ctx->save_for_backward({indices});
-    ctx->saved_data["num"] = c10::IValue(weight.sym_size(0));  // a SymInt under torch.compile
-    ctx->saved_data["padding_idx"] = optional_int(padding_idx);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return call_embedding(weight, indices, padding_idx);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+// One next edge: weight.
+struct EmbeddingBackward : Node {
+  SavedVariable indices_;
+  c10::SymInt num = 0;  // a SymInt under torch.compile
+  std::optional<int64_t> padding_idx;
+  variable_list apply(variable_list&& grads) override {
     static auto op = find_op<EmbeddingBackwardSig>("teachcompute_ext::embedding_backward");
-    const at::Tensor indices = ctx->get_saved_variables()[0];
-    const at::Tensor gw = op.call(grad_out[0], indices, ctx->saved_data["num"].toSymInt(),
-                                  to_optional_int(ctx->saved_data["padding_idx"]));
-    return {gw, at::Tensor(), at::Tensor()};
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return {at::Tensor()};
+    return {op.call(grads[0], indices_.unpack(), num, padding_idx)};
   }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    indices_.reset_data();
+  }
+  std::string name() const override { return "EmbeddingBackward"; }
 };
 
-// embedding_bag_forward -> (bags, argmax): weight and per_sample_weights get gradients.
-struct BagFunction : public torch::autograd::Function<BagFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& indices,
-                               const std::optional<at::Tensor>& offsets, c10::string_view mode,
-                               const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,
-                               bool include_last_offset) {
-    at::Tensor out, argmax;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(out, argmax) = call_bag(weight, indices, offsets, mode, psw, padding_idx, include_last_offset);
-    }
-    ctx->save_for_backward({weight, indices, offsets.value_or(at::Tensor()), argmax, psw.value_or(at::Tensor())});
-    ctx->saved_data["mode"] = std::string(mode);
-    ctx->saved_data["padding_idx"] = optional_int(padding_idx);
-    ctx->saved_data["include_last_offset"] = include_last_offset;
-    ctx->mark_non_differentiable({argmax});
-    return {out, argmax};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+// embedding_bag_forward -> (bags, argmax): next edges weight and
+// per_sample_weights (an empty edge when absent); argmax gets no history.
+struct BagBackward : Node {
+  SavedVariable weight_, indices_, offsets_, argmax_, psw_;
+  std::string mode;
+  std::optional<int64_t> padding_idx;
+  bool include_last_offset = false;
+  variable_list apply(variable_list&& grads) override {
     static auto op = find_op<BagBackwardSig>("teachcompute_ext::embedding_bag_backward");
-    const auto saved = ctx->get_saved_variables();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
     const auto opt = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-    const std::string mode = ctx->saved_data["mode"].toStringRef();
-    auto [gw, gpsw] = op.call(grad_out[0], saved[0], saved[1], opt(saved[2]), saved[3], mode, opt(saved[4]),
-                              to_optional_int(ctx->saved_data["padding_idx"]),
-                              ctx->saved_data["include_last_offset"].toBool());
-    // needs_input_grad counts the tensor inputs only: weight, indices, offsets (when given), psw.
-    const size_t psw_edge = saved[2].defined() ? 3 : 2;
-    return {ctx->needs_input_grad(0) ? gw : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            saved[4].defined() && ctx->needs_input_grad(psw_edge) ? gpsw : at::Tensor(), at::Tensor(), at::Tensor()};
+    const at::Tensor psw = psw_.unpack();
+    auto [gw, gpsw] = op.call(grads[0], weight_.unpack(), indices_.unpack(), opt(offsets_.unpack()),
+                              argmax_.unpack(), mode, opt(psw), padding_idx, include_last_offset);
+    return {task_should_compute_output(0) ? gw : at::Tensor(),
+            psw.defined() && task_should_compute_output(1) ? gpsw : at::Tensor()};
   }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    weight_.reset_data();
+    indices_.reset_data();
+    offsets_.reset_data();
+    argmax_.reset_data();
+    psw_.reset_data();
+  }
+  std::string name() const override { return "EmbeddingBagBackward"; }
 };
 
 }  // namespace
 
 at::Tensor embedding_autograd(const at::Tensor& weight, const at::Tensor& indices,
                               std::optional<int64_t> padding_idx) {
-  if (!needs_grad(weight)) {
+  at::Tensor out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_embedding(weight, indices, padding_idx);
+    out = call_embedding(weight, indices, padding_idx);
   }
-  return EmbeddingFunction::apply(weight, indices, padding_idx);
+  if (needs_grad(weight)) {
+    auto node = make_node<EmbeddingBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(weight));
+    node->indices_ = SavedVariable(indices, /*is_output=*/false);
+    node->num = weight.sym_size(0);
+    node->padding_idx = padding_idx;
+    torch::autograd::set_history(out, node);
+  }
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_autograd(const at::Tensor& weight, const at::Tensor& indices,
@@ -111,12 +110,25 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_autograd(const at::Tens
                                                                   const std::optional<at::Tensor>& psw,
                                                                   std::optional<int64_t> padding_idx,
                                                                   bool include_last_offset) {
-  if (!needs_grad(weight) && !needs_grad(psw)) {
+  at::Tensor out, argmax;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_bag(weight, indices, offsets, mode, psw, padding_idx, include_last_offset);
+    std::tie(out, argmax) = call_bag(weight, indices, offsets, mode, psw, padding_idx, include_last_offset);
   }
-  auto outs = BagFunction::apply(weight, indices, offsets, mode, psw, padding_idx, include_last_offset);
-  return {outs[0], outs[1]};
+  if (needs_grad(weight) || needs_grad(psw)) {
+    auto node = make_node<BagBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(weight, psw));
+    node->weight_ = SavedVariable(weight, /*is_output=*/false);
+    node->indices_ = SavedVariable(indices, /*is_output=*/false);
+    node->offsets_ = save_input(offsets);
+    node->argmax_ = SavedVariable(argmax, /*is_output=*/false);  // no history: no cycle
+    node->psw_ = save_input(psw);
+    node->mode = std::string(mode);
+    node->padding_idx = padding_idx;
+    node->include_last_offset = include_last_offset;
+    torch::autograd::set_history(out, node);
+  }
+  return {out, argmax};
 }
 
 }  // namespace teachcompute_ext

@@ -10,6 +10,7 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/baddbmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include "common/autograd.h"
 #include "matmul/matmul.h"
@@ -23,24 +24,26 @@ TCE_DEFINE_STUB(fused_linear_backward_stub, fused_linear_backward_kernel);
 at::Tensor fused_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, bool trans_a, bool trans_b) {
   const MatmulShape s = check_matmul("fused_matmul", a, b, trans_a, trans_b);
   const at::OptionalDeviceGuard guard(at::device_of(a));
-  // Transposed views: BLAS reads them through its transpose flag, no copy.
-  const at::Tensor A = trans_a ? a.mT() : a;
-  const at::Tensor B = trans_b ? b.mT() : b;
-  std::vector<int64_t> out_shape = s.batch;
-  out_shape.push_back(s.m);
-  out_shape.push_back(s.n);
+  // Empty outputs, and k = 0 (a sum of no products: zeros), never reach the
+  // GEMM: its reshapes cannot infer a dim from 0 elements.
+  if (c10::multiply_integers(s.out) == 0) return at::empty(s.out, a.options());
+  if (s.k == 0) return at::zeros(s.out, a.options());
+  // Vectors as [1, k] and [k, 1] views; transposed views: BLAS reads them
+  // through its transpose flag, no copy.
+  const at::Tensor A = s.a_vec ? a.unsqueeze(0) : (trans_a ? a.mT() : a);
+  const at::Tensor B = s.b_vec ? b.unsqueeze(1) : (trans_b ? b.mT() : b);
   if (s.batch.empty()) {
     at::Tensor out = at::empty({s.m, s.n}, a.options());
-    // beta = 0: the uninitialized out is never read (BLAS semantics), and a
-    // k = 0 product gives zeros.
-    return at::addmm_out(out, out, A, B, /*beta=*/0, alpha);
+    // beta = 0: the uninitialized out is never read (BLAS semantics).
+    at::addmm_out(out, out, A, B, /*beta=*/0, alpha);
+    return s.a_vec || s.b_vec ? out.view(s.out) : out;  // no view op when none is needed: 0.4 us a call
   }
-  if (b.dim() == 2 && !trans_a) {
+  if (B.dim() == 2 && !trans_a) {
     // A batch of a against one matrix is a single GEMM with m * batch rows:
     // one large call instead of many small ones (torch.matmul folds the same way).
     at::Tensor out = at::empty({c10::multiply_integers(s.batch) * s.m, s.n}, a.options());
     at::addmm_out(out, out, A.reshape({-1, s.k}), B, 0, alpha);
-    return out.view(out_shape);
+    return out.view(s.out);
   }
   auto batched = [&](const at::Tensor& t, int64_t r, int64_t c) {
     std::vector<int64_t> shape = s.batch;
@@ -51,7 +54,7 @@ at::Tensor fused_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, 
   const at::Tensor A3 = batched(A, s.m, s.k), B3 = batched(B, s.k, s.n);
   at::Tensor out = at::empty({A3.size(0), s.m, s.n}, a.options());
   at::baddbmm_out(out, out, A3, B3, 0, alpha);
-  return out.view(out_shape);
+  return out.view(s.out);
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_linear_forward(const at::Tensor& x, const at::Tensor& weight,
@@ -64,10 +67,12 @@ std::tuple<at::Tensor, at::Tensor> fused_linear_forward(const at::Tensor& x, con
   at::Tensor out = at::empty({s.m, s.n}, x.options());
   const bool keep_pre = save_pre && act_needs_pre(act);
   at::Tensor pre = at::empty({keep_pre ? s.m : 0, keep_pre ? s.n : 0}, x.options());
-  const auto out_shape = linear_out_shape(x, s.n);
+  const auto out_shape = linear_out_shape(x, s);
   if (s.m > 0 && s.n > 0) {
-    fused_linear_stub(x.device().type(), x.reshape({s.m, s.k}), weight, bias.has_value() ? *bias : at::Tensor(), act,
-                      out, pre);
+    // A 1-D weight is one output feature: [1, k] and its 0-d bias [1], views.
+    const at::Tensor w2 = s.vector_weight ? weight.unsqueeze(0) : weight;
+    const at::Tensor b2 = !bias.has_value() ? at::Tensor() : (s.vector_weight ? bias->reshape({1}) : *bias);
+    fused_linear_stub(x.device().type(), x.reshape({s.m, s.k}), w2, b2, act, out, pre);
   }
   return {out.view(out_shape), keep_pre ? pre.view(out_shape) : pre};
 }

@@ -49,36 +49,50 @@ inline void check_same(const char* op, const char* what, const at::Tensor& t, co
 }
 
 // x [..., in], weight [out, in], bias [out]: checks and returns (M, N, K) with
-// M the product of x's leading dims.
+// M the product of x's leading dims. A 1-D weight [in] is F.linear's: the
+// output has no out_features dim (N = 1 inside, dropped from the shape) and a
+// bias must then be 0-d (F.linear accepts that bias for 1-D and 3-D+ x; we
+// accept it for every x, where F.linear's 2-D x fails inside addmm).
+// fused_linear_backward takes the 2-D form only (vector_weight = false): the
+// autograd kernel passes a 1-D weight to it as [1, in].
 struct LinearShape {
   int64_t m, n, k;
+  bool vector_weight;  // weight is 1-D: N = 1, not in the output shape
 };
 
 inline LinearShape check_linear(const char* op, const at::Tensor& x, const at::Tensor& weight,
-                                const std::optional<at::Tensor>& bias) {
+                                const std::optional<at::Tensor>& bias, bool vector_weight_ok = true) {
   check_float_dtype(op, "x", x);
   check_float_dtype(op, "weight", weight);
-  TORCH_CHECK(weight.dim() == 2, "teachcompute_ext.", op, ": argument 'weight' must be 2-D [out_features, in_features], got shape ",
-              weight.sizes());
+  TORCH_CHECK(weight.dim() == 2 || (vector_weight_ok && weight.dim() == 1), "teachcompute_ext.", op,
+              ": argument 'weight' must be ", vector_weight_ok ? "1-D [in_features] or " : "",
+              "2-D [out_features, in_features], got shape ", weight.sizes());
   TORCH_CHECK(x.dim() >= 1, "teachcompute_ext.", op, ": argument 'x' must have at least 1 dim [..., in_features], got a 0-d tensor");
   check_same(op, "weight", weight, "x", x);
-  TORCH_CHECK(x.size(-1) == weight.size(1), "teachcompute_ext.", op, ": in_features mismatch: 'x' has shape ",
+  const int64_t k = weight.size(-1);
+  TORCH_CHECK(x.size(-1) == k, "teachcompute_ext.", op, ": in_features mismatch: 'x' has shape ",
               x.sizes(), " (last dim ", x.size(-1), ") but 'weight' has shape ", weight.sizes(), " (in_features ",
-              weight.size(1), ")");
+              k, ")");
+  const bool vec = weight.dim() == 1;
   if (bias.has_value()) {
     check_same(op, "bias", *bias, "x", x);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "teachcompute_ext.", op,
-                ": argument 'bias' must have shape [", weight.size(0), "] (out_features), got ", bias->sizes());
+    if (vec) {
+      TORCH_CHECK(bias->dim() == 0, "teachcompute_ext.", op,
+                  ": argument 'bias' must be 0-d when 'weight' is 1-D (no out_features), got shape ", bias->sizes());
+    } else {
+      TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "teachcompute_ext.", op,
+                  ": argument 'bias' must have shape [", weight.size(0), "] (out_features), got ", bias->sizes());
+    }
   }
-  const int64_t k = weight.size(1);
   const int64_t m = k > 0 ? x.numel() / k : c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
-  return {m, weight.size(0), k};
+  return {m, vec ? 1 : weight.size(0), k, vec};
 }
 
-inline std::vector<int64_t> linear_out_shape(const at::Tensor& x, int64_t n) {
-  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
-  s.back() = n;
-  return s;
+// x's leading dims, then out_features unless the weight is 1-D.
+inline std::vector<int64_t> linear_out_shape(const at::Tensor& x, const LinearShape& s) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  if (!s.vector_weight) shape.push_back(s.n);
+  return shape;
 }
 
 // fused_linear_backward's checked arguments and its three outputs, allocated;
@@ -95,14 +109,14 @@ struct LinearBackward {
 
   LinearBackward(const char* op, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                  const at::Tensor& aux, c10::string_view activation, bool has_bias, std::array<bool, 3> mask)
-      : s(check_linear(op, x, weight, std::nullopt)),
+      : s(check_linear(op, x, weight, std::nullopt, /*vector_weight_ok=*/false)),
         act(parse_activation(op, activation)),
         want_x(mask[0]),
         want_w(mask[1]),
         want_b(mask[2] && has_bias),
         x_shape(x.sizes().begin(), x.sizes().end()) {
     check_same(op, "grad", grad, "x", x);
-    const auto out_shape = linear_out_shape(x, s.n);
+    const auto out_shape = linear_out_shape(x, s);
     TORCH_CHECK(grad.sizes() == at::IntArrayRef(out_shape), "teachcompute_ext.", op, ": argument 'grad' has shape ",
                 grad.sizes(), " but the output has shape ", at::IntArrayRef(out_shape));
     if (act != Act::None) {
@@ -126,23 +140,31 @@ struct LinearBackward {
   }
 };
 
-// fused_matmul: op(a) is a, or a with its last two dims swapped.
+// fused_matmul: op(a) is a, or a with its last two dims swapped. 1-D operands
+// follow torch.matmul: a vector a is [1, k], a vector b is [k, 1], their 1 is
+// not in the output shape, and a transpose flag on a vector is ignored (the
+// transpose of a vector is the vector).
 struct MatmulShape {
   std::vector<int64_t> batch;  // broadcast batch dims
   int64_t m, n, k;
+  bool a_vec, b_vec;           // 1-D operands
+  std::vector<int64_t> out;    // batch, then m unless a_vec, then n unless b_vec
 };
 
 inline MatmulShape check_matmul(const char* op, const at::Tensor& a, const at::Tensor& b, bool trans_a, bool trans_b) {
   check_float_dtype(op, "a", a);
   check_float_dtype(op, "b", b);
   check_same(op, "b", b, "a", a);
-  TORCH_CHECK(a.dim() >= 2, "teachcompute_ext.", op, ": argument 'a' must have at least 2 dims, got shape ", a.sizes());
-  TORCH_CHECK(b.dim() >= 2, "teachcompute_ext.", op, ": argument 'b' must have at least 2 dims, got shape ", b.sizes());
-  const int64_t m = a.size(trans_a ? -1 : -2), ka = a.size(trans_a ? -2 : -1);
-  const int64_t kb = b.size(trans_b ? -1 : -2), n = b.size(trans_b ? -2 : -1);
+  TORCH_CHECK(a.dim() >= 1, "teachcompute_ext.", op, ": argument 'a' must have at least 1 dim, got a 0-d tensor");
+  TORCH_CHECK(b.dim() >= 1, "teachcompute_ext.", op, ": argument 'b' must have at least 1 dim, got a 0-d tensor");
+  const bool a_vec = a.dim() == 1, b_vec = b.dim() == 1;
+  trans_a = trans_a && !a_vec;
+  trans_b = trans_b && !b_vec;
+  const int64_t m = a_vec ? 1 : a.size(trans_a ? -1 : -2), ka = a.size(trans_a ? -2 : -1);
+  const int64_t kb = b.size(trans_b || b_vec ? -1 : -2), n = b_vec ? 1 : b.size(trans_b ? -2 : -1);
   TORCH_CHECK(ka == kb, "teachcompute_ext.", op, ": inner dims do not match: op(a) is ", m, "x", ka, " (a ", a.sizes(),
               ", trans_a=", trans_a, ") but op(b) is ", kb, "x", n, " (b ", b.sizes(), ", trans_b=", trans_b, ")");
-  const int64_t da = a.dim() - 2, db = b.dim() - 2, d = std::max(da, db);
+  const int64_t da = std::max<int64_t>(a.dim() - 2, 0), db = std::max<int64_t>(b.dim() - 2, 0), d = std::max(da, db);
   std::vector<int64_t> batch(d);
   for (int64_t i = 0; i < d; ++i) {
     const int64_t sa = i - (d - da) >= 0 ? a.size(i - (d - da)) : 1;
@@ -151,7 +173,10 @@ inline MatmulShape check_matmul(const char* op, const at::Tensor& a, const at::T
                 "batch shape ", a.sizes().slice(0, da), " and 'b' has batch shape ", b.sizes().slice(0, db));
     batch[i] = sa == 1 ? sb : sa;
   }
-  return {batch, m, n, ka};
+  std::vector<int64_t> out = batch;
+  if (!a_vec) out.push_back(m);
+  if (!b_vec) out.push_back(n);
+  return {batch, m, n, ka, a_vec, b_vec, out};
 }
 
 // out [m, n] = act(x2 @ w^T + b) with x2 [m, k] and w [n, k] (any strides), b

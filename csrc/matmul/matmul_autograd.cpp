@@ -1,16 +1,22 @@
-// Autograd of the matmul family (C++ autograd Functions, the rule of every
+// Autograd of the matmul family (hand-built autograd Nodes, the rule of every
 // family: csrc/README.md).
 // fused_matmul: C = alpha op(a) op(b). Each gradient is again one fused_matmul,
 // its transposes chosen so no operand is ever transposed by a copy; called
-// through the dispatcher, so double backward works.
+// through the dispatcher, so double backward works. 1-D operands become 2-D
+// by differentiable views (unsqueeze before, squeeze after), so the Node only
+// ever sees matrices.
 // fused_linear_forward: the backward is one op, fused_linear_backward, which
 // fuses grad * act'(pre) with the bias gradient and runs the two GEMMs. What
 // is saved: the pre-activation for gelu, gelu_tanh and silu (relu reads its
 // output, none needs nothing); with save_pre=False under autograd the
-// pre-activation is recomputed (one more GEMM).
-#include <torch/csrc/autograd/custom_function.h>
+// pre-activation is recomputed (one more GEMM). A 1-D weight goes the same way
+// as fused_matmul's vectors: [1, in] and a [1] bias, the output squeezed.
+#include <ATen/ops/empty.h>
 
+#include <array>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "common/autograd.h"
 #include "ops.h"
@@ -18,7 +24,8 @@
 namespace teachcompute_ext {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
 using MatmulSig = at::Tensor(const at::Tensor&, const at::Tensor&, double, bool, bool);
@@ -40,93 +47,132 @@ std::tuple<at::Tensor, at::Tensor> call_linear(const at::Tensor& x, const at::Te
   return op.call(x, w, bias, act, save_pre);
 }
 
-struct MatmulFunction : public torch::autograd::Function<MatmulFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b, double alpha, bool ta,
-                            bool tb) {
-    ctx->save_for_backward({a, b});
-    ctx->saved_data["alpha"] = alpha;
-    ctx->saved_data["ta"] = ta;
-    ctx->saved_data["tb"] = tb;
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return call_matmul(a, b, alpha, ta, tb);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor &a = saved[0], &b = saved[1];
-    const at::Tensor& g = grad_out[0];
-    const double alpha = ctx->saved_data["alpha"].toDouble();
-    const bool ta = ctx->saved_data["ta"].toBool(), tb = ctx->saved_data["tb"].toBool();
+// t as [rows, last dim], rows the product of the leading dims: written out,
+// since reshape cannot infer -1 when t has no elements.
+at::Tensor as_rows(const at::Tensor& t) {
+  const auto s = t.sym_sizes();
+  c10::SymInt rows = 1;
+  for (size_t d = 0; d + 1 < s.size(); ++d) rows = rows * s[d];
+  return t.reshape_symint({rows, s.back()});
+}
+
+// Next edges: a, b (both of 2 dims or more).
+struct FusedMatmulBackward : Node {
+  SavedVariable a_, b_;
+  double alpha = 1.0;
+  bool ta = false, tb = false;
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const at::Tensor& g = grads[0];
+    if (!g.defined()) return {at::Tensor(), at::Tensor()};
+    const at::Tensor a = a_.unpack(), b = b_.unpack();
     at::Tensor ga, gb;
-    if (ctx->needs_input_grad(0)) {
+    if (task_should_compute_output(0)) {
       ga = ta ? call_matmul(b, g, alpha, tb, true) : call_matmul(g, b, alpha, false, !tb);
       ga = ga.sum_to_size_symint(a.sym_sizes());
     }
-    if (ctx->needs_input_grad(1)) {
+    if (task_should_compute_output(1)) {
       if (b.dim() == 2 && g.dim() > 2 && !ta) {
         // b shared by the whole batch: one GEMM over all batch rows, not a
         // batched product summed afterwards.
-        const at::Tensor a2 = a.reshape_symint({-1, a.sym_size(-1)});
-        const at::Tensor g2 = g.reshape_symint({-1, g.sym_size(-1)});
+        const at::Tensor a2 = as_rows(a), g2 = as_rows(g);
         gb = tb ? call_matmul(g2, a2, alpha, true, false) : call_matmul(a2, g2, alpha, true, false);
       } else {
         gb = tb ? call_matmul(g, a, alpha, true, ta) : call_matmul(a, g, alpha, !ta, false);
         gb = gb.sum_to_size_symint(b.sym_sizes());
       }
     }
-    return {ga, gb, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {ga, gb};
   }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    a_.reset_data();
+    b_.reset_data();
+  }
+  std::string name() const override { return "FusedMatmulBackward"; }
+};
+
+// Next edges: x, weight, bias (an empty edge when absent). The
+// pre-activation output gets no history (it has no gradient), so no
+// zero-filled [M, N] gradient is ever made for it: measured 2.5 ms a step at
+// (2048, 4096) when it was materialized.
+struct FusedLinearBackward : Node {
+  SavedVariable x_, weight_, bias_, aux_;  // bias_ only when recomputing
+  std::string act;
+  bool has_bias = false, recompute = false;
+  variable_list apply(variable_list&& grads) override {
+    static auto op = find_op<LinearBackwardSig>("teachcompute_ext::fused_linear_backward");
+    std::lock_guard<std::mutex> lock(mutex_);
+    const at::Tensor& grad = grads[0];
+    if (!grad.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    const at::Tensor x = x_.unpack(), weight = weight_.unpack();
+    at::Tensor aux = aux_.unpack(getptr());
+    if (recompute) {
+      // save_pre=False under autograd (fused_linear itself never asks for
+      // it): one more GEMM instead of the saved [M, N] tensor.
+      const at::Tensor b = bias_.unpack();
+      aux = std::get<0>(call_linear(x, weight, b.defined() ? std::optional<at::Tensor>(b) : std::nullopt, "none",
+                                    false));
+    }
+    if (!aux.defined()) aux = at::empty({0}, grad.options());
+    const std::array<bool, 3> mask{task_should_compute_output(0), task_should_compute_output(1),
+                                   has_bias && task_should_compute_output(2)};
+    auto [gx, gw, gb] = op.call(grad, x, weight, aux, act, has_bias, mask);
+    return {mask[0] ? gx : at::Tensor(), mask[1] ? gw : at::Tensor(), mask[2] ? gb : at::Tensor()};
+  }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    x_.reset_data();
+    weight_.reset_data();
+    bias_.reset_data();
+    aux_.reset_data();
+  }
+  std::string name() const override { return "FusedLinearBackward"; }
 };
 
 bool act_needs_pre(const std::string& act) {
   return act == "gelu" || act == "gelu_tanh" || act == "silu";
 }
 
-struct LinearFunction : public torch::autograd::Function<LinearFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias, c10::string_view activation, bool save_pre) {
-    at::Tensor out, pre;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(out, pre) = call_linear(x, weight, bias, activation, save_pre);
-    }
-    const std::string act(activation);
-    ctx->mark_non_differentiable({pre});
-    // No zero-filled [M, N] gradient for pre (it has none): measured 2.5 ms a
-    // step at (2048, 4096) when it was materialized.
-    ctx->set_materialize_grads(false);
-    const bool recompute = act_needs_pre(act) && !save_pre;
-    const at::Tensor aux = act == "relu" ? out : (act_needs_pre(act) && save_pre ? pre : at::Tensor());
-    ctx->save_for_backward({x, weight, recompute ? bias.value_or(at::Tensor()) : at::Tensor(), aux});
-    ctx->saved_data["activation"] = act;
-    ctx->saved_data["has_bias"] = bias.has_value();
-    ctx->saved_data["recompute"] = recompute;
-    return {out, pre};
+at::Tensor matmul_with_history(const at::Tensor& a, const at::Tensor& b, double alpha, bool ta, bool tb) {
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = call_matmul(a, b, alpha, ta, tb);
   }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    static auto op = find_op<LinearBackwardSig>("teachcompute_ext::fused_linear_backward");
-    const at::Tensor& grad = grad_out[0];
-    if (!grad.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &weight = saved[1];
-    at::Tensor aux = saved[3];
-    const std::string act = ctx->saved_data["activation"].toStringRef();
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    if (ctx->saved_data["recompute"].toBool()) {
-      // save_pre=False under autograd (fused_linear itself never asks for
-      // it): one more GEMM instead of the saved [M, N] tensor.
-      const std::optional<at::Tensor> bias =
-          saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
-      aux = std::get<0>(call_linear(x, weight, bias, "none", false));
-    }
-    if (!aux.defined()) aux = at::empty({0}, grad.options());
-    // needs_input_grad counts the tensor inputs only: x, weight, and bias when given.
-    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                   has_bias && ctx->needs_input_grad(2)};
-    auto [gx, gw, gb] = op.call(grad, x, weight, aux, act, has_bias, mask);
-    return {mask[0] ? gx : at::Tensor(), mask[1] ? gw : at::Tensor(), mask[2] ? gb : at::Tensor(), at::Tensor(),
-            at::Tensor()};
+  auto node = make_node<FusedMatmulBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(a, b));
+  node->a_ = SavedVariable(a, /*is_output=*/false);
+  node->b_ = SavedVariable(b, /*is_output=*/false);
+  node->alpha = alpha;
+  node->ta = ta;
+  node->tb = tb;
+  torch::autograd::set_history(out, node);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_with_history(const at::Tensor& x, const at::Tensor& weight,
+                                                       const std::optional<at::Tensor>& bias,
+                                                       c10::string_view activation, bool save_pre) {
+  at::Tensor out, pre;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(out, pre) = call_linear(x, weight, bias, activation, save_pre);
   }
-};
+  auto node = make_node<FusedLinearBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(x, weight, bias));
+  node->act = std::string(activation);
+  node->has_bias = bias.has_value();
+  node->recompute = act_needs_pre(node->act) && !save_pre;
+  node->x_ = SavedVariable(x, /*is_output=*/false);
+  node->weight_ = SavedVariable(weight, /*is_output=*/false);
+  if (node->recompute) node->bias_ = save_input(bias);
+  torch::autograd::set_history(out, node);
+  // After set_history: the saved output does not own its Node (no cycle).
+  if (node->act == "relu") node->aux_ = SavedVariable(out, /*is_output=*/true);
+  if (act_needs_pre(node->act) && save_pre) node->aux_ = SavedVariable(pre, /*is_output=*/false);
+  return {out, pre};
+}
 
 }  // namespace
 
@@ -136,7 +182,15 @@ at::Tensor fused_matmul_autograd(const at::Tensor& a, const at::Tensor& b, doubl
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_matmul(a, b, alpha, trans_a, trans_b);
   }
-  return MatmulFunction::apply(a, b, alpha, trans_a, trans_b);
+  const bool a_vec = a.dim() == 1, b_vec = b.dim() == 1;
+  if (!a_vec && !b_vec) return matmul_with_history(a, b, alpha, trans_a, trans_b);
+  // torch.matmul's vectors: a as [1, k], b as [k, 1], by views autograd
+  // records; the transpose of a vector is the vector.
+  at::Tensor out = matmul_with_history(a_vec ? a.unsqueeze(0) : a, b_vec ? b.unsqueeze(1) : b, alpha,
+                                       trans_a && !a_vec, trans_b && !b_vec);
+  if (b_vec) out = out.squeeze(-1);
+  if (a_vec) out = out.squeeze(b_vec ? -1 : -2);
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_linear_forward_autograd(const at::Tensor& x, const at::Tensor& weight,
@@ -146,8 +200,18 @@ std::tuple<at::Tensor, at::Tensor> fused_linear_forward_autograd(const at::Tenso
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_linear(x, weight, bias, activation, save_pre);
   }
-  auto outs = LinearFunction::apply(x, weight, bias, activation, save_pre);
-  return {outs[0], outs[1]};
+  if (weight.dim() != 1) return linear_with_history(x, weight, bias, activation, save_pre);
+  // F.linear's 1-D weight: one output feature, [1, in] and a [1] bias by
+  // views autograd records, the feature dim squeezed from the outputs.
+  // Only the bias's rank is checked here (sizes may be symbolic): the
+  // frontend checks the rest on the 2-D form.
+  TORCH_CHECK(!bias.has_value() || bias->dim() == 0, "teachcompute_ext.fused_linear: argument 'bias' must be 0-d ",
+              "when 'weight' is 1-D (no out_features), got shape ", bias->sym_sizes());
+  const std::optional<at::Tensor> bias2 =
+      bias.has_value() ? std::optional<at::Tensor>(bias->unsqueeze(0)) : std::nullopt;
+  auto [out, pre] = linear_with_history(x, weight.unsqueeze(0), bias2, activation, save_pre);
+  const bool kept_pre = save_pre && act_needs_pre(std::string(activation));
+  return {out.squeeze(-1), kept_pre ? pre.squeeze(-1) : pre};
 }
 
 }  // namespace teachcompute_ext

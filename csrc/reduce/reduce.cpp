@@ -17,32 +17,30 @@ TCE_DEFINE_STUB(reduce_stub, reduce_kernel);
 TCE_DEFINE_STUB(softmax_stub, softmax_kernel);
 TCE_DEFINE_STUB(softmax_backward_stub, softmax_backward_kernel);
 
-at::Tensor vector_sum(const at::Tensor& x) {
-  check_float_dtype("vector_sum", "x", x);
-  const at::OptionalDeviceGuard guard(at::device_of(x));
-  at::Tensor out = at::empty({}, x.options());
-  if (x.numel() == 0) return out.zero_();
-  vector_sum_stub(x.device().type(), x, out);
-  return out;
-}
-
 namespace {
 
 // sum, mean and logsumexp: one value per output.
 at::Tensor reduce_values(const char* op, const at::Tensor& input, at::OptionalIntArrayRef dim, bool keepdim,
                        ReduceOp rop) {
-  check_float_dtype(op, "x", input);
+  // Integer and bool sums are int64, as torch.sum's; mean and logsumexp stay floating-only.
+  if (rop == ReduceOp::SUM) {
+    check_float_or_int_dtype(op, "x", input);
+  } else {
+    check_float_dtype(op, "x", input);
+  }
   const at::OptionalDeviceGuard guard(at::device_of(input));
   at::Tensor x = input;
   const ReducePlan p = plan_reduction(op, x, dim, keepdim);
+  const at::TensorOptions out_options =
+      is_supported_int(x.scalar_type()) ? x.options().dtype(at::kLong) : x.options();
   if (p.count == 0) {
     // torch: 0 for an empty sum, NaN for an empty mean, -inf for an empty logsumexp.
     const double empty = rop == ReduceOp::SUM    ? 0.0
                          : rop == ReduceOp::MEAN ? std::numeric_limits<double>::quiet_NaN()
                                                  : -std::numeric_limits<double>::infinity();
-    return at::full(p.out_shape, empty, x.options());
+    return at::full(p.out_shape, empty, out_options);
   }
-  at::Tensor out = at::empty(p.out_shape, x.options());
+  at::Tensor out = at::empty(p.out_shape, out_options);
   if (p.nout == 0) return out;
   at::Tensor no_indices;
   reduce_stub(x.device().type(), x, p, rop, out, no_indices);
@@ -85,6 +83,17 @@ at::Tensor softmax_backward_impl(const char* op, const at::Tensor& grad, const a
 }
 
 }  // namespace
+
+at::Tensor vector_sum(const at::Tensor& x) {
+  // Integer and bool: torch.sum's int64 result, through the reduction kernels.
+  check_float_or_int_dtype("vector_sum", "x", x);
+  if (is_supported_int(x.scalar_type())) return reduce_values("vector_sum", x, std::nullopt, false, ReduceOp::SUM);
+  const at::OptionalDeviceGuard guard(at::device_of(x));
+  at::Tensor out = at::empty({}, x.options());
+  if (x.numel() == 0) return out.zero_();
+  vector_sum_stub(x.device().type(), x, out);
+  return out;
+}
 
 at::Tensor reduce_sum(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
   return reduce_values("reduce_sum", x, dim, keepdim, ReduceOp::SUM);

@@ -150,7 +150,7 @@ inline int64_t kept_offset(const std::vector<Dim>& kept, int64_t o) {
 
 // max/min: one dim, and it must not be empty.
 inline void check_maxmin(const char* op, const at::Tensor& x, int64_t dim) {
-  check_float_dtype(op, "x", x);
+  check_float_or_int_dtype(op, "x", x);
   const int64_t wrap = std::max<int64_t>(x.dim(), 1);
   TORCH_CHECK_INDEX(dim >= -wrap && dim < wrap, "teachcompute_ext.", op, ": dim ", dim,
                     " out of range for argument 'dim' of a ", x.dim(), "-d tensor (expected in [", -wrap, ", ",
@@ -180,7 +180,8 @@ inline void merge_candidate(A v, int64_t i, bool is_max, A& best, int64_t& best_
 }
 
 // out (and, for MAX/MIN, indices) of x under plan p, count >= 1 and nout >= 1.
-// Rounds once to x's dtype; MEAN divides by p.count.
+// Rounds once to x's dtype; MEAN divides by p.count. Integer and bool x (SUM,
+// MAX, MIN only): sums into an int64 out, as torch.sum.
 using ReduceFn = void(const at::Tensor& x, const ReducePlan& p, ReduceOp op, at::Tensor& out, at::Tensor& indices);
 TCE_DECLARE_KERNEL(ReduceFn, reduce_kernel)
 

@@ -1,10 +1,11 @@
-// Autograd of the reduce family (the rule for every family, C++ autograd
-// Functions, is in csrc/README.md with its per-call figure). Fake kernels stay
-// in Python (ops/reduce.py).
+// Autograd of the reduce family: hand-built autograd Nodes (the rule for every
+// family, and why not torch::autograd::Function, is in csrc/README.md with its
+// per-call figure). Fake kernels stay in Python (ops/reduce.py).
 #include <ATen/ops/zeros.h>
-#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "common/autograd.h"
@@ -13,7 +14,8 @@
 namespace teachcompute_ext {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
 at::Tensor vector_sum_redispatch(const at::Tensor& x) {
@@ -21,43 +23,44 @@ at::Tensor vector_sum_redispatch(const at::Tensor& x) {
   return op.call(x);
 }
 
-struct VectorSumFunction : public torch::autograd::Function<VectorSumFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x) {
-    ctx->saved_data["sizes"] = c10::IValue(x.sym_sizes());  // SymInts under torch.compile
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return vector_sum_redispatch(x);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+struct VectorSumBackward : Node {
+  std::vector<c10::SymInt> sizes;  // SymInts under torch.compile
+  variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return {at::Tensor()};
     // A broadcast view of the scalar gradient: nothing of x's size is written.
-    return {grad_out[0].expand_symint(ctx->saved_data["sizes"].toSymIntVector())};
+    return {grads[0].expand_symint(sizes)};
   }
+  std::string name() const override { return "VectorSumBackward"; }
 };
 
 // softmax / log_softmax: the backward needs only the output, and is its own
 // op (softmax_backward / log_softmax_backward) so torch.compile and export
 // see one fused kernel rather than a chain of elementwise ops.
 template <bool kLog>
-struct SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction<kLog>> {
-  using Fwd = at::Tensor(const at::Tensor&, int64_t);
-  using Bwd = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t);
-  static at::Tensor call(const at::Tensor& x, int64_t dim) {
-    static auto op = find_op<Fwd>(kLog ? "teachcompute_ext::log_softmax" : "teachcompute_ext::softmax");
-    return op.call(x, dim);
-  }
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t dim) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor y = call(x, dim);
-    ctx->save_for_backward({y});
-    ctx->saved_data["dim"] = dim;
-    return y;
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+struct SoftmaxBackward : Node {
+  SavedVariable result_;
+  int64_t dim = 0;
+  variable_list apply(variable_list&& grads) override {
+    using Bwd = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t);
     static auto op =
         find_op<Bwd>(kLog ? "teachcompute_ext::log_softmax_backward" : "teachcompute_ext::softmax_backward");
-    const at::Tensor y = ctx->get_saved_variables()[0];
-    return {op.call(grad_out[0], y, ctx->saved_data["dim"].toInt()), at::Tensor()};
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return {at::Tensor()};
+    return {op.call(grads[0], result_.unpack(getptr()), dim)};
   }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    result_.reset_data();
+  }
+  std::string name() const override { return kLog ? "LogSoftmaxBackward" : "SoftmaxBackward"; }
 };
+
+template <bool kLog>
+at::Tensor softmax_call(const at::Tensor& x, int64_t dim) {
+  static auto op = find_op<at::Tensor(const at::Tensor&, int64_t)>(kLog ? "teachcompute_ext::log_softmax"
+                                                                         : "teachcompute_ext::softmax");
+  return op.call(x, dim);
+}
 
 // Reduced dims of x, wrapped and ascending (None or [] means all).
 std::vector<int64_t> reduced_dims(const at::Tensor& x, at::OptionalIntArrayRef dim) {
@@ -83,116 +86,136 @@ at::Tensor unsqueeze_reduced(at::Tensor g, const std::vector<int64_t>& dims, boo
 
 // sum and mean: the gradient is a broadcast view of grad (divided by the count for mean).
 template <bool kMean>
-struct SumMeanFunction : public torch::autograd::Function<SumMeanFunction<kMean>> {
-  using Sig = at::Tensor(const at::Tensor&, at::OptionalIntArrayRef, bool);
-  static at::Tensor call(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
-    static auto op = find_op<Sig>(kMean ? "teachcompute_ext::reduce_mean" : "teachcompute_ext::reduce_sum");
-    return op.call(x, dim, keepdim);
+struct SumMeanBackward : Node {
+  std::vector<c10::SymInt> sizes;
+  std::vector<int64_t> dims;
+  bool keepdim = false;
+  c10::SymInt count = 1;
+  variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return {at::Tensor()};
+    at::Tensor g = unsqueeze_reduced(grads[0], dims, keepdim);
+    if (kMean) g = g.div(c10::Scalar(count));
+    return {g.expand_symint(sizes)};
   }
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
-    const std::vector<int64_t> dims = reduced_dims(x, dim);
-    c10::SymInt count = 1;
-    for (int64_t d : dims) count = count * x.sym_size(d);
-    ctx->saved_data["sizes"] = c10::IValue(x.sym_sizes());
-    ctx->saved_data["dims"] = dims;
-    ctx->saved_data["keepdim"] = keepdim;
-    ctx->saved_data["count"] = c10::IValue(count);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return call(x, dim, keepdim);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    at::Tensor g = unsqueeze_reduced(grad_out[0], ctx->saved_data["dims"].toIntVector(),
-                                     ctx->saved_data["keepdim"].toBool());
-    if (kMean) g = g.div(c10::Scalar(ctx->saved_data["count"].toSymInt()));
-    return {g.expand_symint(ctx->saved_data["sizes"].toSymIntVector()), at::Tensor(), at::Tensor()};
-  }
+  std::string name() const override { return kMean ? "ReduceMeanBackward" : "ReduceSumBackward"; }
 };
 
-// max and min: the gradient goes to the returned index.
-template <bool kMax>
-struct MaxMinFunction : public torch::autograd::Function<MaxMinFunction<kMax>> {
-  using Sig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, bool);
-  static std::tuple<at::Tensor, at::Tensor> call(const at::Tensor& x, int64_t dim, bool keepdim) {
-    static auto op = find_op<Sig>(kMax ? "teachcompute_ext::reduce_max" : "teachcompute_ext::reduce_min");
-    return op.call(x, dim, keepdim);
-  }
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, int64_t dim, bool keepdim) {
+template <bool kMean>
+at::Tensor sum_mean_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
+  using Sig = at::Tensor(const at::Tensor&, at::OptionalIntArrayRef, bool);
+  static auto op = find_op<Sig>(kMean ? "teachcompute_ext::reduce_mean" : "teachcompute_ext::reduce_sum");
+  at::Tensor out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [values, indices] = call(x, dim, keepdim);
-    const int64_t w = x.dim() == 0 ? 0 : (dim < 0 ? dim + x.dim() : dim);
-    ctx->saved_data["sizes"] = c10::IValue(x.sym_sizes());
-    ctx->saved_data["dim"] = w;
-    ctx->saved_data["keepdim"] = keepdim;
-    ctx->save_for_backward({indices});
-    ctx->mark_non_differentiable({indices});
-    return {values, indices};
+    out = op.call(x, dim, keepdim);
   }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const auto sizes = ctx->saved_data["sizes"].toSymIntVector();
-    if (sizes.empty()) return {grad_out[0], at::Tensor(), at::Tensor()};
-    const int64_t dim = ctx->saved_data["dim"].toInt();
-    const bool keepdim = ctx->saved_data["keepdim"].toBool();
-    at::Tensor idx = ctx->get_saved_variables()[0];
-    at::Tensor g = grad_out[0];
+  if (needs_grad(x)) {
+    auto node = make_node<SumMeanBackward<kMean>>();
+    node->set_next_edges(torch::autograd::collect_next_edges(x));
+    node->sizes = x.sym_sizes().vec();
+    node->dims = reduced_dims(x, dim);
+    node->keepdim = keepdim;
+    if (kMean) {
+      for (int64_t d : node->dims) node->count = node->count * x.sym_size(d);
+    }
+    torch::autograd::set_history(out, node);
+  }
+  return out;
+}
+
+// max and min: the gradient goes to the returned index; the indices get no
+// history (they are not differentiable).
+template <bool kMax>
+struct MaxMinBackward : Node {
+  std::vector<c10::SymInt> sizes;
+  int64_t dim = 0;
+  bool keepdim = false;
+  SavedVariable indices_;
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return {at::Tensor()};
+    if (sizes.empty()) return {grads[0]};
+    at::Tensor idx = indices_.unpack();
+    at::Tensor g = grads[0];
     if (!keepdim) {
       g = g.unsqueeze(dim);
       idx = idx.unsqueeze(dim);
     }
-    return {at::zeros_symint(sizes, g.options()).scatter(dim, idx, g), at::Tensor(), at::Tensor()};
+    return {at::zeros_symint(sizes, g.options()).scatter(dim, idx, g)};
   }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    indices_.reset_data();
+  }
+  std::string name() const override { return kMax ? "ReduceMaxBackward" : "ReduceMinBackward"; }
 };
 
-// logsumexp: d/dx = exp(x - out), as torch's formula.
-struct LogSumExpFunction : public torch::autograd::Function<LogSumExpFunction> {
-  using Sig = at::Tensor(const at::Tensor&, at::IntArrayRef, bool);
-  static at::Tensor call(const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
-    static auto op = find_op<Sig>("teachcompute_ext::logsumexp");
-    return op.call(x, dim, keepdim);
-  }
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
+template <bool kMax>
+std::tuple<at::Tensor, at::Tensor> maxmin_autograd(const at::Tensor& x, int64_t dim, bool keepdim) {
+  using Sig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, bool);
+  static auto op = find_op<Sig>(kMax ? "teachcompute_ext::reduce_max" : "teachcompute_ext::reduce_min");
+  at::Tensor values, indices;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor out = call(x, dim, keepdim);
-    ctx->saved_data["dims"] = reduced_dims(x, dim);
-    ctx->saved_data["keepdim"] = keepdim;
-    ctx->save_for_backward({x, out});
-    return out;
+    std::tie(values, indices) = op.call(x, dim, keepdim);
   }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const auto saved = ctx->get_saved_variables();
-    const auto dims = ctx->saved_data["dims"].toIntVector();
-    const bool keepdim = ctx->saved_data["keepdim"].toBool();
-    const at::Tensor g = unsqueeze_reduced(grad_out[0], dims, keepdim);
-    const at::Tensor out = unsqueeze_reduced(saved[1], dims, keepdim);
-    return {g.mul(saved[0].sub(out).exp()), at::Tensor(), at::Tensor()};
+  if (needs_grad(x)) {
+    auto node = make_node<MaxMinBackward<kMax>>();
+    node->set_next_edges(torch::autograd::collect_next_edges(x));
+    node->sizes = x.sym_sizes().vec();
+    node->dim = x.dim() == 0 ? 0 : (dim < 0 ? dim + x.dim() : dim);
+    node->keepdim = keepdim;
+    node->indices_ = SavedVariable(indices, /*is_output=*/false);  // no history: no cycle
+    torch::autograd::set_history(values, node);
   }
+  return {values, indices};
+}
+
+// logsumexp: d/dx = exp(x - out), as torch's formula.
+struct LogSumExpBackward : Node {
+  SavedVariable self_, result_;
+  std::vector<int64_t> dims;
+  bool keepdim = false;
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return {at::Tensor()};
+    const at::Tensor g = unsqueeze_reduced(grads[0], dims, keepdim);
+    const at::Tensor out = unsqueeze_reduced(result_.unpack(getptr()), dims, keepdim);
+    return {g.mul(self_.unpack().sub(out).exp())};
+  }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    self_.reset_data();
+    result_.reset_data();
+  }
+  std::string name() const override { return "LogSumExpBackward"; }
 };
+
+template <bool kLog>
+at::Tensor softmax_autograd_impl(const at::Tensor& x, int64_t dim) {
+  at::Tensor y;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    y = softmax_call<kLog>(x, dim);
+  }
+  if (needs_grad(x)) {
+    auto node = make_node<SoftmaxBackward<kLog>>();
+    node->set_next_edges(torch::autograd::collect_next_edges(x));
+    node->dim = dim;
+    torch::autograd::set_history(y, node);
+    node->result_ = SavedVariable(y, /*is_output=*/true);  // after set_history: no reference cycle
+  }
+  return y;
+}
 
 }  // namespace
 
 at::Tensor reduce_sum_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
-  if (!needs_grad(x)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return SumMeanFunction<false>::call(x, dim, keepdim);
-  }
-  return SumMeanFunction<false>::apply(x, dim, keepdim);
+  return sum_mean_autograd<false>(x, dim, keepdim);
 }
 
 at::Tensor reduce_mean_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
-  if (!needs_grad(x)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return SumMeanFunction<true>::call(x, dim, keepdim);
-  }
-  return SumMeanFunction<true>::apply(x, dim, keepdim);
-}
-
-template <bool kMax>
-std::tuple<at::Tensor, at::Tensor> maxmin_autograd(const at::Tensor& x, int64_t dim, bool keepdim) {
-  if (!needs_grad(x)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return MaxMinFunction<kMax>::call(x, dim, keepdim);
-  }
-  auto outs = MaxMinFunction<kMax>::apply(x, dim, keepdim);
-  return {outs[0], outs[1]};
+  return sum_mean_autograd<true>(x, dim, keepdim);
 }
 
 std::tuple<at::Tensor, at::Tensor> reduce_max_autograd(const at::Tensor& x, int64_t dim, bool keepdim) {
@@ -204,35 +227,41 @@ std::tuple<at::Tensor, at::Tensor> reduce_min_autograd(const at::Tensor& x, int6
 }
 
 at::Tensor logsumexp_autograd(const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
-  if (!needs_grad(x)) {
+  static auto op = find_op<at::Tensor(const at::Tensor&, at::IntArrayRef, bool)>("teachcompute_ext::logsumexp");
+  at::Tensor out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return LogSumExpFunction::call(x, dim, keepdim);
+    out = op.call(x, dim, keepdim);
   }
-  return LogSumExpFunction::apply(x, dim, keepdim);
+  if (needs_grad(x)) {
+    auto node = make_node<LogSumExpBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(x));
+    node->dims = reduced_dims(x, dim);
+    node->keepdim = keepdim;
+    node->self_ = SavedVariable(x, /*is_output=*/false);
+    torch::autograd::set_history(out, node);
+    node->result_ = SavedVariable(out, /*is_output=*/true);
+  }
+  return out;
 }
 
-at::Tensor softmax_autograd(const at::Tensor& x, int64_t dim) {
-  if (!needs_grad(x)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return SoftmaxFunction<false>::call(x, dim);
-  }
-  return SoftmaxFunction<false>::apply(x, dim);
-}
+at::Tensor softmax_autograd(const at::Tensor& x, int64_t dim) { return softmax_autograd_impl<false>(x, dim); }
 
-at::Tensor log_softmax_autograd(const at::Tensor& x, int64_t dim) {
-  if (!needs_grad(x)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return SoftmaxFunction<true>::call(x, dim);
-  }
-  return SoftmaxFunction<true>::apply(x, dim);
-}
+at::Tensor log_softmax_autograd(const at::Tensor& x, int64_t dim) { return softmax_autograd_impl<true>(x, dim); }
 
 at::Tensor vector_sum_autograd(const at::Tensor& x) {
-  if (!needs_grad(x)) {
+  at::Tensor out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return vector_sum_redispatch(x);
+    out = vector_sum_redispatch(x);
   }
-  return VectorSumFunction::apply(x);
+  if (needs_grad(x)) {
+    auto node = make_node<VectorSumBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(x));
+    node->sizes = x.sym_sizes().vec();
+    torch::autograd::set_history(out, node);
+  }
+  return out;
 }
 
 }  // namespace teachcompute_ext

@@ -440,10 +440,91 @@ void logsumexp(const at::Tensor& x, const ReducePlan& p, const Cut& cut, at::Ten
       [&](int64_t o, const MaxSum& s) { op[o] = round_to<T>(lse_finish(s.m, s.s)); });
 }
 
+// ---- integer and bool: sums in int64, max / min exact ---------------------------
+// Plain loops over the same plan, cut and pieces as the floating kernels (the
+// compiler vectorizes the COLS loop); integer reductions are not benchmarked
+// against torch yet. Sums wrap around as torch's do (unsigned arithmetic:
+// signed overflow is undefined in C++).
+template <typename T>
+void int_sum(const at::Tensor& x, const ReducePlan& p, const Cut& cut, at::Tensor& out) {
+  int64_t* op = out.mutable_data_ptr<int64_t>();
+  auto compute = [&](const T* base, int64_t r0, int64_t r1, int64_t width, uint64_t* st) {
+    const int64_t n = r1 - r0;
+    for (int64_t c = 0; c < width; ++c) st[c] = 0;
+    if (cut.cols) {
+      const int64_t S = cut.red[0].stride;
+      for (int64_t r = 0; r < n; ++r) {
+        for (int64_t c = 0; c < width; ++c) st[c] += static_cast<uint64_t>(static_cast<int64_t>(base[r * S + c]));
+      }
+      return;
+    }
+    for_red_rows(cut.red, n, base, [&](const T* r, int64_t len, int64_t stride) {
+      for (int64_t i = 0; i < len; ++i) st[0] += static_cast<uint64_t>(static_cast<int64_t>(r[i * stride]));
+    });
+  };
+  run<uint64_t>(
+      x.const_data_ptr<T>(), p, cut, compute, [](uint64_t& a, uint64_t b) { a += b; },
+      [&](int64_t o, uint64_t s) { op[o] = static_cast<int64_t>(s); });
+}
+
+struct IntValIdx {
+  int64_t v, i;
+};
+
+template <typename T>
+void int_max_or_min(const at::Tensor& x, const ReducePlan& p, const Cut& cut, bool is_max, at::Tensor& values,
+                    at::Tensor& indices) {
+  T* vp = values.mutable_data_ptr<T>();
+  int64_t* ip = indices.mutable_data_ptr<int64_t>();
+  // Strictly better only: the first index of the best value stays (torch's index).
+  auto better = [is_max](int64_t v, int64_t best) { return is_max ? v > best : v < best; };
+  auto compute = [&](const T* base, int64_t r0, int64_t r1, int64_t width, IntValIdx* st) {
+    const int64_t n = r1 - r0;
+    if (cut.cols) {
+      const int64_t S = cut.red[0].stride;
+      for (int64_t c = 0; c < width; ++c) st[c] = {static_cast<int64_t>(base[c]), r0};
+      for (int64_t r = 1; r < n; ++r) {
+        for (int64_t c = 0; c < width; ++c) {
+          const int64_t v = static_cast<int64_t>(base[r * S + c]);
+          if (better(v, st[c].v)) st[c] = {v, r0 + r};
+        }
+      }
+      return;
+    }
+    // Max/min reduce one dim: a single strided row.
+    const int64_t S = cut.red[0].stride;
+    st[0] = {static_cast<int64_t>(base[0]), r0};
+    for (int64_t r = 1; r < n; ++r) {
+      const int64_t v = static_cast<int64_t>(base[r * S]);
+      if (better(v, st[0].v)) st[0] = {v, r0 + r};
+    }
+  };
+  run<IntValIdx>(
+      x.const_data_ptr<T>(), p, cut, compute,
+      [&](IntValIdx& a, const IntValIdx& b) {
+        if (better(b.v, a.v) || (b.v == a.v && b.i < a.i)) a = b;
+      },
+      [&](int64_t o, const IntValIdx& s) {
+        vp[o] = static_cast<T>(s.v);
+        ip[o] = s.i;
+      });
+}
+
 }  // namespace
 
 void reduce_kernel(const at::Tensor& x, const ReducePlan& p, ReduceOp op, at::Tensor& out, at::Tensor& indices) {
   const Cut cut(p);
+  if (at::isIntegralType(x.scalar_type(), /*includeBool=*/true)) {
+    // The frontend lets integers and bool reach only sum, max and min.
+    AT_DISPATCH_INTEGRAL_TYPES_AND(at::kBool, x.scalar_type(), "reduce_int_cpu", [&] {
+      if (op == ReduceOp::MAX || op == ReduceOp::MIN) {
+        int_max_or_min<scalar_t>(x, p, cut, op == ReduceOp::MAX, out, indices);
+      } else {
+        int_sum<scalar_t>(x, p, cut, out);
+      }
+    });
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "reduce_cpu", [&] {
     switch (op) {
       case ReduceOp::SUM:

@@ -67,6 +67,7 @@ __device__ __forceinline__ int64_t offset_of(const DimsArg& a, int64_t i) {
 // ---- the reducers: a state, its update with one element, a merge, a result --
 template <typename A>
 struct SumOp {
+  using Value = A;
   static constexpr bool kIndexed = false;
   struct State {
     A s;
@@ -78,8 +79,27 @@ struct SumOp {
   __device__ A result(State st) const { return static_cast<A>(static_cast<double>(st.s) * scale); }
 };
 
+// Integer and bool sums: exact, in int64 (torch's result dtype), wrapping
+// around as torch's do (unsigned: signed overflow is undefined).
+struct IntSumOp {
+  using Value = int64_t;
+  static constexpr bool kIndexed = false;
+  struct State {
+    int64_t s;
+  };
+  __device__ State init() const { return {0}; }
+  __device__ void update(State& st, int64_t v, int64_t) const {
+    st.s = static_cast<int64_t>(static_cast<uint64_t>(st.s) + static_cast<uint64_t>(v));
+  }
+  __device__ State merge(State a, State b) const {
+    return {static_cast<int64_t>(static_cast<uint64_t>(a.s) + static_cast<uint64_t>(b.s))};
+  }
+  __device__ int64_t result(State st) const { return st.s; }
+};
+
 template <typename A>
 struct LseOp {
+  using Value = A;
   static constexpr bool kIndexed = false;
   using State = cuda::MaxSum<A>;
   __device__ State init() const { return {-std::numeric_limits<A>::infinity(), A(0)}; }
@@ -91,6 +111,7 @@ struct LseOp {
 
 template <typename A, bool kMax>
 struct MaxMinOp {
+  using Value = A;
   static constexpr bool kIndexed = true;
   struct State {
     A v;
@@ -133,9 +154,9 @@ __device__ typename Op::State warp_merge(const Op& op, typename Op::State st) {
 }
 
 // Where a state goes: the output (one piece), or partial[piece * nout + o].
-template <typename T, typename Op>
+template <typename O, typename Op>
 struct Sink {
-  T* out;
+  O* out;
   int64_t* out_idx;
   typename Op::State* partial;
   int64_t nout;
@@ -144,18 +165,18 @@ struct Sink {
       partial[piece * nout + o] = st;
       return;
     }
-    out[o] = static_cast<T>(op.result(st));
+    out[o] = static_cast<O>(op.result(st));
     if constexpr (Op::kIndexed) out_idx[o] = st.i;
   }
 };
 
 // ROWS: kRows rows per block, kThreadsX threads on each; piece blockIdx.y
 // covers elements [r0, r0 + piece_len) of every row.
-template <typename T, typename Op, int kThreadsX, int kRows>
+template <typename T, typename O, typename Op, int kThreadsX, int kRows>
 __global__ void __launch_bounds__(kThreadsX* kRows)
     rows_kernel(const T* __restrict__ x, DimsArg kept, int64_t nout, int64_t count, int64_t piece_len, Op op,
-                Sink<T, Op> sink) {
-  using A = acc_type<T>;
+                Sink<O, Op> sink) {
+  using A = typename Op::Value;
   using State = typename Op::State;
   const int64_t piece = blockIdx.y;
   int64_t r0, r1;
@@ -187,11 +208,11 @@ __global__ void __launch_bounds__(kThreadsX* kRows)
 
 // COLS / GENERAL: blockDim (bx, by), bx * by == kTileThreads; output o reads
 // its reduced elements r (linear over the reduced dims) in [r0, r1).
-template <typename T, typename Op>
+template <typename T, typename O, typename Op>
 __global__ void __launch_bounds__(kTileThreads)
     tile_kernel(const T* __restrict__ x, DimsArg kept, DimsArg red, int64_t nout, int64_t count, int64_t piece_len,
-                Op op, Sink<T, Op> sink) {
-  using A = acc_type<T>;
+                Op op, Sink<O, Op> sink) {
+  using A = typename Op::Value;
   using State = typename Op::State;
   __shared__ State states[kTileThreads];
   const int bx = blockDim.x, by = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
@@ -217,15 +238,15 @@ __global__ void __launch_bounds__(kTileThreads)
 }
 
 // Merges each output's pieces in piece order and writes it.
-template <typename T, typename Op>
+template <typename O, typename Op>
 __global__ void __launch_bounds__(kTileThreads)
     finalize_kernel(const typename Op::State* __restrict__ partial, int64_t pieces, int64_t nout, Op op,
-                    T* __restrict__ out, int64_t* __restrict__ out_idx) {
+                    O* __restrict__ out, int64_t* __restrict__ out_idx) {
   for (int64_t o = static_cast<int64_t>(blockIdx.x) * kTileThreads + threadIdx.x; o < nout;
        o += static_cast<int64_t>(gridDim.x) * kTileThreads) {
     typename Op::State st = partial[o];
     for (int64_t k = 1; k < pieces; ++k) st = op.merge(st, partial[k * nout + o]);
-    out[o] = static_cast<T>(op.result(st));
+    out[o] = static_cast<O>(op.result(st));
     if constexpr (Op::kIndexed) out_idx[o] = st.i;
   }
 }
@@ -238,12 +259,13 @@ unsigned grid_x(int64_t blocks) {
   return static_cast<unsigned>(std::min<int64_t>(blocks, 64LL * cuda::sm_count()));
 }
 
-template <typename T, typename Op>
+// T: x's dtype, O: out's (int64 for integer sums, T otherwise).
+template <typename T, typename O, typename Op>
 void launch(const at::Tensor& x, const ReducePlan& p, const Op& op, at::Tensor& out, int64_t* out_idx) {
   using State = typename Op::State;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const T* xp = x.const_data_ptr<T>();
-  T* o = out.mutable_data_ptr<T>();
+  O* o = out.mutable_data_ptr<O>();
   const DimsArg kept = to_arg(p.kept);
   const bool rows = p.layout == ReduceLayout::ROWS;
   const bool short_rows = p.count <= kShortRow;
@@ -269,20 +291,20 @@ void launch(const at::Tensor& x, const ReducePlan& p, const Op& op, at::Tensor& 
     partial = at::empty({pieces * p.nout * static_cast<int64_t>(sizeof(State))}, x.options().dtype(at::kByte));
     pp = reinterpret_cast<State*>(partial.mutable_data_ptr());
   }
-  const Sink<T, Op> sink{o, out_idx, pp, p.nout};
+  const Sink<O, Op> sink{o, out_idx, pp, p.nout};
   const dim3 grid(grid_x(blocks), static_cast<unsigned>(pieces));
   if (rows && short_rows) {
-    rows_kernel<T, Op, kWarp, kWarpRows>
+    rows_kernel<T, O, Op, kWarp, kWarpRows>
         <<<grid, dim3(kWarp, kWarpRows), 0, stream>>>(xp, kept, p.nout, p.count, piece_len, op, sink);
   } else if (rows) {
-    rows_kernel<T, Op, kRowThreads, 1><<<grid, kRowThreads, 0, stream>>>(xp, kept, p.nout, p.count, piece_len, op, sink);
+    rows_kernel<T, O, Op, kRowThreads, 1><<<grid, kRowThreads, 0, stream>>>(xp, kept, p.nout, p.count, piece_len, op, sink);
   } else {
-    tile_kernel<T, Op><<<grid, dim3(bx, by), 0, stream>>>(xp, kept, to_arg(p.red), p.nout, p.count, piece_len, op,
+    tile_kernel<T, O, Op><<<grid, dim3(bx, by), 0, stream>>>(xp, kept, to_arg(p.red), p.nout, p.count, piece_len, op,
                                                          sink);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (pieces > 1) {
-    finalize_kernel<T, Op><<<grid_x(ceil_div(p.nout, kTileThreads)), kTileThreads, 0, stream>>>(pp, pieces, p.nout,
+    finalize_kernel<O, Op><<<grid_x(ceil_div(p.nout, kTileThreads)), kTileThreads, 0, stream>>>(pp, pieces, p.nout,
                                                                                                op, o, out_idx);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -291,21 +313,39 @@ void launch(const at::Tensor& x, const ReducePlan& p, const Op& op, at::Tensor& 
 }  // namespace
 
 void reduce_kernel(const at::Tensor& x, const ReducePlan& p, ReduceOp rop, at::Tensor& out, at::Tensor& indices) {
+  if (at::isIntegralType(x.scalar_type(), /*includeBool=*/true)) {
+    // Integer and bool: sums in int64, max/min exact; the frontend refuses the other ops.
+    AT_DISPATCH_INTEGRAL_TYPES_AND(at::kBool, x.scalar_type(), "reduce_int_cuda", [&] {
+      switch (rop) {
+        case ReduceOp::MAX:
+          launch<scalar_t, scalar_t>(x, p, MaxMinOp<int64_t, true>{}, out, indices.mutable_data_ptr<int64_t>());
+          break;
+        case ReduceOp::MIN:
+          launch<scalar_t, scalar_t>(x, p, MaxMinOp<int64_t, false>{}, out, indices.mutable_data_ptr<int64_t>());
+          break;
+        default:
+          launch<scalar_t, int64_t>(x, p, IntSumOp{}, out, nullptr);
+          break;
+      }
+    });
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "reduce_cuda", [&] {
     using A = acc_type<scalar_t>;
     switch (rop) {
       case ReduceOp::SUM:
       case ReduceOp::MEAN:
-        launch<scalar_t>(x, p, SumOp<A>{rop == ReduceOp::MEAN ? 1.0 / static_cast<double>(p.count) : 1.0}, out, nullptr);
+        launch<scalar_t, scalar_t>(x, p, SumOp<A>{rop == ReduceOp::MEAN ? 1.0 / static_cast<double>(p.count) : 1.0},
+                                   out, nullptr);
         break;
       case ReduceOp::MAX:
-        launch<scalar_t>(x, p, MaxMinOp<A, true>{}, out, indices.mutable_data_ptr<int64_t>());
+        launch<scalar_t, scalar_t>(x, p, MaxMinOp<A, true>{}, out, indices.mutable_data_ptr<int64_t>());
         break;
       case ReduceOp::MIN:
-        launch<scalar_t>(x, p, MaxMinOp<A, false>{}, out, indices.mutable_data_ptr<int64_t>());
+        launch<scalar_t, scalar_t>(x, p, MaxMinOp<A, false>{}, out, indices.mutable_data_ptr<int64_t>());
         break;
       case ReduceOp::LOGSUMEXP:
-        launch<scalar_t>(x, p, LseOp<A>{}, out, nullptr);
+        launch<scalar_t, scalar_t>(x, p, LseOp<A>{}, out, nullptr);
         break;
     }
   });

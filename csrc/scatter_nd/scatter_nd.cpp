@@ -27,7 +27,7 @@ at::Tensor scatter_nd(const at::Tensor& data, const at::Tensor& indices, const a
                       c10::string_view reduction) {
   const char* op = "scatter_nd";
   const ScatterReduction red = parse_reduction(op, reduction);
-  const ScatterShape s = check_scatter(op, data.sizes(), data.scalar_type(), indices, updates, &data);
+  const ScatterShape s = check_scatter(op, data.sizes(), data.scalar_type(), indices, updates, &data, red);
   const at::OptionalDeviceGuard guard(at::device_of(data));
   at::Tensor out = data.clone(at::MemoryFormat::Contiguous);
   scatter_into(op, out, data.sizes(), indices, updates, red, s, nullptr);
@@ -38,7 +38,7 @@ void scatter_nd_(const at::Tensor& data, const at::Tensor& indices, const at::Te
                  c10::string_view reduction) {
   const char* op = "scatter_nd_";
   const ScatterReduction red = parse_reduction(op, reduction);
-  const ScatterShape s = check_scatter(op, data.sizes(), data.scalar_type(), indices, updates, &data);
+  const ScatterShape s = check_scatter(op, data.sizes(), data.scalar_type(), indices, updates, &data, red);
   const at::OptionalDeviceGuard guard(at::device_of(data));
   if (data.is_contiguous()) {
     at::Tensor out = data;
@@ -55,7 +55,7 @@ at::Tensor scatter_nd_of_shape(c10::SymIntArrayRef shape, const at::Tensor& indi
   const char* op = "scatter_nd_of_shape";
   const ScatterReduction red = parse_reduction(op, reduction);
   const at::IntArrayRef sh = C10_AS_INTARRAYREF_SLOW(shape);
-  const ScatterShape s = check_scatter(op, sh, updates.scalar_type(), indices, updates, nullptr);
+  const ScatterShape s = check_scatter(op, sh, updates.scalar_type(), indices, updates, nullptr, red);
   const at::OptionalDeviceGuard guard(at::device_of(updates));
   at::Tensor out = at::zeros(sh, updates.options());
   scatter_into(op, out, sh, indices, updates, red, s, nullptr);
@@ -67,7 +67,7 @@ at::Tensor masked_scatter_nd_of_shape(c10::SymIntArrayRef shape, const at::Tenso
   const char* op = "masked_scatter_nd_of_shape";
   const ScatterReduction red = parse_reduction(op, reduction);
   const at::IntArrayRef sh = C10_AS_INTARRAYREF_SLOW(shape);
-  const ScatterShape s = check_masked_scatter(sh, indices, updates);
+  const ScatterShape s = check_masked_scatter(sh, indices, updates, red);
   const at::OptionalDeviceGuard guard(at::device_of(updates));
   at::Tensor out = at::zeros(sh, updates.options());
   scatter_into(op, out, sh, indices, updates, red, s, &masked_value);

@@ -10,8 +10,10 @@
 // the CPU an exception, on CUDA a device-side assert naming the op and the
 // argument, as torch's own CUDA index ops do (raising would need a host sync).
 // Duplicate destinations: add / mul / max / min combine all of them (half
-// types in float, rounded once); none keeps the last one in the order of
-// indices, on every device.
+// types in float, rounded once; integers exactly, add and mul wrapping around
+// as torch's); none keeps the last one in the order of indices, on every
+// device. Data: the floating dtypes, uint8, int8, int16, int32, int64, and
+// bool with none only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -35,6 +37,16 @@ inline ScatterReduction parse_reduction(const char* op, std::string_view r) {
                     "' for argument 'reduction' (expected one of none, add, mul, max, min)");
 }
 
+inline const char* reduction_name(ScatterReduction r) {
+  switch (r) {
+    case ScatterReduction::NONE: return "none";
+    case ScatterReduction::ADD: return "add";
+    case ScatterReduction::MUL: return "mul";
+    case ScatterReduction::MAX: return "max";
+    default: return "min";
+  }
+}
+
 // Index depth the kernels take (the CUDA kernel passes data's leading sizes by value).
 constexpr int64_t kMaxIndexDepth = 64;
 
@@ -48,7 +60,8 @@ struct ScatterShape {
 // Checks devices, dtypes and shapes; `shape` is data's shape (or the "of shape"
 // argument), `data` is null for the "of shape" forms.
 inline ScatterShape check_scatter(const char* op, at::IntArrayRef shape, c10::ScalarType data_dtype,
-                                  const at::Tensor& indices, const at::Tensor& updates, const at::Tensor* data) {
+                                  const at::Tensor& indices, const at::Tensor& updates, const at::Tensor* data,
+                                  ScatterReduction red) {
   const bool data_is_tensor = data != nullptr;
   if (data_is_tensor) {
     check_same_device(op, "indices", indices, "data", *data);
@@ -56,11 +69,12 @@ inline ScatterShape check_scatter(const char* op, at::IntArrayRef shape, c10::Sc
   } else {
     check_same_device(op, "indices", indices, "updates", updates);
   }
-  if (data_is_tensor) {
-    TORCH_CHECK_TYPE(is_supported_float(data_dtype), "teachcompute_ext.", op, ": unsupported dtype ",
-                     dtype_name(data_dtype), " for argument 'data' (expected float32, float64, float16 or bfloat16)");
-  }
-  check_float_dtype(op, "updates", updates);
+  if (data_is_tensor) check_float_or_int_dtype(op, "data", *data);
+  check_float_or_int_dtype(op, "updates", updates);
+  // bool data: none only (torch's index_put_ with accumulate on bool is an "or", ONNX has no bool reductions).
+  TORCH_CHECK_TYPE(updates.scalar_type() != at::kBool || red == ScatterReduction::NONE, "teachcompute_ext.", op,
+                   ": reduction '", reduction_name(red), "' is not supported for bool data (argument 'reduction'; "
+                   "bool takes 'none' only)");
   TORCH_CHECK_TYPE(!data_is_tensor || updates.scalar_type() == data_dtype, "teachcompute_ext.", op,
                    ": 'updates' has dtype ", dtype_name(updates.scalar_type()), " but 'data' has dtype ",
                    dtype_name(data_dtype));
@@ -87,9 +101,10 @@ inline ScatterShape check_scatter(const char* op, at::IntArrayRef shape, c10::Sc
 }
 
 // masked_scatter_nd_of_shape: the checks of scatter_nd_of_shape, and k == 1.
-inline ScatterShape check_masked_scatter(at::IntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates) {
+inline ScatterShape check_masked_scatter(at::IntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates,
+                                         ScatterReduction red) {
   const char* op = "masked_scatter_nd_of_shape";
-  const ScatterShape s = check_scatter(op, shape, updates.scalar_type(), indices, updates, nullptr);
+  const ScatterShape s = check_scatter(op, shape, updates.scalar_type(), indices, updates, nullptr, red);
   TORCH_CHECK(s.k == 1, "teachcompute_ext.", op, ": 'indices' must end in a dim of 1 (k = 1), got shape ",
               indices.sizes());
   return s;

@@ -1,5 +1,5 @@
-// Autograd of the ScatterND family (C++ autograd Functions, the rule of every
-// family: csrc/README.md), for reduction="add" and "none"; mul, max and min
+// Autograd of the ScatterND family (hand-built autograd Nodes, the rule of
+// every family: csrc/README.md), for reduction="add" and "none"; mul, max and min
 // raise in the backward. Written with symbolic sizes (sym_size, *_symint), so
 // torch.compile(dynamic=True) traces it without specializing.
 //   add:  grad_data = grad; grad_updates[i] = grad[row(i)]
@@ -9,9 +9,10 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
-#include <torch/csrc/autograd/custom_function.h>
 
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "common/autograd.h"
 #include "ops.h"
@@ -19,7 +20,8 @@
 namespace teachcompute_ext {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
 using ScatterSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view);
@@ -68,72 +70,63 @@ at::Tensor gather_rows(const at::Tensor& grad, const at::Tensor& rows, int64_t k
   return out.reshape_symint(updates_shape);
 }
 
-struct ScatterNdFunction : public torch::autograd::Function<ScatterNdFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& data, const at::Tensor& indices,
-                            const at::Tensor& updates, c10::string_view reduction) {
-    static auto op = find_op<ScatterSig>("teachcompute_ext::scatter_nd");
-    ctx->save_for_backward({indices});
-    ctx->saved_data["reduction"] = std::string(reduction);
-    ctx->saved_data["updates_shape"] = c10::IValue(updates.sym_sizes());
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(data, indices, updates, reduction);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const std::string reduction = ctx->saved_data["reduction"].toStringRef();
+// Next edges: data, updates (indices has no gradient).
+struct ScatterNdBackward : Node {
+  SavedVariable indices_;
+  std::string reduction;
+  std::vector<c10::SymInt> updates_shape;
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
     check_differentiable("scatter_nd", reduction);
-    const at::Tensor indices = ctx->get_saved_variables()[0];
-    const at::Tensor& grad = grad_out[0];
-    const auto updates_shape = ctx->saved_data["updates_shape"].toSymIntVector();
+    const at::Tensor& grad = grads[0];
+    if (!grad.defined()) return {at::Tensor(), at::Tensor()};
+    const at::Tensor indices = indices_.unpack();
     const int64_t k = indices.sym_size(-1).guard_int(__FILE__, __LINE__);
     const at::Tensor rows = rows_of(indices, grad.sym_sizes());
+    const bool want_data = task_should_compute_output(0), want_updates = task_should_compute_output(1);
     at::Tensor grad_data, grad_updates;
     if (reduction == "add") {
-      if (ctx->needs_input_grad(0)) grad_data = grad;
-      if (ctx->needs_input_grad(2)) grad_updates = gather_rows(grad, rows, k, updates_shape, at::Tensor());
+      if (want_data) grad_data = grad;
+      if (want_updates) grad_updates = gather_rows(grad, rows, k, updates_shape, at::Tensor());
     } else {
       const auto gs = grad.sym_sizes();
       const c10::SymInt n_rows = prod(gs, 0, k);
-      if (ctx->needs_input_grad(0)) {
+      if (want_data) {
         const at::Tensor written = at::zeros_symint({n_rows}, grad.options().dtype(at::kBool)).index_fill(0, rows, true);
         grad_data = grad.reshape_symint({n_rows, prod(gs, k, grad.dim())})
                         .masked_fill(written.unsqueeze(1), 0)
                         .reshape_symint(gs);
       }
-      if (ctx->needs_input_grad(2)) grad_updates = gather_rows(grad, rows, k, updates_shape, winners(rows, n_rows));
+      if (want_updates) grad_updates = gather_rows(grad, rows, k, updates_shape, winners(rows, n_rows));
     }
-    return {grad_data, at::Tensor(), grad_updates, at::Tensor()};
+    return {grad_data, grad_updates};
   }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    indices_.reset_data();
+  }
+  std::string name() const override { return "ScatterNdBackward"; }
 };
 
-// scatter_nd_of_shape and masked_scatter_nd_of_shape: only updates has a gradient.
-struct OfShapeFunction : public torch::autograd::Function<OfShapeFunction> {
-  static at::Tensor forward(AutogradContext* ctx, c10::SymIntArrayRef shape, const at::Tensor& indices,
-                            const at::Tensor& updates, std::optional<int64_t> masked_value,
-                            c10::string_view reduction) {
-    ctx->save_for_backward({indices});
-    ctx->saved_data["reduction"] = std::string(reduction);
-    ctx->saved_data["updates_shape"] = c10::IValue(updates.sym_sizes());
-    ctx->saved_data["masked"] = masked_value.has_value();
-    ctx->saved_data["masked_value"] = masked_value.value_or(0);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    if (masked_value.has_value()) {
-      static auto op = find_op<MaskedSig>("teachcompute_ext::masked_scatter_nd_of_shape");
-      return op.call(shape, indices, updates, *masked_value, reduction);
-    }
-    static auto op = find_op<OfShapeSig>("teachcompute_ext::scatter_nd_of_shape");
-    return op.call(shape, indices, updates, reduction);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const bool masked = ctx->saved_data["masked"].toBool();
-    const std::string reduction = ctx->saved_data["reduction"].toStringRef();
+// scatter_nd_of_shape and masked_scatter_nd_of_shape: only updates has a
+// gradient (one next edge).
+struct OfShapeBackward : Node {
+  SavedVariable indices_;
+  std::string reduction;
+  std::vector<c10::SymInt> updates_shape;
+  std::optional<int64_t> masked_value;
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const bool masked = masked_value.has_value();
     check_differentiable(masked ? "masked_scatter_nd_of_shape" : "scatter_nd_of_shape", reduction);
-    const at::Tensor indices = ctx->get_saved_variables()[0];
-    const at::Tensor& grad = grad_out[0];
+    const at::Tensor& grad = grads[0];
+    if (!grad.defined()) return {at::Tensor()};
+    const at::Tensor indices = indices_.unpack();
     const int64_t k = indices.sym_size(-1).guard_int(__FILE__, __LINE__);
     at::Tensor rows = rows_of(indices, grad.sym_sizes());
     at::Tensor keep;
     if (masked) {
-      keep = indices.select(-1, 0).ne(ctx->saved_data["masked_value"].toInt()).reshape({-1});
+      keep = indices.select(-1, 0).ne(*masked_value).reshape({-1});
       rows = at::where(keep, rows, 0);
     }
     if (reduction == "none") {
@@ -143,43 +136,72 @@ struct OfShapeFunction : public torch::autograd::Function<OfShapeFunction> {
                                             : winners(rows, n_rows);
       keep = keep.defined() ? win.logical_and(keep) : win;
     }
-    const at::Tensor grad_updates =
-        gather_rows(grad, rows, k, ctx->saved_data["updates_shape"].toSymIntVector(), keep);
-    return {at::Tensor(), at::Tensor(), grad_updates, at::Tensor(), at::Tensor()};
+    return {gather_rows(grad, rows, k, updates_shape, keep)};
+  }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    indices_.reset_data();
+  }
+  std::string name() const override {
+    return masked_value.has_value() ? "MaskedScatterNdOfShapeBackward" : "ScatterNdOfShapeBackward";
   }
 };
+
+void of_shape_history(at::Tensor& out, const at::Tensor& indices, const at::Tensor& updates,
+                      std::optional<int64_t> masked_value, c10::string_view reduction) {
+  auto node = make_node<OfShapeBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(updates));
+  node->indices_ = SavedVariable(indices, /*is_output=*/false);
+  node->reduction = std::string(reduction);
+  node->updates_shape = updates.sym_sizes().vec();
+  node->masked_value = masked_value;
+  torch::autograd::set_history(out, node);
+}
 
 }  // namespace
 
 at::Tensor scatter_nd_autograd(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
                                c10::string_view reduction) {
-  if (!needs_grad(data) && !needs_grad(updates)) {
-    static auto op = find_op<ScatterSig>("teachcompute_ext::scatter_nd");
+  static auto op = find_op<ScatterSig>("teachcompute_ext::scatter_nd");
+  at::Tensor out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(data, indices, updates, reduction);
+    out = op.call(data, indices, updates, reduction);
   }
-  return ScatterNdFunction::apply(data, indices, updates, reduction);
+  if (needs_grad(data) || needs_grad(updates)) {
+    auto node = make_node<ScatterNdBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(data, updates));
+    node->indices_ = SavedVariable(indices, /*is_output=*/false);
+    node->reduction = std::string(reduction);
+    node->updates_shape = updates.sym_sizes().vec();
+    torch::autograd::set_history(out, node);
+  }
+  return out;
 }
 
 at::Tensor scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices,
                                         const at::Tensor& updates, c10::string_view reduction) {
-  if (!needs_grad(updates)) {
-    static auto op = find_op<OfShapeSig>("teachcompute_ext::scatter_nd_of_shape");
+  static auto op = find_op<OfShapeSig>("teachcompute_ext::scatter_nd_of_shape");
+  at::Tensor out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(shape, indices, updates, reduction);
+    out = op.call(shape, indices, updates, reduction);
   }
-  return OfShapeFunction::apply(shape, indices, updates, std::nullopt, reduction);
+  if (needs_grad(updates)) of_shape_history(out, indices, updates, std::nullopt, reduction);
+  return out;
 }
 
 at::Tensor masked_scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices,
                                                const at::Tensor& updates, int64_t masked_value,
                                                c10::string_view reduction) {
-  if (!needs_grad(updates)) {
-    static auto op = find_op<MaskedSig>("teachcompute_ext::masked_scatter_nd_of_shape");
+  static auto op = find_op<MaskedSig>("teachcompute_ext::masked_scatter_nd_of_shape");
+  at::Tensor out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(shape, indices, updates, masked_value, reduction);
+    out = op.call(shape, indices, updates, masked_value, reduction);
   }
-  return OfShapeFunction::apply(shape, indices, updates, std::optional<int64_t>(masked_value), reduction);
+  if (needs_grad(updates)) of_shape_history(out, indices, updates, masked_value, reduction);
+  return out;
 }
 
 }  // namespace teachcompute_ext

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "common/vec_io.h"
@@ -145,6 +146,48 @@ void apply(T* dst, RowSource<T> rs, const int64_t* order, int64_t count, int64_t
     case ScatterReduction::MAX: return apply_impl<T, ScatterReduction::MAX, false>(dst, rs, order, count, ahead, slice);
     default: return apply_impl<T, ScatterReduction::MIN, false>(dst, rs, order, count, ahead, slice);
   }
+}
+
+// Integer and bool data: exact, in the data's own type. Rows stream through
+// the destination one after the other (the compiler vectorizes the inner loop);
+// add and mul wrap around as torch's do (computed unsigned: signed overflow is
+// undefined in C++). Integer scatters are not benchmarked against torch yet.
+template <typename T, ScatterReduction kRed>
+void apply_int_impl(T* dst, const T* src, const int64_t* src_row, const int64_t* order, int64_t count, int64_t slice) {
+  using U = std::make_unsigned_t<T>;
+  for (int64_t j = 0; j < count; ++j) {
+    const T* row = src + (src_row ? src_row[order[j]] : order[j]) * slice;
+    for (int64_t c = 0; c < slice; ++c) {
+      if constexpr (kRed == ScatterReduction::ADD) {
+        dst[c] = static_cast<T>(static_cast<U>(dst[c]) + static_cast<U>(row[c]));
+      } else if constexpr (kRed == ScatterReduction::MUL) {
+        dst[c] = static_cast<T>(static_cast<U>(dst[c]) * static_cast<U>(row[c]));
+      } else if constexpr (kRed == ScatterReduction::MAX) {
+        dst[c] = std::max(dst[c], row[c]);
+      } else {
+        dst[c] = std::min(dst[c], row[c]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void apply_int(T* dst, const T* src, const int64_t* src_row, const int64_t* order, int64_t count, int64_t slice,
+               ScatterReduction red) {
+  if constexpr (std::is_same_v<T, bool>) {
+    TORCH_INTERNAL_ASSERT(red == ScatterReduction::NONE, "bool scatter takes none only");
+  } else {
+    switch (red) {
+      case ScatterReduction::ADD: return apply_int_impl<T, ScatterReduction::ADD>(dst, src, src_row, order, count, slice);
+      case ScatterReduction::MUL: return apply_int_impl<T, ScatterReduction::MUL>(dst, src, src_row, order, count, slice);
+      case ScatterReduction::MAX: return apply_int_impl<T, ScatterReduction::MAX>(dst, src, src_row, order, count, slice);
+      case ScatterReduction::MIN: return apply_int_impl<T, ScatterReduction::MIN>(dst, src, src_row, order, count, slice);
+      default: break;
+    }
+  }
+  // none: the last update in index order wins.
+  const T* last = src + (src_row ? src_row[order[count - 1]] : order[count - 1]) * slice;
+  std::copy(last, last + slice, dst);
 }
 
 // Whole rows of up to NV vectors (128 floats with AVX512) stay in registers, so
@@ -335,10 +378,26 @@ void scatter_groups(at::Tensor& out, const int64_t* group_row, int64_t groups, c
   const int64_t n_rows = out.size(0);
   const int64_t slice = n_rows == 0 ? 0 : out.numel() / n_rows;
   if (slice == 0 || groups == 0) return;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, slice));
+  if (at::isIntegralType(out.scalar_type(), /*includeBool=*/true)) {
+    // ScatterND only: no scale, out holds data.
+    TORCH_INTERNAL_ASSERT(scale == nullptr && !out_is_zero, "integer scatter_groups: no scale, out holds data");
+    AT_DISPATCH_INTEGRAL_TYPES_AND(at::kBool, out.scalar_type(), "scatter_groups_int_cpu", [&] {
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      const scalar_t* sp = src.const_data_ptr<scalar_t>();
+      at::parallel_for(0, groups, grain, [&](int64_t b, int64_t e) {
+        for (int64_t g = b; g < e; ++g) {
+          if (bounds[g + 1] == bounds[g]) continue;
+          apply_int<scalar_t>(o + group_row[g] * slice, sp, src_row, order + bounds[g], bounds[g + 1] - bounds[g],
+                              slice, red);
+        }
+      });
+    });
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "scatter_groups_cpu", [&] {
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const RowSource<scalar_t> rs{src.const_data_ptr<scalar_t>(), src_row, scale, out_is_zero};
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, slice));
     at::parallel_for(0, groups, grain, [&](int64_t b, int64_t e) {
       for (int64_t g = b; g < e; ++g) {
         if (bounds[g + 1] == bounds[g]) {

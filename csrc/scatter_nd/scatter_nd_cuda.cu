@@ -20,6 +20,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "common/cuda_utils.cuh"
 #include "scatter_nd/scatter_nd.h"
@@ -128,8 +129,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Integers wrap around as torch's do (unsigned: signed overflow is undefined).
 template <typename A>
 __device__ __forceinline__ A combine(A a, A b, ScatterReduction red) {
+  if constexpr (std::is_integral_v<A> && !std::is_same_v<A, bool>) {
+    using U = std::make_unsigned_t<A>;
+    if (red == ScatterReduction::ADD) return static_cast<A>(static_cast<U>(a) + static_cast<U>(b));
+    if (red == ScatterReduction::MUL) return static_cast<A>(static_cast<U>(a) * static_cast<U>(b));
+  }
   switch (red) {
     case ScatterReduction::ADD: return a + b;
     case ScatterReduction::MUL: return a * b;
@@ -141,12 +148,11 @@ __device__ __forceinline__ A combine(A a, A b, ScatterReduction red) {
 
 // Deterministic: sorted holds the destinations in ascending order (stable),
 // perm their update numbers; the thread at each segment start folds it.
-template <typename T>
+template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads)
     segment_kernel(T* __restrict__ out, const T* __restrict__ src, const int64_t* __restrict__ sorted,
                    const int64_t* __restrict__ perm, const int64_t* __restrict__ src_row,
-                   const cuda::acc_type<T>* __restrict__ scale, int64_t n, int64_t slice, ScatterReduction red) {
-  using A = cuda::acc_type<T>;
+                   const A* __restrict__ scale, int64_t n, int64_t slice, ScatterReduction red) {
   const int64_t total = n * slice;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -185,26 +191,50 @@ void scatter_rows(at::Tensor& out, const at::Tensor& dest, const at::Tensor& src
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t* dp = dest.const_data_ptr<int64_t>();
   const int64_t* rp = ptr_or_null<int64_t>(src_row);
+  // Sorted segments, each folded in index order by one thread: deterministic.
+  auto segments = [&](auto* o, const auto* up, const auto* sp) {
+    using T = std::remove_pointer_t<decltype(o)>;
+    using A = std::remove_cv_t<std::remove_pointer_t<decltype(sp)>>;
+    auto [sorted, perm] = at::sort(dest, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    segment_kernel<T, A><<<grid_for(total), kThreads, 0, stream>>>(
+        o, up, sorted.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>(), rp, sp, n, slice, red);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  // none: the last update of each destination found with atomicMax, then only it writes.
+  auto last_wins = [&](auto* o, const auto* up) {
+    using T = std::remove_pointer_t<decltype(o)>;
+    at::Tensor last = at::zeros({n_rows}, dest.options());
+    auto* lp = reinterpret_cast<unsigned long long*>(last.mutable_data_ptr<int64_t>());
+    last_update_kernel<<<grid_for(n), kThreads, 0, stream>>>(dp, n, lp);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    store_last_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(o, up, dp, rp, lp, n, slice);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (at::isIntegralType(out.scalar_type(), /*includeBool=*/true)) {
+    // Integer and bool data (ScatterND only, no scale): exact in the data's
+    // type; there are no 8- and 16-bit atomics, so add / mul / max / min
+    // always take the sorted segments.
+    AT_DISPATCH_INTEGRAL_TYPES_AND(at::kBool, out.scalar_type(), "scatter_rows_int_cuda", [&] {
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      const scalar_t* up = src.const_data_ptr<scalar_t>();
+      if (red == ScatterReduction::NONE && !at::globalContext().deterministicAlgorithms()) {
+        last_wins(o, up);
+      } else {
+        segments(o, up, static_cast<const scalar_t*>(nullptr));
+      }
+    });
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "scatter_rows_cuda", [&] {
     using A = cuda::acc_type<scalar_t>;
     const A* sp = ptr_or_null<A>(scale);
     const scalar_t* up = src.const_data_ptr<scalar_t>();
     if (at::globalContext().deterministicAlgorithms()) {
-      auto [sorted, perm] = at::sort(dest, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-      segment_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
-          out.mutable_data_ptr<scalar_t>(), up, sorted.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>(), rp,
-          sp, n, slice, red);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      segments(out.mutable_data_ptr<scalar_t>(), up, sp);
       return;
     }
     if (red == ScatterReduction::NONE) {
-      at::Tensor last = at::zeros({n_rows}, dest.options());
-      auto* lp = reinterpret_cast<unsigned long long*>(last.mutable_data_ptr<int64_t>());
-      last_update_kernel<<<grid_for(n), kThreads, 0, stream>>>(dp, n, lp);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      store_last_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(out.mutable_data_ptr<scalar_t>(), up, dp,
-                                                                            rp, lp, n, slice);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      last_wins(out.mutable_data_ptr<scalar_t>(), up);
       return;
     }
     // Half types combine in a float copy of out, rounded once at the end.

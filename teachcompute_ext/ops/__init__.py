@@ -1,7 +1,8 @@
-"""One module per op family: Python wrappers, fake kernels and autograd formulas.
+"""One module per op family: Python wrappers, fake kernels and vmap rules
+(autograd and autocast are registered in C++).
 
-Importing this package registers the fake kernels and autograd of every op, so
-torch.compile, torch.export and autograd work as soon as `import teachcompute_ext`
+Importing this package registers the fake kernels and vmap rules of every op, so
+torch.compile, torch.export and torch.func work as soon as `import teachcompute_ext`
 has run.
 """
 from .reduce import (

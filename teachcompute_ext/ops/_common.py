@@ -12,6 +12,18 @@ def check_float_dtype(op, arg, t):
         )
 
 
+INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
+
+
+def check_float_or_int_dtype(op, arg, t):
+    """The message of check_float_or_int_dtype in csrc/common/checks.h."""
+    if t.dtype not in FLOAT_DTYPES and t.dtype not in INT_DTYPES:
+        raise TypeError(
+            f"teachcompute_ext.{op}: unsupported dtype {t.dtype} for argument '{arg}' "
+            "(expected float32, float64, float16, bfloat16, uint8, int8, int16, int32, int64 or bool)"
+        )
+
+
 def check_same_device(op, arg, t, ref_arg, ref):
     """The message of check_same_device in csrc/common/checks.h: torch's words, then ours."""
     if t.device != ref.device:

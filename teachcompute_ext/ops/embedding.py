@@ -99,6 +99,11 @@ def _embedding_fake(weight, indices, padding_idx=None):
 
 @torch.library.register_fake("teachcompute_ext::embedding_backward")
 def _embedding_backward_fake(grad, indices, num_weights, padding_idx=None):
+    _check_embedding_backward(grad, indices, num_weights, padding_idx)
+    return grad.new_empty((num_weights, grad.shape[-1]))
+
+
+def _check_embedding_backward(grad, indices, num_weights, padding_idx):
     op = "embedding_backward"
     check_float_dtype(op, "grad", grad)
     _check_indices(op, indices)
@@ -107,7 +112,6 @@ def _embedding_backward_fake(grad, indices, num_weights, padding_idx=None):
         raise RuntimeError(f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but 'indices' has "
                            f"shape {list(indices.shape)} (expected indices.shape + [embedding_dim])")
     _check_padding(op, padding_idx, num_weights)
-    return grad.new_empty((num_weights, grad.shape[-1]))
 
 
 @torch.library.register_fake("teachcompute_ext::embedding_bag_forward")
@@ -139,3 +143,164 @@ def _embedding_bag_backward_fake(grad, weight, indices, offsets, max_indices, mo
 
 
 # Autograd is registered in C++ (csrc/embedding/embedding_autograd.cpp), like every family's.
+
+
+# ---------------------------------------------------------------------------
+# vmap rules (torch.func.vmap). A batched weight [B, V, D] is read as one table
+# of B * V rows, sample b's index i becoming row b * V + i (_vmap.flat_rows);
+# bags are flattened into B times as many bags. padding_idx p: in the stacked
+# table every sample's padding entry goes to row p itself (sample 0's padding
+# row, which no other entry can reach) and padding_idx stays p, so the op skips
+# them all, in the bags and in the gradients.
+# ---------------------------------------------------------------------------
+from . import _vmap  # noqa: E402
+
+
+def _wrap_padding(padding_idx, rows):
+    return padding_idx + rows if padding_idx is not None and padding_idx < 0 else padding_idx
+
+
+def _stacked_rows(idx, rows, batch, padding_idx):
+    """idx (batch first) as rows of the stacked table, and the padding_idx of that table."""
+    flat = _vmap.flat_rows(idx, rows, batch, allow_negative=False)
+    pad = _wrap_padding(padding_idx, rows)
+    if pad is not None:
+        flat = torch.where(idx == pad, pad, flat)
+    return flat, pad
+
+
+def _vmap_embedding(info, in_dims, weight, indices, padding_idx=None):
+    w_b, i_b = in_dims[:2]
+    lw = _vmap.logical(weight, w_b)
+    _check_weight("embedding", lw)
+    _check_indices("embedding", indices)
+    check_same_device("embedding", "indices", indices, "weight", weight)
+    _check_padding("embedding", padding_idx, lw.shape[0])
+    if w_b is None:  # one table: the batch dim of indices is a dim like the others
+        return _ops.embedding.default(weight, indices, padding_idx), i_b
+    batch, rows = info.batch_size, lw.shape[0]
+    idx = _vmap.front_or_expand(indices, i_b, batch)
+    table = _vmap.front(weight, w_b).reshape(batch * rows, lw.shape[1])
+    # Padding rows are read like any other (weight[b, p]: the forward ignores
+    # padding_idx), so they cannot be redirected to one row as in the backward;
+    # their gradient is cut here instead, for a grad taken around this vmap
+    # (always: under torch.func.grad the tensors here do not say they require grad).
+    out = _ops.embedding.default(table, _vmap.flat_rows(idx, rows, batch, allow_negative=False), None)
+    pad = _wrap_padding(padding_idx, rows)
+    if pad is not None:
+        out = torch.where((idx == pad).unsqueeze(-1), out.detach(), out)
+    return out, 0
+
+
+def _vmap_embedding_backward(info, in_dims, grad, indices, num_weights, padding_idx=None):
+    g_b, i_b = in_dims[:2]
+    _check_embedding_backward(_vmap.logical(grad, g_b), _vmap.logical(indices, i_b), num_weights, padding_idx)
+    batch = info.batch_size
+    if i_b is None:
+        # One set of indices: the batch moves next to the embedding dim and the
+        # samples' gradients are columns of one [V, B * D] gradient.
+        dim = grad.shape[-1]
+        g = grad.movedim(g_b, -2).reshape(*indices.shape, batch * dim)
+        out = _ops.embedding_backward.default(g, indices, num_weights, padding_idx)
+        return out.view(num_weights, batch, dim), 1
+    idx = indices.movedim(i_b, 0)
+    flat, pad = _stacked_rows(idx, num_weights, batch, padding_idx)
+    g = _vmap.front_or_expand(grad, g_b, batch)
+    out = _ops.embedding_backward.default(g, flat, batch * num_weights, pad)
+    return out.view(batch, num_weights, g.shape[-1]), 0
+
+
+def _flat_bags(batch, tables, weight, w_b, indices, i_b, offsets, o_b, psw, p_b, padding_idx, include_last_offset):
+    """The arguments of one embedding_bag call over the whole batch, and how to cut its bags
+    back into samples: (weight, indices, offsets, psw, padding_idx, include_last_offset,
+    bags per sample in that call, whether the last of them is an added tail bag). tables: one
+    table per sample (the weight is batched, or per-sample weight gradients are wanted)."""
+    lw = _vmap.logical(weight, w_b)
+    rows, dim = lw.shape[0], lw.shape[1]
+    idx = _vmap.front_or_expand(indices, i_b, batch).to(torch.int64)
+    pad = padding_idx
+    if tables:
+        weight = _vmap.front_or_expand(weight, w_b, batch).reshape(batch * rows, dim)
+        idx, pad = _stacked_rows(idx, rows, batch, padding_idx)
+    psw = None if psw is None else _vmap.front_or_expand(psw, p_b, batch)
+    if idx.dim() == 3:  # fixed-length bags [bags, L]
+        bags = idx.shape[1]
+        length = idx.shape[2]  # not -1: reshape cannot infer a dim of an empty batch
+        psw = None if psw is None else psw.reshape(batch * bags, length)
+        return weight, idx.reshape(batch * bags, length), None, psw, pad, False, bags, False
+    n = idx.shape[1]
+    off = _vmap.front_or_expand(offsets, o_b, batch).to(torch.int64)
+    off = off + _vmap.batch_index(batch, off) * n
+    psw = None if psw is None else psw.reshape(-1)
+    if not include_last_offset:
+        # offsets[0] is 0 (the op checks it), so each sample's last bag ends where the next sample starts.
+        return weight, idx.reshape(-1), off.reshape(-1), psw, pad, False, off.shape[1], False
+    # A sample's last offset may end its last bag before its last index, and one
+    # flat list of offsets has no gaps: the tail becomes one more bag per sample,
+    # dropped afterwards.
+    per = off.shape[1]
+    off = torch.cat([off.reshape(-1), off.new_full((1,), batch * n)])
+    return weight, idx.reshape(-1), off, psw, pad, True, per, True
+
+
+def _vmap_bag_forward(info, in_dims, weight, indices, offsets, mode, psw, padding_idx, include_last_offset):
+    w_b, i_b, o_b, p_b = in_dims[0], in_dims[1], in_dims[2], in_dims[4]
+    _check_bag_args("embedding_bag", _vmap.logical(weight, w_b), _vmap.logical(indices, i_b),
+                    _vmap.logical(offsets, o_b), mode, _vmap.logical(psw, p_b), padding_idx, include_last_offset)
+    batch = info.batch_size
+    lw = _vmap.logical(weight, w_b)
+    rows, dim = lw.shape[0], lw.shape[1]
+    w, idx, off, ps, pad, ilo, per, tail = _flat_bags(batch, w_b is not None, weight, w_b, indices, i_b, offsets,
+                                                      o_b, psw, p_b, padding_idx, include_last_offset)
+    out, argmax = _ops.embedding_bag_forward.default(w, idx, off, mode, ps, pad, ilo)
+    keep = per - 1 if tail else per
+    out = out.view(batch, per, dim)[:, :keep]
+    if mode != "max":
+        return (out, argmax), (0, None)
+    argmax = argmax.view(batch, per, dim)[:, :keep]
+    if w_b is not None:  # rows of the stacked table back to rows of each sample's
+        argmax = torch.where(argmax >= 0, argmax - _vmap.batch_index(batch, argmax) * rows, argmax)
+    return (out, argmax), (0, 0)
+
+
+def _vmap_bag(info, in_dims, weight, indices, offsets=None, mode="mean", psw=None, padding_idx=None,
+              include_last_offset=False):
+    in_dims = tuple(in_dims) + (None,) * (7 - len(in_dims))
+    (out, _), (out_dim, _) = _vmap_bag_forward(info, in_dims, weight, indices, offsets, mode, psw, padding_idx,
+                                               include_last_offset)
+    return out, out_dim
+
+
+def _vmap_bag_backward(info, in_dims, grad, weight, indices, offsets, max_indices, mode, psw, padding_idx,
+                       include_last_offset):
+    g_b, w_b, i_b, o_b, m_b, p_b = in_dims[0], in_dims[1], in_dims[2], in_dims[3], in_dims[4], in_dims[6]
+    lw = _vmap.logical(weight, w_b)
+    _check_bag_args("embedding_bag_backward", lw, _vmap.logical(indices, i_b), _vmap.logical(offsets, o_b), mode,
+                    _vmap.logical(psw, p_b), padding_idx, include_last_offset)
+    batch = info.batch_size
+    rows, dim = lw.shape[0], lw.shape[1]
+    # Per-sample weight gradients need one table per sample even when the weight is shared.
+    w, idx, off, ps, pad, ilo, per, tail = _flat_bags(batch, True, weight, w_b, indices, i_b, offsets, o_b, psw, p_b,
+                                                      padding_idx, include_last_offset)
+    g = _vmap.front_or_expand(grad, g_b, batch)
+    if mode == "max":
+        m = _vmap.front_or_expand(max_indices, m_b, batch)
+        m = torch.where(m >= 0, m + _vmap.batch_index(batch, m) * rows, m)
+    if tail:  # the tail bags _flat_bags added: no gradient, no maximum
+        g = torch.cat([g, g.new_zeros(batch, 1, dim)], dim=1)
+        if mode == "max":
+            m = torch.cat([m, m.new_full((batch, 1, dim), -1)], dim=1)
+    g = g.reshape(batch * per, dim)
+    m = m.reshape(g.shape) if mode == "max" else max_indices.new_empty((0,))
+    gw, gpsw = _ops.embedding_bag_backward.default(g, w, idx, off, m, mode, ps, pad, ilo)
+    gw = gw.view(batch, rows, dim)
+    if psw is None:
+        return (gw, gpsw), (0, None)
+    return (gw, gpsw.view(batch, *_vmap.Logical(psw, p_b).shape)), (0, 0)
+
+
+_vmap.register("embedding", _vmap_embedding)
+_vmap.register("embedding_backward", _vmap_embedding_backward)
+_vmap.register("embedding_bag", _vmap_bag)
+_vmap.register("embedding_bag_forward", _vmap_bag_forward)
+_vmap.register("embedding_bag_backward", _vmap_bag_backward)

@@ -2,7 +2,7 @@
 softmax, log_softmax: wrappers and fake kernels (autograd is in C++)."""
 import torch
 
-from ._common import check_dim, check_float_dtype, check_same_device
+from ._common import INT_DTYPES, check_dim, check_float_dtype, check_float_or_int_dtype, check_same_device
 
 _ops = torch.ops.teachcompute_ext
 
@@ -12,6 +12,7 @@ def vector_sum(x: torch.Tensor) -> torch.Tensor:
 
     Like ``torch.sum(x)`` for float32, float64, float16 and bfloat16 (the half
     types accumulate in float32); any shape and strides; 0 for an empty tensor.
+    Integer and bool tensors sum exactly into int64, as ``torch.sum``.
     The CPU result is bitwise identical from run to run and for any thread
     count; the CUDA result is bitwise reproducible (no float atomics).
     """
@@ -20,8 +21,8 @@ def vector_sum(x: torch.Tensor) -> torch.Tensor:
 
 @torch.library.register_fake("teachcompute_ext::vector_sum")
 def _vector_sum_fake(x):
-    check_float_dtype("vector_sum", "x", x)
-    return x.new_empty(())
+    check_float_or_int_dtype("vector_sum", "x", x)
+    return x.new_empty((), dtype=torch.int64 if x.dtype in INT_DTYPES else x.dtype)
 
 # Autograd is registered in C++ (csrc/reduce/reduce_autograd.cpp): cheaper per call.
 
@@ -74,7 +75,8 @@ for _name in ("softmax", "log_softmax"):
 # Reductions along dims
 # ---------------------------------------------------------------------------
 def reduce_sum(x: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
-    """``torch.sum(x, dim, keepdim)``: dim is an int, a list of ints, or None (all dims)."""
+    """``torch.sum(x, dim, keepdim)``: dim is an int, a list of ints, or None (all dims). Integer and
+    bool inputs sum into int64, as torch's."""
     return _ops.reduce_sum.default(x, _as_list(dim), keepdim)
 
 
@@ -85,7 +87,8 @@ def reduce_mean(x: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tenso
 
 def reduce_max(x: torch.Tensor, dim: int, keepdim: bool = False):
     """``torch.max(x, dim, keepdim)``: (values, indices); the index of the first
-    maximum (of the first NaN when there is one); the gradient flows to it."""
+    maximum (of the first NaN when there is one); the gradient flows to it.
+    Floating, integer and bool dtypes."""
     return _ops.reduce_max.default(x, dim, keepdim)
 
 
@@ -130,15 +133,19 @@ def _reduced_shape(op, x, dim, keepdim):
 
 def _sum_mean_fake(op):
     def fake(x, dim=None, keepdim=False):
-        check_float_dtype(op, "x", x)
-        return x.new_empty(_reduced_shape(op, x, dim, keepdim))
+        if op == "reduce_sum":
+            check_float_or_int_dtype(op, "x", x)
+        else:
+            check_float_dtype(op, "x", x)
+        dtype = torch.int64 if x.dtype in INT_DTYPES else x.dtype
+        return x.new_empty(_reduced_shape(op, x, dim, keepdim), dtype=dtype)
 
     return fake
 
 
 def _maxmin_fake(op):
     def fake(x, dim, keepdim=False):
-        check_float_dtype(op, "x", x)
+        check_float_or_int_dtype(op, "x", x)
         check_dim(op, x, dim)
         w = dim + max(x.dim(), 1) if dim < 0 else dim
         if x.dim() > 0 and x.shape[w] == 0:
@@ -157,3 +164,89 @@ torch.library.register_fake("teachcompute_ext::reduce_mean")(_sum_mean_fake("red
 torch.library.register_fake("teachcompute_ext::logsumexp")(_sum_mean_fake("logsumexp"))
 torch.library.register_fake("teachcompute_ext::reduce_max")(_maxmin_fake("reduce_max"))
 torch.library.register_fake("teachcompute_ext::reduce_min")(_maxmin_fake("reduce_min"))
+
+
+# ---------------------------------------------------------------------------
+# vmap rules (torch.func.vmap): the batch dim goes first and every logical dim
+# moves up by one, so each rule is one call of the op on the whole batch.
+# ---------------------------------------------------------------------------
+from . import _vmap  # noqa: E402
+
+
+def _vmap_sum_like(op):
+    fn = getattr(_ops, op).default
+
+    def rule(info, in_dims, x, dim=None, keepdim=False):
+        x = _vmap.front(x, in_dims[0])
+        n = x.dim() - 1
+        mask = _reduced_mask(op, _vmap.Logical(x, 0), dim)  # the logical dims, checked as the op would
+        if n == 0:
+            # Reducing a 0-d sample returns it, but our ops read the empty dim list
+            # left after removing the batch dim as "every dim", batch included.
+            return fn(x.unsqueeze(-1), [-1], False), 0
+        return fn(x, [i + 1 for i, m in enumerate(mask) if m], keepdim), 0
+
+    return rule
+
+
+def _vmap_maxmin(op):
+    fn = getattr(_ops, op).default
+
+    def rule(info, in_dims, x, dim, keepdim=False):
+        x = _vmap.front(x, in_dims[0])
+        n = x.dim() - 1
+        check_dim(op, _vmap.Logical(x, 0), dim)
+        if n == 0:  # torch.max(scalar, 0) is (scalar, 0): reduce a dim of size 1 instead
+            return fn(x.unsqueeze(-1), -1, False), (0, 0)
+        return fn(x, _vmap.wrap_dim(dim, n) + 1, keepdim), (0, 0)
+
+    return rule
+
+
+def _vmap_vector_sum(info, in_dims, x):
+    x = _vmap.front(x, in_dims[0])
+    _vector_sum_fake(x)  # the dtype check with vector_sum's words, not reduce_sum's
+    if x.dim() == 1:
+        return _ops.reduce_sum.default(x.unsqueeze(-1), [-1], False), 0
+    return _ops.reduce_sum.default(x, list(range(1, x.dim())), False), 0
+
+
+def _vmap_softmax(op):
+    fn = getattr(_ops, op).default
+
+    def rule(info, in_dims, x, dim):
+        x = _vmap.front(x, in_dims[0])
+        n = x.dim() - 1
+        check_dim(op, _vmap.Logical(x, 0), dim)
+        if n == 0:
+            return fn(x.unsqueeze(-1), -1).squeeze(-1), 0
+        return fn(x, _vmap.wrap_dim(dim, n) + 1), 0
+
+    return rule
+
+
+def _vmap_softmax_backward(op):
+    fn = getattr(_ops, op).default
+
+    def rule(info, in_dims, grad, out, dim):
+        # The kernels read contiguous inputs, so expanding the unbatched one costs
+        # the copy the op makes anyway, and no more.
+        grad = _vmap.front_or_expand(grad, in_dims[0], info.batch_size)
+        out = _vmap.front_or_expand(out, in_dims[1], info.batch_size)
+        n = out.dim() - 1
+        check_dim(op, _vmap.Logical(out, 0), dim)
+        if n == 0:
+            return fn(grad.unsqueeze(-1), out.unsqueeze(-1), -1).squeeze(-1), 0
+        return fn(grad, out, _vmap.wrap_dim(dim, n) + 1), 0
+
+    return rule
+
+
+_vmap.register("vector_sum", _vmap_vector_sum)
+for _name in ("reduce_sum", "reduce_mean", "logsumexp"):
+    _vmap.register(_name, _vmap_sum_like(_name))
+for _name in ("reduce_max", "reduce_min"):
+    _vmap.register(_name, _vmap_maxmin(_name))
+for _name in ("softmax", "log_softmax"):
+    _vmap.register(_name, _vmap_softmax(_name))
+    _vmap.register(f"{_name}_backward", _vmap_softmax_backward(f"{_name}_backward"))

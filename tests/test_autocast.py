@@ -1,0 +1,100 @@
+"""Autocast: under torch.autocast each op gives the dtype and the values of its
+torch counterpart under the same autocast (CPU bfloat16 and float16; CUDA
+float16 and bfloat16 when a GPU is there). The policy is in csrc/common/autocast.h."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import teachcompute_ext as tce
+from conftest import CUDA_OK
+
+ACT = {"none": lambda y: y, "relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
+       "silu": F.silu}
+
+CASES = [("cpu", torch.bfloat16), ("cpu", torch.float16)] + [
+    pytest.param("cuda", dt, marks=pytest.mark.skipif(not CUDA_OK, reason="no CUDA device or CUDA not compiled"))
+    for dt in (torch.float16, torch.bfloat16)]
+
+
+def _pairs(device):
+    """(name, ours, torch's counterpart, inputs): every op a user calls under autocast."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*s):
+        return torch.randn(*s, generator=g).to(device)
+
+    x, w, b = r(9, 16), r(12, 16), r(12)
+    a3, b3 = r(2, 9, 16), r(16, 5)
+    idx = torch.randint(0, 12, (4, 3), generator=g).to(device)
+    pairs = []
+    for act, f in ACT.items():
+        pairs.append((f"fused_linear {act}", lambda x, w, b, act=act: tce.fused_linear(x, w, b, act),
+                      lambda x, w, b, f=f: f(F.linear(x, w, b)), (x, w, b)))
+    pairs += [
+        ("fused_matmul", lambda a, b: tce.fused_matmul(a, b, 0.5), lambda a, b: 0.5 * torch.matmul(a, b), (a3, b3)),
+        ("fused_matmul trans_b", lambda a, b: tce.fused_matmul(a, b, 1.0, False, True),
+         lambda a, b: torch.matmul(a, b.transpose(-1, -2)), (x, w)),
+    ]
+    # The other ops, in float32 and in the autocast's lower precision inputs.
+    for dt in (torch.float32, torch.float16, torch.bfloat16):
+        xd = x.to(dt)
+        pairs += [
+            (f"softmax {dt}", lambda t: tce.softmax(t, 1), lambda t: torch.softmax(t, 1), (xd,)),
+            (f"log_softmax {dt}", lambda t: tce.log_softmax(t, 1), lambda t: torch.log_softmax(t, 1), (xd,)),
+            (f"logsumexp {dt}", lambda t: tce.logsumexp(t, [1]), lambda t: torch.logsumexp(t, [1]), (xd,)),
+            (f"reduce_sum {dt}", lambda t: tce.reduce_sum(t, [0]), lambda t: torch.sum(t, [0]), (xd,)),
+            (f"vector_sum {dt}", tce.vector_sum, torch.sum, (xd,)),
+            (f"reduce_mean {dt}", lambda t: tce.reduce_mean(t, [1]), lambda t: torch.mean(t, [1]), (xd,)),
+            (f"reduce_max {dt}", lambda t: tce.reduce_max(t, 1)[0], lambda t: torch.max(t, 1)[0], (xd,)),
+            (f"embedding {dt}", lambda wt: tce.embedding(wt, idx), lambda wt: F.embedding(idx, wt), (w.to(dt),)),
+            (f"embedding_bag {dt}", lambda wt: tce.embedding_bag(wt, idx, None, "sum"),
+             lambda wt: F.embedding_bag(idx, wt, mode="sum"), (w.to(dt),)),
+        ]
+    return pairs
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_each_op_follows_torchs_autocast_policy(device, dtype):
+    for name, ours, theirs, args in _pairs(device):
+        with torch.autocast(device, dtype=dtype):
+            out, ref = ours(*args), theirs(*args)
+        assert out.dtype == ref.dtype, f"{name}: {out.dtype} under autocast, torch's counterpart gives {ref.dtype}"
+        tol = 2e-2 if ref.dtype in (torch.float16, torch.bfloat16) else 1e-5
+        torch.testing.assert_close(out.double(), ref.double(), rtol=tol, atol=tol, msg=name)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_autocast_backward_gives_torchs_gradients(device, dtype):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 16, generator=g).to(device)
+    w = torch.randn(12, 16, generator=g).to(device).requires_grad_()
+    b = torch.randn(12, generator=g).to(device).requires_grad_()
+    r = torch.randn(7, 12, generator=g).to(device)
+    grads = []
+    for linear in (lambda: tce.fused_linear(x, w, b, "silu"), lambda: F.silu(F.linear(x, w, b))):
+        with torch.autocast(device, dtype=dtype):
+            y = linear()
+            assert y.dtype == dtype
+            loss = (y.float() * r).sum()
+        grads.append(torch.autograd.grad(loss, (w, b)))
+    for ours, ref in zip(*grads):
+        assert ours.dtype == ref.dtype == torch.float32  # parameters keep their dtype
+        # Both round x, w, the output and the gradients to the autocast dtype: equal up to a few of its ulps.
+        torch.testing.assert_close(ours, ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("device,dtype", CASES[:1])
+def test_autocast_under_compile(device, dtype):
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(5, 16, generator=g), torch.randn(12, 16, generator=g)
+
+    def f(x, w):
+        with torch.autocast(device, dtype=dtype):
+            return tce.softmax(tce.fused_linear(x, w, None, "gelu"), 1)
+
+    torch._dynamo.reset()
+    out = torch.compile(f, fullgraph=True, dynamic=True)(x, w)
+    with torch.autocast(device, dtype=dtype):
+        ref = torch.softmax(F.gelu(F.linear(x, w)), 1)
+    assert out.dtype == ref.dtype == dtype
+    torch.testing.assert_close(out.double(), ref.double(), rtol=2e-2, atol=2e-2)
