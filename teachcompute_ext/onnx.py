@@ -37,6 +37,8 @@ except ImportError as e:  # an optional dependency: the ops themselves do not ne
 
 _ops = torch.ops.teachcompute_ext
 _HALF = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+_INTEGER = (ir.DataType.BOOL, ir.DataType.UINT8, ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32,
+            ir.DataType.INT64)
 
 __all__ = ["custom_translation_table", "export", "functionalize_scatter_nd_"]
 
@@ -88,13 +90,19 @@ def _axes(dim, rank):
 
 
 # ---- reduce ----------------------------------------------------------------------------------
+def _sum_input(x):
+    """Integer and bool tensors sum in int64, torch's result dtype (ONNX's ReduceSum keeps
+    the input type and takes no bool); half types in float32."""
+    return _int64(x) if x.dtype in _INTEGER else _up(x)
+
+
 def vector_sum(x):
-    return _down(op.ReduceSum(_up(x), keepdims=0), x)
+    return _down(op.ReduceSum(_sum_input(x), keepdims=0), x)
 
 
 def reduce_sum(x, dim: Optional[Sequence[int]] = None, keepdim: bool = False):
     axes = _axes(dim, len(x.shape))
-    return _down(op.ReduceSum(_up(x), axes, keepdims=int(keepdim)), x)
+    return _down(op.ReduceSum(_sum_input(x), axes, keepdims=int(keepdim)), x)
 
 
 def reduce_mean(x, dim: Optional[Sequence[int]] = None, keepdim: bool = False):
@@ -105,9 +113,13 @@ def reduce_mean(x, dim: Optional[Sequence[int]] = None, keepdim: bool = False):
 def _max_min(reduce, arg, x, dim, keepdim):
     if len(x.shape) == 0:
         return op.Identity(x), _const(0, ir.DataType.INT64)
-    values = reduce(x, _ints([dim]), keepdims=int(keepdim))
+    # bool has no ReduceMax / ArgMax in opset 18: compared as uint8, then cast back.
+    xv = op.Cast(x, to=ir.DataType.UINT8) if x.dtype == ir.DataType.BOOL else x
+    values = reduce(xv, _ints([dim]), keepdims=int(keepdim))
+    if x.dtype == ir.DataType.BOOL:
+        values = op.Cast(values, to=ir.DataType.BOOL)
     # select_last_index=0: the first extremum, as torch.max(x, dim).
-    indices = arg(x, axis=dim, keepdims=int(keepdim), select_last_index=0)
+    indices = arg(xv, axis=dim, keepdims=int(keepdim), select_last_index=0)
     return values, indices
 
 
@@ -342,7 +354,16 @@ def _swap_last(x):
 def fused_matmul(a, b, alpha: float = 1.0, trans_a: bool = False, trans_b: bool = False):
     # Standard MatMul rather than com.microsoft FusedMatMul: any runtime loads it, and
     # onnxruntime fuses Transpose + MatMul + Mul back into its FusedMatMul kernel itself.
-    y = op.MatMul(_swap_last(a) if trans_a else a, _swap_last(b) if trans_b else b)
+    # MatMul has torch.matmul's 1-D rules; a transpose flag on a vector is ignored, as ours.
+    # A transposed matrix times a vector is the vector times the matrix: no Transpose (and
+    # onnxruntime 1.32's Transpose + MatMul fusion got a^T @ v wrong: it computed a @ v).
+    a_vec, b_vec = len(a.shape) == 1, len(b.shape) == 1
+    if b_vec and trans_a and not a_vec:
+        y = op.MatMul(b, a)
+    elif a_vec and trans_b and not b_vec:
+        y = op.MatMul(b, a)
+    else:
+        y = op.MatMul(_swap_last(a) if trans_a and not a_vec else a, _swap_last(b) if trans_b and not b_vec else b)
     return op.Mul(y, _const(alpha, a.dtype)) if alpha != 1.0 else y
 
 
@@ -359,7 +380,12 @@ def _gelu_tanh(x, dtype):
 
 
 def fused_linear(x, weight, bias=None, activation: str = "none"):
-    if len(x.shape) == 2:
+    if len(weight.shape) == 1:
+        # F.linear's 1-D weight: a dot product over the last dim, a 0-d bias.
+        y = op.MatMul(x, weight)
+        if bias is not None:
+            y = op.Add(y, bias)
+    elif len(x.shape) == 2:
         # One Gemm: transB takes weight [out, in] as it is stored, with the bias added.
         y = op.Gemm(x, weight, bias, transB=1)
     else:

@@ -334,3 +334,50 @@ def test_model_calling_every_op():
     sess = session(program.model_proto)
     for b in (3, 17):
         check(sess, model, (torch.randint(0, 100, (b, 5)),), rtol=1e-4, atol=1e-4)
+
+
+# ---- integer and bool dtypes, torch.matmul's 1-D rules (issue 14) ---------------------------
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
+def test_integer_reductions(dtype):
+    def fn(m, x):
+        return (teachcompute_ext.vector_sum(x), teachcompute_ext.reduce_sum(x, [1]),
+                *teachcompute_ext.reduce_max(x, 0), *teachcompute_ext.reduce_min(x, 1, True))
+
+    def inputs():
+        if dtype == torch.bool:
+            return (torch.rand(6, 9) > 0.5,)
+        return (torch.randint(0, 5, (6, 9)).to(dtype),)  # ties: the first index of the extremum
+
+    model = Fn(fn)
+    _, sess = export(model, inputs())
+    check(sess, model, inputs())  # int64 sums, as torch's
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_scatter_nd_integer_data(reduction, dtype):
+    def fn(m, data, indices, updates):
+        return teachcompute_ext.scatter_nd(data, indices, updates, reduction)
+
+    def inputs():
+        return (torch.randint(-9, 9, (5, 3)).to(dtype), torch.randint(0, 5, (7, 1)),
+                torch.randint(-9, 9, (7, 3)).to(dtype))
+
+    model = Fn(fn)
+    _, sess = export(model, inputs())
+    check(sess, model, inputs())
+
+
+def test_fused_matmul_and_linear_vectors():
+    def fn(m, a, v, x):
+        return (_ops.fused_matmul(a, v, 0.5, True, True),  # matrix @ vector, trans_b ignored on a vector
+                _ops.fused_matmul(v, a, 1.0, False, True),  # vector @ matrix
+                _ops.fused_matmul(v, v),  # dot product
+                _ops.fused_linear(x, m.w1, m.b0, "silu"))  # F.linear with a 1-D weight and a 0-d bias
+
+    def inputs():
+        return torch.randn(6, 6), torch.randn(6), torch.randn(2, 3, 6)
+
+    model = Fn(fn, w1=torch.randn(6), b0=torch.randn(()))
+    _, sess = export(model, inputs())
+    check(sess, model, inputs(), rtol=1e-5, atol=1e-4)
