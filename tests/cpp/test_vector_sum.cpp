@@ -51,15 +51,24 @@ TEST(VectorSum, EmptyIsZero) {
   EXPECT_EQ(out.item<float>(), 0.0f);
 }
 
-TEST(VectorSum, RejectsIntegerDtypeNamingOpAndArgument) {
+TEST(VectorSum, IntegersSumExactlyIntoInt64) {
+  // torch.sum's result dtype; 3 * 2^40 int32-overflowing partial sums stay exact in int64.
+  const at::Tensor x = at::full({3000}, 1LL << 30, at::kInt);
+  const at::Tensor out = vector_sum(x);
+  EXPECT_EQ(out.scalar_type(), at::kLong);
+  EXPECT_EQ(out.item<int64_t>(), 3000LL << 30);
+  EXPECT_EQ(vector_sum(at::ones({7}, at::kBool)).item<int64_t>(), 7);
+}
+
+TEST(VectorSum, RejectsComplexDtypeNamingOpAndArgument) {
   try {
-    vector_sum(at::ones({4}, at::kLong));
+    vector_sum(at::ones({4}, at::kComplexFloat));
     FAIL() << "expected an error";
   } catch (const c10::Error& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("teachcompute_ext.vector_sum"), std::string::npos) << msg;
     EXPECT_NE(msg.find("'x'"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("torch.int64"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("torch.complex64"), std::string::npos) << msg;
   }
 }
 
