@@ -39,15 +39,17 @@ c10::SymInt prod(c10::SymIntArrayRef sizes, int64_t begin, int64_t end) {
   return p;
 }
 
-// Destination row of each update (negative indices wrapped), flattened.
+// Destination row of each update, flattened. The forward checked every index
+// to lie in [-size, size), so remainder wraps the negative ones in one op (the
+// where(v < 0, v + size, v) form took three, and zeros + mul + add a fourth to
+// sixth: a small scatter_nd's forward+backward ran at 0.70x index_add's).
 at::Tensor rows_of(const at::Tensor& indices, c10::SymIntArrayRef shape) {
   const at::Tensor idx = indices.to(at::kLong);
   const int64_t k = idx.sym_size(-1).guard_int(__FILE__, __LINE__);
-  at::Tensor row = at::zeros_like(idx.select(-1, 0));
-  for (int64_t d = 0; d < k; ++d) {
-    const at::Tensor v = idx.select(-1, d);
+  at::Tensor row = idx.select(-1, 0).remainder(c10::Scalar(shape[0]));
+  for (int64_t d = 1; d < k; ++d) {
     const c10::Scalar size(shape[d]);
-    row = row.mul(size).add(at::where(v.lt(0), v.add(size), v));
+    row = row.mul(size).add(idx.select(-1, d).remainder(size));
   }
   return row.reshape({-1});
 }
@@ -65,7 +67,7 @@ at::Tensor gather_rows(const at::Tensor& grad, const at::Tensor& rows, int64_t k
                        const at::Tensor& keep) {
   const auto gs = grad.sym_sizes();
   const at::Tensor g2 = grad.reshape_symint({prod(gs, 0, k), prod(gs, k, grad.dim())});
-  at::Tensor out = g2.index_select(0, rows.clamp_min(0));
+  at::Tensor out = g2.index_select(0, rows);
   if (keep.defined()) out = out.mul(keep.unsqueeze(1).to(out.scalar_type()));
   return out.reshape_symint(updates_shape);
 }

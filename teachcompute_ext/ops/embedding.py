@@ -5,24 +5,24 @@ under torch.use_deterministic_algorithms(True).
 """
 import torch
 
-from ._common import check_float_dtype, check_same_device
+from ._common import check_float_dtype, check_same_device, public
 
 _ops = torch.ops.teachcompute_ext
 MODES = ("sum", "mean", "max")
 
 
-def embedding(weight: torch.Tensor, indices: torch.Tensor, padding_idx=None) -> torch.Tensor:
-    """``weight[indices]``, as ``torch.nn.functional.embedding(indices, weight, padding_idx)``
-    (note the argument order: weight first, as in the schema)."""
-    return _ops.embedding.default(weight, indices, padding_idx)
+embedding = public("embedding", """embedding(weight: torch.Tensor, indices: torch.Tensor, padding_idx=None)
+
+    ``weight[indices]``, as ``torch.nn.functional.embedding(indices, weight, padding_idx)``
+    (note the argument order: weight first, as in the schema).
+    """)
 
 
-def embedding_bag(weight: torch.Tensor, indices: torch.Tensor, offsets=None, mode: str = "mean",
-                  per_sample_weights=None, padding_idx=None, include_last_offset: bool = False) -> torch.Tensor:
-    """``torch.nn.functional.embedding_bag(indices, weight, offsets, mode=..., ...)``: bags of
-    rows reduced by sum, mean or max, without building the gathered matrix."""
-    return _ops.embedding_bag.default(weight, indices, offsets, mode, per_sample_weights, padding_idx,
-                                      include_last_offset)
+embedding_bag = public("embedding_bag", """embedding_bag(weight: torch.Tensor, indices: torch.Tensor, offsets=None, mode: str = "mean", per_sample_weights=None, padding_idx=None, include_last_offset: bool = False)
+
+    ``torch.nn.functional.embedding_bag(indices, weight, offsets, mode=..., ...)``: bags of
+    rows reduced by sum, mean or max, without building the gathered matrix.
+    """)
 
 
 def _check_indices(op, t, name="indices"):

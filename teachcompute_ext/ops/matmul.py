@@ -13,29 +13,30 @@ import torch
 import torch.nn.functional as F
 
 from . import _vmap
-from ._common import check_float_dtype, check_same_device
+from ._common import check_float_dtype, check_same_device, public
 
 _ops = torch.ops.teachcompute_ext
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
 _NEEDS_PRE = ("gelu", "gelu_tanh", "silu")
 
 
-def fused_matmul(a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, trans_a: bool = False,
-                 trans_b: bool = False) -> torch.Tensor:
-    """``alpha * op(a) @ op(b)``, op transposing the last two dims when its flag is set; batch dims
+fused_matmul = public("fused_matmul", """fused_matmul(a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, trans_a: bool = False, trans_b: bool = False)
+
+    ``alpha * op(a) @ op(b)``, op transposing the last two dims when its flag is set; batch dims
     broadcast as in ``torch.matmul`` (onnxruntime's com.microsoft FusedMatMul). 1-D operands follow
     ``torch.matmul``: a 1-D ``a`` is ``[1, k]`` and a 1-D ``b`` is ``[k, 1]``, that 1 removed from the
     result (both 1-D: a 0-d dot product); a flag on a 1-D operand is ignored (the transpose of a vector
-    is the vector). An empty inner dim gives zeros."""
-    return _ops.fused_matmul.default(a, b, alpha, trans_a, trans_b)
+    is the vector). An empty inner dim gives zeros.
+    """)
 
 
-def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias=None, activation: str = "none") -> torch.Tensor:
-    """``act(F.linear(x, weight, bias))`` with act one of none, relu, gelu (erf), gelu_tanh, silu;
+fused_linear = public("fused_linear", """fused_linear(x: torch.Tensor, weight: torch.Tensor, bias=None, activation: str = "none")
+
+    ``act(F.linear(x, weight, bias))`` with act one of none, relu, gelu (erf), gelu_tanh, silu;
     forward and backward fused around the GEMMs. As ``F.linear``, a 1-D ``weight`` ``[in_features]``
     gives an output ``x.shape[:-1]`` (no out_features dim), and its ``bias`` must then be 0-d
-    (``F.linear`` itself refuses that bias for a 2-D ``x``; this op accepts it for every ``x``)."""
-    return _ops.fused_linear.default(x, weight, bias, activation)
+    (``F.linear`` itself refuses that bias for a 2-D ``x``; this op accepts it for every ``x``).
+    """)
 
 
 # ---- checks, mirroring csrc/matmul/matmul.h --------------------------------------------

@@ -2,21 +2,22 @@
 softmax, log_softmax: wrappers and fake kernels (autograd is in C++)."""
 import torch
 
-from ._common import INT_DTYPES, check_dim, check_float_dtype, check_float_or_int_dtype, check_same_device
+from ._common import (INT_DTYPES, check_dim, check_float_dtype, check_float_or_int_dtype, check_same_device,
+                      public)
 
 _ops = torch.ops.teachcompute_ext
 
 
-def vector_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum of every element of ``x`` as a 0-dim tensor of ``x``'s dtype.
+vector_sum = public("vector_sum", """vector_sum(x: torch.Tensor)
+
+    Sum of every element of ``x`` as a 0-dim tensor of ``x``'s dtype.
 
     Like ``torch.sum(x)`` for float32, float64, float16 and bfloat16 (the half
     types accumulate in float32); any shape and strides; 0 for an empty tensor.
     Integer and bool tensors sum exactly into int64, as ``torch.sum``.
     The CPU result is bitwise identical from run to run and for any thread
     count; the CUDA result is bitwise reproducible (no float atomics).
-    """
-    return _ops.vector_sum.default(x)
+    """)
 
 
 @torch.library.register_fake("teachcompute_ext::vector_sum")
@@ -27,16 +28,18 @@ def _vector_sum_fake(x):
 # Autograd is registered in C++ (csrc/reduce/reduce_autograd.cpp): cheaper per call.
 
 
-def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``torch.softmax(x, dim)``: float32, float64, float16, bfloat16 (half types
+softmax = public("softmax", """softmax(x: torch.Tensor, dim: int)
+
+    ``torch.softmax(x, dim)``: float32, float64, float16, bfloat16 (half types
     compute in float32); the result is contiguous, of x's dtype. The gradient is
-    one fused op, ``softmax_backward``."""
-    return _ops.softmax.default(x, dim)
+    one fused op, ``softmax_backward``.
+    """)
 
 
-def log_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``torch.log_softmax(x, dim)``, with the same conventions as :func:`softmax`."""
-    return _ops.log_softmax.default(x, dim)
+log_softmax = public("log_softmax", """log_softmax(x: torch.Tensor, dim: int)
+
+    ``torch.log_softmax(x, dim)``, with the same conventions as :func:`softmax`.
+    """)
 
 
 def _softmax_fake(op):
@@ -74,38 +77,38 @@ for _name in ("softmax", "log_softmax"):
 # ---------------------------------------------------------------------------
 # Reductions along dims
 # ---------------------------------------------------------------------------
-def reduce_sum(x: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
-    """``torch.sum(x, dim, keepdim)``: dim is an int, a list of ints, or None (all dims). Integer and
-    bool inputs sum into int64, as torch's."""
-    return _ops.reduce_sum.default(x, _as_list(dim), keepdim)
+reduce_sum = public("reduce_sum", """reduce_sum(x: torch.Tensor, dim=None, keepdim: bool = False)
+
+    ``torch.sum(x, dim, keepdim)``: dim is an int, a list of ints, or None (all dims). Integer and
+    bool inputs sum into int64, as torch's.
+    """)
 
 
-def reduce_mean(x: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
-    """``torch.mean(x, dim, keepdim)``; NaN over an empty dimension, as torch."""
-    return _ops.reduce_mean.default(x, _as_list(dim), keepdim)
+reduce_mean = public("reduce_mean", """reduce_mean(x: torch.Tensor, dim=None, keepdim: bool = False)
+
+    ``torch.mean(x, dim, keepdim)``; NaN over an empty dimension, as torch.
+    """)
 
 
-def reduce_max(x: torch.Tensor, dim: int, keepdim: bool = False):
-    """``torch.max(x, dim, keepdim)``: (values, indices); the index of the first
+reduce_max = public("reduce_max", """reduce_max(x: torch.Tensor, dim: int, keepdim: bool = False)
+
+    ``torch.max(x, dim, keepdim)``: (values, indices); the index of the first
     maximum (of the first NaN when there is one); the gradient flows to it.
-    Floating, integer and bool dtypes."""
-    return _ops.reduce_max.default(x, dim, keepdim)
+    Floating, integer and bool dtypes.
+    """)
 
 
-def reduce_min(x: torch.Tensor, dim: int, keepdim: bool = False):
-    """``torch.min(x, dim, keepdim)``, with the same conventions as :func:`reduce_max`."""
-    return _ops.reduce_min.default(x, dim, keepdim)
+reduce_min = public("reduce_min", """reduce_min(x: torch.Tensor, dim: int, keepdim: bool = False)
+
+    ``torch.min(x, dim, keepdim)``, with the same conventions as :func:`reduce_max`.
+    """)
 
 
-def logsumexp(x: torch.Tensor, dim, keepdim: bool = False) -> torch.Tensor:
-    """``torch.logsumexp(x, dim, keepdim)`` in one online pass (max and sum together)."""
-    return _ops.logsumexp.default(x, _as_list(dim), keepdim)
+logsumexp = public("logsumexp", """logsumexp(x: torch.Tensor, dim, keepdim: bool = False)
 
+    ``torch.logsumexp(x, dim, keepdim)`` in one online pass (max and sum together).
+    """)
 
-def _as_list(dim):
-    if dim is None:
-        return None
-    return [dim] if isinstance(dim, int) else list(dim)
 
 
 def _reduced_mask(op, x, dim):

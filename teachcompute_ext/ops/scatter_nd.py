@@ -12,15 +12,16 @@ the error surfaces at the next synchronization).
 """
 import torch
 
-from ._common import check_float_or_int_dtype, check_same_device
+from ._common import check_float_or_int_dtype, check_same_device, public
 
 _ops = torch.ops.teachcompute_ext
 REDUCTIONS = ("none", "add", "mul", "max", "min")
 
 
-def scatter_nd(data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, reduction: str = "none"):
-    """A copy of ``data`` with ``updates`` scattered at ``indices`` (ONNX ScatterND)."""
-    return _ops.scatter_nd.default(data, indices, updates, reduction)
+scatter_nd = public("scatter_nd", """scatter_nd(data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, reduction: str = "none")
+
+    A copy of ``data`` with ``updates`` scattered at ``indices`` (ONNX ScatterND).
+    """)
 
 
 def scatter_nd_(data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, reduction: str = "none"):
@@ -29,15 +30,16 @@ def scatter_nd_(data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor
     return data
 
 
-def scatter_nd_of_shape(shape, indices: torch.Tensor, updates: torch.Tensor, reduction: str = "add"):
-    """ScatterND into zeros of ``shape``: the backward of a gather or an embedding."""
-    return _ops.scatter_nd_of_shape.default(list(shape), indices, updates, reduction)
+scatter_nd_of_shape = public("scatter_nd_of_shape", """scatter_nd_of_shape(shape, indices: torch.Tensor, updates: torch.Tensor, reduction: str = "add")
+
+    ScatterND into zeros of ``shape``: the backward of a gather or an embedding.
+    """)
 
 
-def masked_scatter_nd_of_shape(shape, indices: torch.Tensor, updates: torch.Tensor, masked_value: int,
-                               reduction: str = "add"):
-    """:func:`scatter_nd_of_shape` skipping the updates whose index (k = 1) equals ``masked_value``."""
-    return _ops.masked_scatter_nd_of_shape.default(list(shape), indices, updates, masked_value, reduction)
+masked_scatter_nd_of_shape = public("masked_scatter_nd_of_shape", """masked_scatter_nd_of_shape(shape, indices: torch.Tensor, updates: torch.Tensor, masked_value: int, reduction: str = "add")
+
+    :func:`scatter_nd_of_shape` skipping the updates whose index (k = 1) equals ``masked_value``.
+    """)
 
 
 # ---- checks shared by the fake kernels (same words as csrc/scatter_nd/scatter_nd.h) ----
