@@ -43,10 +43,11 @@ struct EmbeddingBackward : Node {
   c10::SymInt num = 0;  // a SymInt under torch.compile
   std::optional<int64_t> padding_idx;
   variable_list apply(variable_list&& grads) override {
+    const BackwardDispatch dispatch;
     static auto op = find_op<EmbeddingBackwardSig>("teachcompute_ext::embedding_backward");
     std::lock_guard<std::mutex> lock(mutex_);
     if (!grads[0].defined()) return {at::Tensor()};
-    return {op.call(grads[0], indices_.unpack(), num, padding_idx)};
+    return {op.call(grads[0], dispatch.unpack(indices_), num, padding_idx)};
   }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -63,13 +64,14 @@ struct BagBackward : Node {
   std::optional<int64_t> padding_idx;
   bool include_last_offset = false;
   variable_list apply(variable_list&& grads) override {
+    const BackwardDispatch dispatch;
     static auto op = find_op<BagBackwardSig>("teachcompute_ext::embedding_bag_backward");
     std::lock_guard<std::mutex> lock(mutex_);
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
     const auto opt = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-    const at::Tensor psw = psw_.unpack();
-    auto [gw, gpsw] = op.call(grads[0], weight_.unpack(), indices_.unpack(), opt(offsets_.unpack()),
-                              argmax_.unpack(), mode, opt(psw), padding_idx, include_last_offset);
+    const at::Tensor psw = dispatch.unpack(psw_);
+    auto [gw, gpsw] = op.call(grads[0], dispatch.unpack(weight_), dispatch.unpack(indices_), opt(dispatch.unpack(offsets_)),
+                              dispatch.unpack(argmax_), mode, opt(psw), padding_idx, include_last_offset);
     return {task_should_compute_output(0) ? gw : at::Tensor(),
             psw.defined() && task_should_compute_output(1) ? gpsw : at::Tensor()};
   }

@@ -63,9 +63,10 @@ struct FusedMatmulBackward : Node {
   bool ta = false, tb = false;
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    const BackwardDispatch dispatch;
     const at::Tensor& g = grads[0];
     if (!g.defined()) return {at::Tensor(), at::Tensor()};
-    const at::Tensor a = a_.unpack(), b = b_.unpack();
+    const at::Tensor a = dispatch.unpack(a_), b = dispatch.unpack(b_);
     at::Tensor ga, gb;
     if (task_should_compute_output(0)) {
       ga = ta ? call_matmul(b, g, alpha, tb, true) : call_matmul(g, b, alpha, false, !tb);
@@ -101,16 +102,17 @@ struct FusedLinearBackward : Node {
   std::string act;
   bool has_bias = false, recompute = false;
   variable_list apply(variable_list&& grads) override {
+    const BackwardDispatch dispatch;
     static auto op = find_op<LinearBackwardSig>("teachcompute_ext::fused_linear_backward");
     std::lock_guard<std::mutex> lock(mutex_);
     const at::Tensor& grad = grads[0];
     if (!grad.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
-    const at::Tensor x = x_.unpack(), weight = weight_.unpack();
-    at::Tensor aux = aux_.unpack(getptr());
+    const at::Tensor x = dispatch.unpack(x_), weight = dispatch.unpack(weight_);
+    at::Tensor aux = dispatch.unpack(aux_, getptr());
     if (recompute) {
       // save_pre=False under autograd (fused_linear itself never asks for
       // it): one more GEMM instead of the saved [M, N] tensor.
-      const at::Tensor b = bias_.unpack();
+      const at::Tensor b = dispatch.unpack(bias_);
       aux = std::get<0>(call_linear(x, weight, b.defined() ? std::optional<at::Tensor>(b) : std::nullopt, "none",
                                     false));
     }

@@ -26,6 +26,7 @@ at::Tensor vector_sum_redispatch(const at::Tensor& x) {
 struct VectorSumBackward : Node {
   std::vector<c10::SymInt> sizes;  // SymInts under torch.compile
   variable_list apply(variable_list&& grads) override {
+    const BackwardDispatch dispatch;
     if (!grads[0].defined()) return {at::Tensor()};
     // A broadcast view of the scalar gradient: nothing of x's size is written.
     return {grads[0].expand_symint(sizes)};
@@ -41,12 +42,13 @@ struct SoftmaxBackward : Node {
   SavedVariable result_;
   int64_t dim = 0;
   variable_list apply(variable_list&& grads) override {
+    const BackwardDispatch dispatch;
     using Bwd = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t);
     static auto op =
         find_op<Bwd>(kLog ? "teachcompute_ext::log_softmax_backward" : "teachcompute_ext::softmax_backward");
     std::lock_guard<std::mutex> lock(mutex_);
     if (!grads[0].defined()) return {at::Tensor()};
-    return {op.call(grads[0], result_.unpack(getptr()), dim)};
+    return {op.call(grads[0], dispatch.unpack(result_, getptr()), dim)};
   }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -92,6 +94,7 @@ struct SumMeanBackward : Node {
   bool keepdim = false;
   c10::SymInt count = 1;
   variable_list apply(variable_list&& grads) override {
+    const BackwardDispatch dispatch;
     if (!grads[0].defined()) return {at::Tensor()};
     at::Tensor g = unsqueeze_reduced(grads[0], dims, keepdim);
     if (kMean) g = g.div(c10::Scalar(count));
@@ -133,9 +136,10 @@ struct MaxMinBackward : Node {
   SavedVariable indices_;
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    const BackwardDispatch dispatch;
     if (!grads[0].defined()) return {at::Tensor()};
     if (sizes.empty()) return {grads[0]};
-    at::Tensor idx = indices_.unpack();
+    at::Tensor idx = dispatch.unpack(indices_);
     at::Tensor g = grads[0];
     if (!keepdim) {
       g = g.unsqueeze(dim);
@@ -178,10 +182,11 @@ struct LogSumExpBackward : Node {
   bool keepdim = false;
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    const BackwardDispatch dispatch;
     if (!grads[0].defined()) return {at::Tensor()};
     const at::Tensor g = unsqueeze_reduced(grads[0], dims, keepdim);
-    const at::Tensor out = unsqueeze_reduced(result_.unpack(getptr()), dims, keepdim);
-    return {g.mul(self_.unpack().sub(out).exp())};
+    const at::Tensor out = unsqueeze_reduced(dispatch.unpack(result_, getptr()), dims, keepdim);
+    return {g.mul(dispatch.unpack(self_).sub(out).exp())};
   }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);

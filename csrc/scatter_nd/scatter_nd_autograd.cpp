@@ -79,10 +79,11 @@ struct ScatterNdBackward : Node {
   std::vector<c10::SymInt> updates_shape;
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    const BackwardDispatch dispatch;
     check_differentiable("scatter_nd", reduction);
     const at::Tensor& grad = grads[0];
     if (!grad.defined()) return {at::Tensor(), at::Tensor()};
-    const at::Tensor indices = indices_.unpack();
+    const at::Tensor indices = dispatch.unpack(indices_);
     const int64_t k = indices.sym_size(-1).guard_int(__FILE__, __LINE__);
     const at::Tensor rows = rows_of(indices, grad.sym_sizes());
     const bool want_data = task_should_compute_output(0), want_updates = task_should_compute_output(1);
@@ -119,11 +120,12 @@ struct OfShapeBackward : Node {
   std::optional<int64_t> masked_value;
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    const BackwardDispatch dispatch;
     const bool masked = masked_value.has_value();
     check_differentiable(masked ? "masked_scatter_nd_of_shape" : "scatter_nd_of_shape", reduction);
     const at::Tensor& grad = grads[0];
     if (!grad.defined()) return {at::Tensor()};
-    const at::Tensor indices = indices_.unpack();
+    const at::Tensor indices = dispatch.unpack(indices_);
     const int64_t k = indices.sym_size(-1).guard_int(__FILE__, __LINE__);
     at::Tensor rows = rows_of(indices, grad.sym_sizes());
     at::Tensor keep;
