@@ -113,3 +113,104 @@ def test_compiled_baseline_is_compiled():
     # Dynamo saw one frame and compiled it: the column times compiled code, not eager torch.
     counters = torch._dynamo.utils.counters
     assert counters["stats"]["unique_graphs"] >= 1
+
+
+def test_quick_sweep_writes_points_summary_and_plot(tmp_path, capsys):
+    # One family's quick sweep through the command line, in a few seconds.
+    argv = ["--sweep", "--quick", "--device", "cpu", "--family", "scatter_nd", "--out", str(tmp_path),
+            "--cold-allocator"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    with open(tmp_path / "sweep-scatter_nd-cpu.json") as f:
+        doc = json.load(f)
+    assert doc["kind"] == "sweep" and doc["family"] == "scatter_nd" and doc["settings"]["quick"] is True
+    assert doc["size_unit"] and doc["environment"]["device"] == "cpu"
+    points = doc["points"]
+    for p in points:
+        assert "error" not in p, p
+        assert p["pass"] in ("fwd", "fwd+bwd") and p["params"] and p["size"] > 0
+        assert p["ours_us"] > 0 and p["torch_us"] > 0
+        assert p["ratio"] == pytest.approx(p["torch_us"] / p["ours_us"])
+        assert "ratio_compile" not in p  # --quick compiles nothing
+    # Both dtypes, both passes, and sizes from one element up.
+    assert {p["dtype"] for p in points} == {"float32", "bfloat16"}
+    assert {p["pass"] for p in points} == {"fwd", "fwd+bwd"}
+    assert min(p["size"] for p in points) == 1 and max(p["size"] for p in points) > 1000
+    ops = {(p["op"], p["pass"]) for p in points}
+    assert {(s["op"], s["pass"]) for s in doc["summary"]} == ops
+    for s in doc["summary"]:
+        assert "worst_ratio" in s or "worst_small_diff_us" in s
+        assert s["op"] in printed
+    png = tmp_path / "sweep-scatter_nd-cpu.png"
+    assert _png(png) and str(png) in printed
+    # The main report's --replot does not take the sweep's JSON for a family's.
+    assert main(["--replot", "--out", str(tmp_path)]) == 1
+    # --sweep --replot redraws from the JSON alone.
+    os.remove(png)
+    assert main(["--sweep", "--replot", "--out", str(tmp_path)]) == 0
+    assert _png(png)
+
+
+def test_sweep_wrong_result_is_reported_not_timed(tmp_path):
+    import types
+
+    from teachcompute_ext.bench import plots, sweep
+
+    calls = {"ours": 0}
+    x = torch.randn(64)
+
+    def ours():
+        calls["ours"] += 1
+        return torch.softmax(x, 0) * 1.01
+
+    module = types.SimpleNamespace(SWEEP_SIZE="elements", sweep_cases=lambda device, quick: [
+        sweep.point("wrong_softmax", "fwd", {"n": 64}, 64, dtype=torch.float32, device=device, ours=ours,
+                    baselines={"torch": lambda: torch.softmax(x, 0)}),
+        sweep.point("right_softmax", "fwd", {"n": 64}, 64, dtype=torch.float32, device=device,
+                    ours=lambda: torch.softmax(x, 0), baselines={"torch": lambda: torch.softmax(x, 0)})])
+    doc, path = sweep.run_family("fake", module, "cpu", True, str(tmp_path))
+    wrong, right = doc["points"]
+    assert "relative error" in wrong["error"] and "ours_us" not in wrong and calls["ours"] == 1
+    assert "error" not in right and right["ratio"] > 0
+    assert doc["summary"][0]["errors"] == 1 and "worst_ratio" not in doc["summary"][0]
+    assert _png(plots.plot_sweep(doc, str(tmp_path / "fake.png")))
+
+
+def test_sweep_summary_splits_at_20_us():
+    from teachcompute_ext.bench import sweep
+
+    def pt(size, ours, theirs, pass_="fwd"):
+        return {"op": "op", "pass": pass_, "shape": f"n={size}", "params": {"n": size}, "size": size,
+                "dtype": "float32", "ours_us": ours, "torch_us": theirs, "ratio": theirs / ours}
+
+    # Small: worst is the largest ours - torch (+3 us at size 10), not the
+    # smallest ratio (size 1). Large: worst ratio 0.5 at size 1000.
+    (s,) = sweep.summarize([pt(1, 2.0, 1.0), pt(10, 13.0, 10.0), pt(100, 20.0, 25.0), pt(1000, 80.0, 40.0),
+                            pt(10000, 100.0, 300.0)])
+    assert s["worst_small_diff_us"] == pytest.approx(3.0) and s["worst_small_at"]["size"] == 10
+    assert s["worst_ratio"] == pytest.approx(0.5) and s["worst_ratio_at"]["size"] == 1000
+    assert s["points"] == 5 and s["errors"] == 0
+    text = sweep.format_summary([s])
+    assert "0.50x" in text and "+3.00 us" in text
+
+
+def test_timing_stops_early_only_when_asked():
+    fns = {"a": lambda: None, "b": lambda: None}
+    full = harness.time_interleaved(fns, "cpu", rounds=6, min_batch_s=1e-4, warmup=0)
+    assert len(full["a"].samples) == 6
+    # max_s=0: stop as soon as min_rounds are done
+    early = harness.time_interleaved(fns, "cpu", rounds=6, min_batch_s=1e-4, warmup=0, min_rounds=2, max_s=0.0)
+    assert len(early["a"].samples) == len(early["b"].samples) == 2
+
+
+def test_check_near_exact_accepts_what_is_no_worse_than_torch():
+    exact = torch.ones(100, dtype=torch.float64)
+    theirs = torch.full((100,), 1.05)  # torch itself 5% off, past bfloat16's 1e-2
+    harness.check_near_exact(torch.full((100,), 1.02), theirs, lambda: exact, torch.bfloat16)
+    harness.check_near_exact((theirs, torch.full((100,), 0.98)), (theirs, theirs), lambda: (exact, exact),
+                             torch.bfloat16)
+    with pytest.raises(AssertionError, match="float64"):
+        harness.check_near_exact(torch.full((100,), 1.2), theirs, lambda: exact, torch.bfloat16)
+    with pytest.raises(AssertionError):  # a tuple is checked item by item
+        harness.check_near_exact((theirs, torch.full((100,), 1.2)), (theirs, theirs), lambda: (exact, exact),
+                                 torch.bfloat16)

@@ -519,3 +519,16 @@ def test_torch_func_grad_matches_autograd(case, device):
         pa, pb = [t.clone().requires_grad_() for t in ins]
         (ga,) = torch.autograd.grad(loss(pa, pb), (pa,), create_graph=True)
         torch.testing.assert_close(gg, torch.autograd.grad(ga.pow(2).sum(), pb)[0])
+
+
+def test_fused_linear_half_rounds_the_biased_product_once():
+    # A bias that nearly cancels x @ W^T: added after the GEMM's bfloat16 rounding it gave
+    # exact zeros where F.linear keeps tiny positive values, and relu dropped their gradient.
+    g = torch.Generator().manual_seed(7)
+    x, w = torch.randn(8, 96, generator=g), torch.randn(300, 96, generator=g)
+    b = -(x[0] @ w.t()) + 1e-3 * torch.rand(300, generator=g)  # row 0: pre-activations just above 0
+    x, w, b = x.bfloat16(), w.bfloat16(), b.bfloat16()
+    ours = teachcompute_ext.fused_linear(x, w, b, "relu")
+    ref = torch.relu(torch.nn.functional.linear(x, w, b))
+    assert torch.equal(ours > 0, ref > 0), ((ours > 0) ^ (ref > 0)).sum()
+    torch.testing.assert_close(ours, ref)

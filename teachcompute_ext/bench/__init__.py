@@ -14,6 +14,10 @@ Adding an op family is one module and one line:
   with harness.run_cases(..., bound_flops_per_s=...) and harness.write_json.
   Baselines that torch.compile turns into kernels of its own get
   `**harness.compiled_baseline(fn, *args)`, which is empty under --quick.
+- for the size sweep (--sweep, sweep.py), the module also defines
+  sweep_cases(device, quick): a list of Case built with sweep.point(op, pass,
+  params, size, ...) over a log-spaced grid of sizes, and SWEEP_SIZE, what
+  its x-axis counts;
 - its name goes into FAMILIES below; benchmarks/bench_<family>.py, a copy of
   another family's three-line script, runs it alone.
 """

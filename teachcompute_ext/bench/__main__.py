@@ -13,6 +13,8 @@ faster), our GB/s (TFLOP/s for compute-bound ops) and its percentage of the
 bound measured in the same run (the copy bandwidth: a cache-resident case can
 pass 100%). --out receives <family>-<device>.json and, per device,
 speedup-<device>.png and pct_of_bound-<device>.png.
+
+    python -m teachcompute_ext.bench --sweep      # every op over a grid of sizes (sweep.py)
 """
 import argparse
 import glob
@@ -92,11 +94,17 @@ def parser(description, default_out, families):
                         "for ours and torch's alike); default: freed memory is reused, as in a training loop")
     p.add_argument("--replot", action="store_true",
                    help="measure nothing: print the table and redraw the plots from the JSON already in --out")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead of the report: every op, forward and forward+backward, over a log-spaced grid "
+                        "of sizes (one row to the report's shapes), float32 and bfloat16; writes "
+                        "sweep-<family>-<device>.json and .png and prints the worst ratio per op "
+                        "(torch.compile with dynamic=True when compiling)")
     return p
 
 
 def load_docs(out_dir, families):
-    """The family JSON documents in out_dir, in the report's order."""
+    """The family JSON documents in out_dir, in the report's order (the
+    sweep's, with "points" and no "results", are not among them)."""
     docs = []
     for path in glob.glob(os.path.join(out_dir, "*.json")):
         with open(path) as f:
@@ -107,13 +115,18 @@ def load_docs(out_dir, families):
     return sorted(docs, key=lambda d: (d["environment"]["device"], order.get(d["family"], len(order)), d["family"]))
 
 
-def measure(args, families):
-    """Runs the families; returns their JSON documents as written."""
+def set_options(args):
     harness.OPTIONS = harness.Options(
         allocator="default" if args.cold_allocator else harness.keep_allocator_warm(),
         compile=(not args.quick) if args.compile is None else args.compile,
+        compile_dynamic=args.sweep,
         op_filter=args.op,
     )
+
+
+def measure(args, families):
+    """Runs the families; returns their JSON documents as written."""
+    set_options(args)
     progress = Progress()
     docs = []
     for device in args.device or default_devices():
@@ -140,6 +153,13 @@ def main(argv=None, default_out="bench-out", families=None, description=None):
     if families is None:
         families = {name: family(name).run for name in FAMILIES}
     args = parser(description or __doc__, default_out, families).parse_args(argv)
+    if args.sweep:
+        from . import sweep
+
+        if not args.replot:
+            set_options(args)
+            args.device = args.device or default_devices()
+        return sweep.main(args, args.family or list(families), Progress())
     start = time.perf_counter()
     if args.replot:
         docs = load_docs(args.out, families)

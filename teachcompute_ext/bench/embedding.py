@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import teachcompute_ext
 
-from . import harness
+from . import harness, sweep
 
 
 def zipf_indices(n, num, generator, device, a=1.2):
@@ -82,3 +82,87 @@ def cases(device, quick):
 def run(device, quick, out_dir, progress=None):
     return harness.run_family("embedding", cases(device, quick), device, quick, out_dir, progress)
 
+
+
+# The sweep (sweep.py): the x-axis is the count of elements gathered (rows looked up x dim).
+SWEEP_SIZE = "elements gathered (indices x dim)"
+
+
+def sweep_cases(device, quick):
+    """embedding_bag sum and mean, forward and forward+backward (the dense
+    gradient of the table), from one bag of one index to the report's 16384
+    bags of 32 into 100000x128, dims 1 to 1000; embedding likewise from one
+    index to 64x1024 into 100000x256."""
+    if quick:
+        bag_grid = [(1000, 7, 1, 1), (20000, 96, 64, 32)]  # (num, dim, bags, per bag)
+        emb_grid = [(1000, 32, 1), (20000, 33, 4096)]        # (num, dim, indices)
+    else:
+        bag_grid = [(1000, 7, 1, 1), (1000, 33, 1, 32), (100000, 128, 1, 32), (100000, 128, 64, 32),
+                    (20000, 96, 512, 32), (20000, 300, 512, 32), (100000, 128, 4096, 32),
+                    (20000, 1000, 512, 32), (100000, 128, 16384, 32)]
+        emb_grid = [(1000, 32, 1), (1000, 32, 64), (1000, 7, 1000), (20000, 33, 4096), (20000, 96, 4096),
+                    (100000, 300, 4096), (100000, 256, 65536)]
+    g = torch.Generator().manual_seed(9)
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for num, dim, bags, per_bag in bag_grid:
+            weight = torch.randn(num, dim, generator=g).to(device, dtype)
+            idx = zipf_indices(bags * per_bag, num, g, device)
+            offsets = torch.arange(0, bags * per_bag, per_bag, device=device)
+            grad = torch.randn(bags, dim, generator=g).to(device, dtype)
+            params = {"table": f"{num}x{dim}", "bags": bags, "per_bag": per_bag}
+            size = bags * per_bag * dim
+            wr = weight.clone().requires_grad_()
+            # No torch.compile baseline: inductor emits eager torch's own
+            # aten::_embedding_bag call (see cases()).
+            for mode in ("sum", "mean"):
+                cases.append(sweep.point(
+                    f"embedding_bag {mode}", "fwd", params, size, dtype=dtype, device=device,
+                    ours=lambda w=weight, i=idx, o=offsets, m=mode: teachcompute_ext.embedding_bag(w, i, o, m),
+                    baselines={"F.embedding_bag": lambda w=weight, i=idx, o=offsets, m=mode:
+                               F.embedding_bag(i, w, o, mode=m)}))
+
+                def fwd_bwd(fn, wr=wr, grad=grad):
+                    (gw,) = torch.autograd.grad(fn(wr), wr, grad)
+                    return gw
+
+                def exact(w=weight, i=idx, o=offsets, m=mode, grad=grad):
+                    w64 = w.double().requires_grad_()
+                    return torch.autograd.grad(F.embedding_bag(i, w64, o, mode=m), w64, grad.double())[0]
+
+                cases.append(sweep.point(
+                    f"embedding_bag {mode}", "fwd+bwd", params, size, dtype=dtype, device=device,
+                    check=sweep.near_exact(dtype, exact),
+                    ours=lambda fb=fwd_bwd, i=idx, o=offsets, m=mode: fb(
+                        lambda w: teachcompute_ext.embedding_bag(w, i, o, m)),
+                    baselines={"F.embedding_bag": lambda fb=fwd_bwd, i=idx, o=offsets, m=mode: fb(
+                        lambda w: F.embedding_bag(i, w, o, mode=m))}))
+        for num, dim, n in emb_grid:
+            weight = torch.randn(num, dim, generator=g).to(device, dtype)
+            idx = zipf_indices(n, num, g, device)
+            grad = torch.randn(n, dim, generator=g).to(device, dtype)
+            params = {"table": f"{num}x{dim}", "indices": n}
+            compiled = sweep.compiled(("embedding",), lambda i, w: F.embedding(i, w))
+            base = {"F.embedding": lambda w=weight, i=idx: F.embedding(i, w)}
+            if compiled is not None:
+                base[harness.COMPILED] = lambda w=weight, i=idx, c=compiled: c(i, w)
+            cases.append(sweep.point("embedding", "fwd", params, n * dim, dtype=dtype, device=device,
+                                     ours=lambda w=weight, i=idx: teachcompute_ext.embedding(w, i), baselines=base))
+            wr = weight.clone().requires_grad_()
+
+            def emb_fwd_bwd(fn, wr=wr, idx=idx, grad=grad):
+                (gw,) = torch.autograd.grad(fn(idx, wr), wr, grad)
+                return gw
+
+            base = {"F.embedding": lambda fb=emb_fwd_bwd: fb(F.embedding)}
+            if compiled is not None:
+                base[harness.COMPILED] = lambda fb=emb_fwd_bwd, c=compiled: fb(c)
+            def exact(w=weight, i=idx, grad=grad):
+                w64 = w.double().requires_grad_()
+                return torch.autograd.grad(F.embedding(i, w64), w64, grad.double())[0]
+
+            cases.append(sweep.point(
+                "embedding", "fwd+bwd", params, n * dim, dtype=dtype, device=device,
+                check=sweep.near_exact(dtype, exact),
+                ours=lambda fb=emb_fwd_bwd: fb(lambda i, w: teachcompute_ext.embedding(w, i)), baselines=base))
+    return cases

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import teachcompute_ext
 
-from . import harness
+from . import harness, sweep
 
 ACTS = {"gelu": F.gelu, "relu": F.relu, "none": lambda v: v}
 
@@ -126,3 +126,66 @@ def run(device, quick, out_dir, progress=None):
                               {f"matmul_{str(dtype).replace('torch.', '')}_TFLOP_per_s": bound / 1e12},
                               {"quick": quick, "rounds": rounds, "min_batch_s": min_batch_s})
     return results, bound, path
+
+
+# The sweep (sweep.py): the x-axis is the forward's FLOPs.
+SWEEP_SIZE = "FLOPs of the forward (2 M N K)"
+
+
+def sweep_cases(device, quick):
+    """fused_linear (none, relu, gelu) forward and forward+backward and
+    fused_matmul trans_b, x [M, K] and W [N, K]: one row to the report's
+    2048x1024 by 4096, hidden layers of a few hundred units, odd widths."""
+    if quick:
+        grid = [(1, 128, 64), (32, 96, 300)]  # (M, K, N)
+    else:
+        grid = [(1, 128, 64), (32, 128, 64), (32, 96, 300), (128, 300, 33), (64, 256, 256), (256, 512, 1000),
+                (256, 1024, 1024), (512, 1024, 4096), (2048, 1024, 4096)]
+    g = torch.Generator().manual_seed(10)
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for m, k, n in grid:
+            x = torch.randn(m, k, generator=g).to(device, dtype)
+            w = (torch.randn(n, k, generator=g) / k**0.5).to(device, dtype)
+            b = torch.randn(n, generator=g).to(device, dtype)
+            grad = torch.randn(m, n, generator=g).to(device, dtype)
+            params = {"M": m, "K": k, "N": n}
+            flops = 2.0 * m * n * k
+            params_r = [t.clone().requires_grad_() for t in (x, w, b)]
+            for act, f in ACTS.items():
+                def eager(x, w, b, f=f):
+                    return f(F.linear(x, w, b))
+
+                compiled = sweep.compiled(("matmul", act), eager)
+
+                def fwd(fn, x=x, w=w, b=b):
+                    with torch.no_grad():
+                        return fn(x, w, b)
+
+                base = {"eager": lambda fw=fwd, e=eager: fw(e)}
+                if compiled is not None:
+                    base[harness.COMPILED] = lambda fw=fwd, c=compiled: fw(c)
+                cases.append(sweep.point(
+                    f"fused_linear {act}", "fwd", params, flops, dtype=dtype, device=device,
+                    ours=lambda fw=fwd, a=act: fw(lambda *t: teachcompute_ext.fused_linear(*t, a)), baselines=base))
+
+                def fwd_bwd(fn, p=params_r, grad=grad):
+                    return torch.autograd.grad(fn(*p), p, grad)
+
+                def exact(e=eager, p=params_r, grad=grad):
+                    p64 = [t.detach().double().requires_grad_() for t in p]
+                    return torch.autograd.grad(e(*p64), p64, grad.double())
+
+                check = sweep.near_exact(dtype, exact)
+                base = {"eager": lambda fb=fwd_bwd, e=eager: fb(e)}
+                if compiled is not None:
+                    base[harness.COMPILED] = lambda fb=fwd_bwd, c=compiled: fb(c)
+                cases.append(sweep.point(
+                    f"fused_linear {act}", "fwd+bwd", params, flops, dtype=dtype, device=device, check=check,
+                    ours=lambda fb=fwd_bwd, a=act: fb(lambda *t: teachcompute_ext.fused_linear(*t, a)),
+                    baselines=base))
+            cases.append(sweep.point(
+                "fused_matmul trans_b", "fwd", params, flops, dtype=dtype, device=device,
+                ours=lambda x=x, w=w: teachcompute_ext.fused_matmul(x, w, 0.5, False, True),
+                baselines={"alpha*torch.matmul": lambda x=x, w=w: 0.5 * torch.matmul(x, w.mT)}))
+    return cases

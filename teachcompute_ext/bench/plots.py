@@ -150,3 +150,92 @@ def plot_all(docs, out_dir):
         bounds = [_bound_text(d) for d in mine]
         paths.append(plot_pct_of_bound(rows, bounds, device, os.path.join(out_dir, f"pct_of_bound-{device}.png")))
     return paths
+
+
+# The sweep: one color per (pass, dtype); solid against torch eager, dashed
+# against torch.compile; a filled marker where torch's call takes SMALL_US or
+# more (target: ratio >= 1x), a hollow one below (target: within 1 us).
+SWEEP_COLORS = {("fwd", "float32"): "tab:blue", ("fwd", "bfloat16"): "tab:purple",
+                ("fwd+bwd", "float32"): "tab:green", ("fwd+bwd", "bfloat16"): "tab:olive"}
+SWEEP_OTHER = ["tab:brown", "tab:pink", "tab:gray", "tab:cyan"]
+
+
+def plot_sweep(doc, path):
+    """sweep-<family>-<device>.png: per op, torch time / our time against the
+    size (log-log), a line at 1x; returns the path."""
+    import math
+
+    from matplotlib.lines import Line2D
+
+    from .sweep import SMALL_US
+
+    plt = _pyplot()
+    points = doc["points"]
+    variants = list(dict.fromkeys(p["op"] for p in points)) or ["(no point)"]
+    ncols = min(3, len(variants))
+    nrows = math.ceil(len(variants) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.3 * nrows + 1.2), squeeze=False,
+                             sharey=True, layout="constrained")
+    ratios = [p[k] for p in points for k in ("ratio", "ratio_compile") if k in p] or [1.0]
+    lo, hi = min(min(ratios), 1.0) / 1.5, max(max(ratios), 1.0) * 1.5
+    keys = list(dict.fromkeys((p["pass"], p["dtype"]) for p in points))
+    colors = {k: SWEEP_COLORS.get(k) or SWEEP_OTHER[i % len(SWEEP_OTHER)] for i, k in enumerate(keys)}
+    compiled_any = False
+    for ax, variant in zip(axes.flat, variants):
+        mine = [p for p in points if p["op"] == variant]
+        for key in keys:
+            series = sorted((p for p in mine if (p["pass"], p["dtype"]) == key and "ratio" in p),
+                            key=lambda p: p["size"])
+            for field, style in (("ratio", "-"), ("ratio_compile", "--")):
+                s = [p for p in series if field in p]
+                if not s:
+                    continue
+                compiled_any |= field == "ratio_compile"
+                xs, ys = [p["size"] for p in s], [p[field] for p in s]
+                ax.plot(xs, ys, style, color=colors[key], linewidth=1.1, alpha=0.9 if style == "-" else 0.6)
+                big = [(x, y) for p, x, y in zip(s, xs, ys) if p["torch_us"] >= SMALL_US]
+                small = [(x, y) for p, x, y in zip(s, xs, ys) if p["torch_us"] < SMALL_US]
+                if big:
+                    ax.scatter(*zip(*big), s=14, color=colors[key], zorder=3)
+                if small:
+                    ax.scatter(*zip(*small), s=14, facecolors="white", edgecolors=colors[key], zorder=3)
+        wrong = [p for p in mine if "error" in p]
+        if wrong:
+            ax.scatter([p["size"] for p in wrong], [lo * 1.1] * len(wrong), marker="x", color="tab:red", zorder=4)
+            ax.text(0.02, 0.04, f"{len(wrong)} WRONG RESULT(S), not timed", transform=ax.transAxes,
+                    color="tab:red", fontsize=7)
+        ax.axhline(1.0, color="black", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(variant, fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(variants):]:
+        ax.set_visible(False)
+    ax0 = axes.flat[0]
+    ax0.set_ylim(lo, hi)
+    ticks = [t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if lo <= t <= hi]
+    if len(ticks) < 4:  # a narrow range: finer ticks
+        ticks = [t for t in (0.3, 0.5, 0.7, 0.8, 0.9, 1, 1.2, 1.5, 2, 3) if lo <= t <= hi]
+    ax0.set_yticks(ticks)
+    ax0.set_yticklabels([f"{t:g}x" for t in ticks])
+    ax0.yaxis.set_minor_formatter(plt.NullFormatter())
+    for row in axes:
+        row[0].set_ylabel("torch time / ours", fontsize=8)
+    handles = [Line2D([], [], color=colors[k], marker="o", label=f"{k[0]} {k[1]}") for k in keys]
+    handles.append(Line2D([], [], color="black", linestyle="-", label="vs torch eager"))
+    if compiled_any:
+        handles.append(Line2D([], [], color="black", linestyle="--", label="vs torch.compile (dynamic)"))
+    handles.append(Line2D([], [], color="gray", marker="o", linestyle="", label=f"torch >= {SMALL_US:g} us"))
+    handles.append(Line2D([], [], color="gray", marker="o", markerfacecolor="white", linestyle="",
+                          label=f"torch < {SMALL_US:g} us"))
+    env = doc["environment"]
+    fig.suptitle(f"Sweep of the {doc['family']} family on {env['device']} ({env['device_name']})\n"
+                 f"torch time / our time against size: above the 1x line we are faster", fontsize=10)
+    for i, ax in enumerate(axes.flat):  # the last row's panels may be hidden: label the ones above them
+        if i >= len(variants) - ncols and i < len(variants):
+            ax.set_xlabel(f"size: {doc['size_unit']}", fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=7)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path

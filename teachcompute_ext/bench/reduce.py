@@ -8,7 +8,7 @@ import torch
 
 import teachcompute_ext
 
-from . import harness
+from . import harness, sweep
 
 
 def vector_sum_cases(device, quick):
@@ -123,3 +123,145 @@ def run(device, quick, out_dir, progress=None):
     cases = vector_sum_cases(device, quick) + dim_reduction_cases(device, quick) + softmax_cases(device, quick)
     return harness.run_family("reduce", cases, device, quick, out_dir, progress, rounds=None if quick else 21)
 
+
+
+# The sweep (sweep.py): the x-axis is the input's element count.
+SWEEP_SIZE = "elements of the input"
+
+
+def _sweep_ops():
+    """(variant, ours(x, dim), torch(x, dim)) for the dim reductions."""
+    return [
+        ("reduce_sum", lambda x, d: teachcompute_ext.reduce_sum(x, d), lambda x, d: torch.sum(x, d)),
+        ("reduce_mean", lambda x, d: teachcompute_ext.reduce_mean(x, d), lambda x, d: torch.mean(x, d)),
+        ("reduce_max", lambda x, d: teachcompute_ext.reduce_max(x, d), lambda x, d: torch.max(x, d)),
+        ("reduce_min", lambda x, d: teachcompute_ext.reduce_min(x, d), lambda x, d: torch.min(x, d)),
+        ("logsumexp", lambda x, d: teachcompute_ext.logsumexp(x, [d]), lambda x, d: torch.logsumexp(x, d)),
+    ]
+
+
+def _first(y):
+    return y[0] if isinstance(y, tuple) else y  # max/min: the gradient flows through the values
+
+
+def _check_outputs(ours, theirs, dtype):
+    if isinstance(ours, tuple):  # max/min: values and indices must both match
+        harness.default_check(ours[0], theirs[0], dtype)
+        if not torch.equal(ours[1], theirs[1]):
+            raise AssertionError("indices differ from torch's")
+    else:
+        harness.default_check(ours, theirs, dtype)
+
+
+def _distinct(shape, dim, dtype, device, g):
+    """Values without ties along dim, even in bfloat16 (8 mantissa bits): which
+    index max/min return on a tie is not what the sweep measures. A shuffled
+    ramp of small integers (exact in bfloat16 up to 256) per reduced line,
+    plus noise below the spacing of the ramp where the line is longer."""
+    n = shape[dim] if len(shape) > 1 else shape[0]
+    if n <= 256:
+        line = torch.randperm(n, generator=g).float() - n / 2
+    else:
+        line = torch.randn(n, generator=g)
+    other = 1
+    for i, s in enumerate(shape):
+        if i != dim:
+            other *= s
+    x = torch.stack([line[torch.randperm(n, generator=g)] for _ in range(min(other, 4))])
+    x = x.repeat((other + x.shape[0] - 1) // x.shape[0], 1)[:other]  # (other, n)
+    x = x.movedim(1, dim) if len(shape) > 1 else x[0]
+    return x.reshape(shape).contiguous().to(device, dtype)
+
+
+def _sweep_pair(variant, dim_label, x, ours, theirs, dim, dtype, device, size, params):
+    """Forward and forward+backward points of one reduction of x along dim.
+    Our compiled baseline: theirs through torch.compile, its backward compiled too."""
+    cases = []
+    out_shape = _first(theirs(x, dim)).shape
+    g = torch.Generator().manual_seed(7)
+    grad = torch.randn(out_shape, generator=g).to(device, dtype)
+    name = f"{variant}{dim_label}"
+    cfn = sweep.compiled(("reduce", name, dim), lambda t, f=theirs, d=dim: f(t, d))
+    compiled = None if cfn is None else (lambda t, d: cfn(t))
+    base = {"torch": lambda: theirs(x, dim)}
+    if compiled is not None:
+        base[harness.COMPILED] = lambda: compiled(x, dim)
+    cases.append(sweep.point(name, "fwd", params, size, dtype=dtype, device=device,
+                             ours=lambda: ours(x, dim), baselines=base,
+                             check=lambda a, b: _check_outputs(a, b, dtype)))
+    xr = x.clone().requires_grad_()
+
+    def fwd_bwd(f):
+        (gx,) = torch.autograd.grad(_first(f(xr, dim)), xr, grad)
+        return gx
+
+    base = {"torch": lambda: fwd_bwd(theirs)}
+    if compiled is not None:
+        base[harness.COMPILED] = lambda: fwd_bwd(compiled)
+    def exact():
+        x64 = x.double().requires_grad_()
+        (gx,) = torch.autograd.grad(_first(theirs(x64, dim)), x64, grad.double())
+        return gx
+
+    cases.append(sweep.point(name, "fwd+bwd", params, size, dtype=dtype, device=device,
+                             ours=lambda: fwd_bwd(ours), baselines=base,
+                             check=lambda a, b: harness.check_near_exact(a, b, exact, dtype)))
+    return cases
+
+
+def sweep_cases(device, quick):
+    """vector_sum over a vector of n; the dim reductions, softmax and
+    log_softmax over the last dim of [rows, cols], one row to 4096x4096,
+    widths 1 to 4096 including ones that are no multiple of a vector; the dim
+    reductions over the outer dim of tall-narrow [rows, cols] (few outputs,
+    long reductions)."""
+    if quick:
+        vector = [1, 1000, 10**5]
+        rows = [(1, 7), (16, 1024), (256, 300)]
+        tall = [(1000, 1), (4096, 33)]
+    else:
+        vector = [1, 7, 33, 300, 1000, 4096, 33000, 10**5, 10**6, 10**7, 10**8]
+        rows = [(1, 1), (1, 7), (1, 33), (1, 96), (1, 1000), (4, 1024), (16, 1024), (64, 96), (256, 300),
+                (1024, 1000), (4096, 4096)]
+        tall = [(33, 1), (1000, 7), (4096, 33), (100000, 1), (100000, 7), (16384, 96), (4096, 300),
+                (4096, 4096)]
+    g = torch.Generator().manual_seed(6)
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for n in vector:
+            x = torch.rand(n, generator=g).to(device, dtype)
+            params = {"n": n}
+            compiled = sweep.compiled(("reduce", "vector_sum"), lambda t: torch.sum(t))
+            base = {"torch": lambda x=x: torch.sum(x)}
+            if compiled is not None:
+                base[harness.COMPILED] = lambda x=x, c=compiled: c(x)
+            cases.append(sweep.point("vector_sum", "fwd", params, n, dtype=dtype, device=device,
+                                     ours=lambda x=x: teachcompute_ext.vector_sum(x), baselines=base))
+            xr = x.clone().requires_grad_()
+            gs = torch.tensor(0.5, dtype=dtype, device=device)
+
+            def fwd_bwd(f, xr=xr, gs=gs):
+                (gx,) = torch.autograd.grad(f(xr), xr, gs)
+                return gx
+
+            base = {"torch": lambda fb=fwd_bwd: fb(torch.sum)}
+            if compiled is not None:
+                base[harness.COMPILED] = lambda fb=fwd_bwd, c=compiled: fb(c)
+            cases.append(sweep.point("vector_sum", "fwd+bwd", params, n, dtype=dtype, device=device,
+                                     ours=lambda fb=fwd_bwd: fb(teachcompute_ext.vector_sum), baselines=base))
+        for shape in rows:
+            params = {"rows": shape[0], "cols": shape[1]}
+            size = shape[0] * shape[1]
+            x = _distinct(shape, 1, dtype, device, g)
+            for variant, ours, theirs in _sweep_ops():
+                cases += _sweep_pair(variant, " dim1", x, ours, theirs, 1, dtype, device, size, params)
+            for variant in ("softmax", "log_softmax"):
+                cases += _sweep_pair(variant, "", x, getattr(teachcompute_ext, variant), getattr(torch, variant),
+                                     -1, dtype, device, size, params)
+        for shape in tall:
+            params = {"rows": shape[0], "cols": shape[1]}
+            x = _distinct(shape, 0, dtype, device, g)
+            for variant, ours, theirs in _sweep_ops():
+                cases += _sweep_pair(variant, " dim0", x, ours, theirs, 0, dtype, device, shape[0] * shape[1],
+                                     params)
+    return cases

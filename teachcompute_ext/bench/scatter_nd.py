@@ -7,7 +7,7 @@ import torch
 
 import teachcompute_ext
 
-from . import harness
+from . import harness, sweep
 
 
 def _ort_scatter(reduction):
@@ -99,3 +99,89 @@ def cases(device, quick):
 def run(device, quick, out_dir, progress=None):
     return harness.run_family("scatter_nd", cases(device, quick), device, quick, out_dir, progress)
 
+
+
+# The sweep (sweep.py): the x-axis is the count of update elements (indices x width).
+SWEEP_SIZE = "update elements (indices x width)"
+
+
+def sweep_cases(device, quick):
+    """scatter_nd_ add (duplicate indices) and none (unique ones), in place,
+    and scatter_nd_of_shape add forward and forward+backward (the gradient
+    of the updates), from one index into 16 rows to 400000 into 100000x256;
+    widths 1 to 300. The update count is kept near the row count so that
+    bfloat16 sums few duplicates (torch's index_put_ rounds after each)."""
+    if quick:
+        grid = [(16, 1, 1), (1000, 33, 1000)]
+    else:
+        grid = [(16, 1, 1), (100, 7, 7), (1000, 33, 64), (1000, 96, 1000), (4096, 300, 1000),
+                (10000, 64, 40000), (100000, 33, 100000), (100000, 256, 400000)]
+    g = torch.Generator().manual_seed(8)
+    cases = []
+
+    def idx_put(b, i, u, acc):
+        return b.index_put_((i[:, 0],), u, accumulate=acc)
+
+    def zeros_put(like, i, u):
+        return torch.zeros_like(like).index_put_((i[:, 0],), u, accumulate=True)
+
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows, width, n in grid:
+            params = {"rows": rows, "width": width, "indices": n}
+            size = n * width
+            idx = torch.randint(0, rows, (n, 1), generator=g).to(device)
+            upd = torch.randn(n, width, generator=g).to(device, dtype)
+            def exact(i=idx, u=upd, rows=rows, width=width):
+                return torch.zeros(rows, width, dtype=torch.float64, device=u.device).index_put_(
+                    (i[:, 0],), u.double(), accumulate=True)
+
+            check = sweep.near_exact(dtype, exact)  # add, from zeros: the checked first call
+            bufs = [torch.zeros(rows, width, device=device, dtype=dtype) for _ in range(3)]
+            c_add = sweep.compiled(("scatter_nd", "add_"), lambda b, i, u: idx_put(b, i, u, True))
+            base = {"torch": lambda b=bufs[1], i=idx, u=upd: idx_put(b, i, u, True)}
+            if c_add is not None:
+                base[harness.COMPILED] = lambda c=c_add, b=bufs[2], i=idx, u=upd: c(b, i, u)
+            cases.append(sweep.point(
+                "scatter_nd_ add", "fwd", params, size, dtype=dtype, device=device, check=check,
+                ours=lambda b=bufs[0], i=idx, u=upd: teachcompute_ext.scatter_nd_(b, i, u, "add"),
+                baselines=base))
+
+            # The output's shape comes from a tensor, not from int arguments: one
+            # compiled function with dynamic sizes then serves every point.
+            like = torch.empty(rows, width, device=device, dtype=dtype)
+            c_shape = sweep.compiled(("scatter_nd", "of_shape"), zeros_put)
+            base = {"torch": lambda i=idx, u=upd, like=like: zeros_put(like, i, u)}
+            if c_shape is not None:
+                base[harness.COMPILED] = lambda c=c_shape, i=idx, u=upd, like=like: c(like, i, u)
+            cases.append(sweep.point(
+                "scatter_nd_of_shape add", "fwd", params, size, dtype=dtype, device=device, check=check,
+                ours=lambda i=idx, u=upd, r=rows, w=width: teachcompute_ext.scatter_nd_of_shape([r, w], i, u, "add"),
+                baselines=base))
+            ur = upd.clone().requires_grad_()
+            grad = torch.randn(rows, width, generator=g).to(device, dtype)
+
+            def fwd_bwd(f, ur=ur, grad=grad):
+                (gu,) = torch.autograd.grad(f(ur), ur, grad)
+                return gu
+
+            base = {"torch": lambda fb=fwd_bwd, i=idx, like=like: fb(lambda u: zeros_put(like, i, u))}
+            if c_shape is not None:
+                base[harness.COMPILED] = lambda fb=fwd_bwd, i=idx, c=c_shape, like=like: fb(lambda u: c(like, i, u))
+            cases.append(sweep.point(
+                "scatter_nd_of_shape add", "fwd+bwd", params, size, dtype=dtype, device=device,
+                ours=lambda fb=fwd_bwd, i=idx, r=rows, w=width: fb(
+                    lambda u: teachcompute_ext.scatter_nd_of_shape([r, w], i, u, "add")),
+                baselines=base))
+            uidx = torch.randperm(rows, generator=g)[: min(rows, n)].unsqueeze(1).to(device)
+            uupd = torch.randn(uidx.shape[0], width, generator=g).to(device, dtype)
+            bufs = [torch.zeros(rows, width, device=device, dtype=dtype) for _ in range(3)]
+            c_none = sweep.compiled(("scatter_nd", "none_"), lambda b, i, u: idx_put(b, i, u, False))
+            base = {"torch": lambda b=bufs[1], i=uidx, u=uupd: idx_put(b, i, u, False)}
+            if c_none is not None:
+                base[harness.COMPILED] = lambda c=c_none, b=bufs[2], i=uidx, u=uupd: c(b, i, u)
+            cases.append(sweep.point(
+                "scatter_nd_ none (unique)", "fwd", {**params, "indices": uidx.shape[0]}, uidx.shape[0] * width,
+                dtype=dtype, device=device,
+                ours=lambda b=bufs[0], i=uidx, u=uupd: teachcompute_ext.scatter_nd_(b, i, u, "none"),
+                baselines=base))
+    return cases
