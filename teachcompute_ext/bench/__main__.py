@@ -102,14 +102,17 @@ def parser(description, default_out, families):
     return p
 
 
-def load_docs(out_dir, families):
-    """The family JSON documents in out_dir, in the report's order (the
-    sweep's, with "points" and no "results", are not among them)."""
+def load_docs(out_dir, families, sweep=False):
+    """The JSON documents of the named families in out_dir, device by device in
+    the order of families: the report's ("results"), or with sweep=True the
+    sweep's ("kind": "sweep", "points")."""
     docs = []
-    for path in glob.glob(os.path.join(out_dir, "*.json")):
+    for path in glob.glob(os.path.join(out_dir, "sweep-*.json" if sweep else "*.json")):
         with open(path) as f:
             doc = json.load(f)
-        if isinstance(doc, dict) and "results" in doc and "family" in doc:
+        if not isinstance(doc, dict) or "family" not in doc:
+            continue
+        if (doc.get("kind") == "sweep" and doc["family"] in families) if sweep else ("results" in doc):
             docs.append(doc)
     order = {name: i for i, name in enumerate(families)}
     return sorted(docs, key=lambda d: (d["environment"]["device"], order.get(d["family"], len(order)), d["family"]))

@@ -78,6 +78,26 @@ def softmax_cases(device, quick):
     return cases
 
 
+# The dim reductions: (name, ours(x, dim), torch's name, torch's(x, dim)), for the report and the sweep.
+_DIM_OPS = [
+    ("reduce_sum", lambda x, d: teachcompute_ext.reduce_sum(x, d), "torch.sum", lambda x, d: torch.sum(x, d)),
+    ("reduce_mean", lambda x, d: teachcompute_ext.reduce_mean(x, d), "torch.mean", lambda x, d: torch.mean(x, d)),
+    ("reduce_max", lambda x, d: teachcompute_ext.reduce_max(x, d), "torch.max", lambda x, d: torch.max(x, d)),
+    ("reduce_min", lambda x, d: teachcompute_ext.reduce_min(x, d), "torch.min", lambda x, d: torch.min(x, d)),
+    ("logsumexp", lambda x, d: teachcompute_ext.logsumexp(x, [d]), "torch.logsumexp",
+     lambda x, d: torch.logsumexp(x, d)),
+]
+
+
+def _check_outputs(ours, theirs, dtype):
+    if isinstance(ours, tuple):  # max/min: values and indices must both match
+        harness.default_check(ours[0], theirs[0], dtype)
+        if not torch.equal(ours[1], theirs[1]):
+            raise AssertionError("indices differ from torch's")
+    else:
+        harness.default_check(ours, theirs, dtype)
+
+
 def dim_reduction_cases(device, quick):
     """reduce_sum / reduce_mean / reduce_max / reduce_min / logsumexp over the inner and the outer dim."""
     cases = []
@@ -86,35 +106,18 @@ def dim_reduction_cases(device, quick):
         shapes = [(512, 1024)]
     dtypes = [torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]
     g = torch.Generator(device=device).manual_seed(2)
-    ops = [
-        ("reduce_sum", lambda x, d: teachcompute_ext.reduce_sum(x, d), "torch.sum", lambda x, d: torch.sum(x, d)),
-        ("reduce_mean", lambda x, d: teachcompute_ext.reduce_mean(x, d), "torch.mean", lambda x, d: torch.mean(x, d)),
-        ("reduce_max", lambda x, d: teachcompute_ext.reduce_max(x, d), "torch.max", lambda x, d: torch.max(x, d)),
-        ("reduce_min", lambda x, d: teachcompute_ext.reduce_min(x, d), "torch.min", lambda x, d: torch.min(x, d)),
-        ("logsumexp", lambda x, d: teachcompute_ext.logsumexp(x, [d]), "torch.logsumexp",
-         lambda x, d: torch.logsumexp(x, d)),
-    ]
-
-    def check_pair(ours, theirs, dtype):
-        if isinstance(ours, tuple):  # max/min: values and indices must both match
-            harness.default_check(ours[0], theirs[0], dtype)
-            if not torch.equal(ours[1], theirs[1]):
-                raise AssertionError("indices differ from torch's")
-        else:
-            harness.default_check(ours, theirs, dtype)
-
     for dtype in dtypes:
         for shape in shapes:
             x = torch.randn(shape, device=device, generator=g).to(dtype)
             for dim in (0, 1):
-                for name, ours, tname, theirs in ops:
+                for name, ours, tname, theirs in _DIM_OPS:
                     cases.append(harness.Case(
                         op=f"{name} dim{dim}", shape="x".join(map(str, shape)), dtype=dtype, device=device,
                         ours=lambda f=ours, x=x, d=dim: f(x, d),
                         baselines={tname: lambda f=theirs, x=x, d=dim: f(x, d),
                                    **harness.compiled_baseline(theirs, x, dim)},
                         bytes_moved=x.numel() * x.element_size(),
-                        check=lambda a, b, dt=dtype: check_pair(a, b, dt),
+                        check=lambda a, b, dt=dtype: _check_outputs(a, b, dt),
                     ))
     return cases
 
@@ -129,28 +132,8 @@ def run(device, quick, out_dir, progress=None):
 SWEEP_SIZE = "elements of the input"
 
 
-def _sweep_ops():
-    """(variant, ours(x, dim), torch(x, dim)) for the dim reductions."""
-    return [
-        ("reduce_sum", lambda x, d: teachcompute_ext.reduce_sum(x, d), lambda x, d: torch.sum(x, d)),
-        ("reduce_mean", lambda x, d: teachcompute_ext.reduce_mean(x, d), lambda x, d: torch.mean(x, d)),
-        ("reduce_max", lambda x, d: teachcompute_ext.reduce_max(x, d), lambda x, d: torch.max(x, d)),
-        ("reduce_min", lambda x, d: teachcompute_ext.reduce_min(x, d), lambda x, d: torch.min(x, d)),
-        ("logsumexp", lambda x, d: teachcompute_ext.logsumexp(x, [d]), lambda x, d: torch.logsumexp(x, d)),
-    ]
-
-
 def _first(y):
     return y[0] if isinstance(y, tuple) else y  # max/min: the gradient flows through the values
-
-
-def _check_outputs(ours, theirs, dtype):
-    if isinstance(ours, tuple):  # max/min: values and indices must both match
-        harness.default_check(ours[0], theirs[0], dtype)
-        if not torch.equal(ours[1], theirs[1]):
-            raise AssertionError("indices differ from torch's")
-    else:
-        harness.default_check(ours, theirs, dtype)
 
 
 def _distinct(shape, dim, dtype, device, g):
@@ -253,7 +236,7 @@ def sweep_cases(device, quick):
             params = {"rows": shape[0], "cols": shape[1]}
             size = shape[0] * shape[1]
             x = _distinct(shape, 1, dtype, device, g)
-            for variant, ours, theirs in _sweep_ops():
+            for variant, ours, _, theirs in _DIM_OPS:
                 cases += _sweep_pair(variant, " dim1", x, ours, theirs, 1, dtype, device, size, params)
             for variant in ("softmax", "log_softmax"):
                 cases += _sweep_pair(variant, "", x, getattr(teachcompute_ext, variant), getattr(torch, variant),
@@ -261,7 +244,7 @@ def sweep_cases(device, quick):
         for shape in tall:
             params = {"rows": shape[0], "cols": shape[1]}
             x = _distinct(shape, 0, dtype, device, g)
-            for variant, ours, theirs in _sweep_ops():
+            for variant, ours, _, theirs in _DIM_OPS:
                 cases += _sweep_pair(variant, " dim0", x, ours, theirs, 0, dtype, device, shape[0] * shape[1],
                                      params)
     return cases

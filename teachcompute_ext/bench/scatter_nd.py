@@ -125,6 +125,20 @@ def sweep_cases(device, quick):
     def zeros_put(like, i, u):
         return torch.zeros_like(like).index_put_((i[:, 0],), u, accumulate=True)
 
+    def in_place(reduction, params, size, idx, upd, dtype, check):
+        """scatter_nd_ against index_put_ (and its compiled form), each on a zero buffer of its own."""
+        rows, width = params["rows"], params["width"]
+        acc = reduction == "add"
+        bufs = [torch.zeros(rows, width, device=device, dtype=dtype) for _ in range(3)]
+        compiled = sweep.compiled(("scatter_nd", f"{reduction}_"), lambda b, i, u: idx_put(b, i, u, acc))
+        base = {"torch": lambda b=bufs[1], i=idx, u=upd: idx_put(b, i, u, acc)}
+        if compiled is not None:
+            base[harness.COMPILED] = lambda c=compiled, b=bufs[2], i=idx, u=upd: c(b, i, u)
+        variant = "scatter_nd_ add" if acc else "scatter_nd_ none (unique)"
+        return sweep.point(variant, "fwd", params, size, dtype=dtype, device=device, check=check,
+                           ours=lambda b=bufs[0], i=idx, u=upd: teachcompute_ext.scatter_nd_(b, i, u, reduction),
+                           baselines=base)
+
     for dtype in (torch.float32, torch.bfloat16):
         for rows, width, n in grid:
             params = {"rows": rows, "width": width, "indices": n}
@@ -136,15 +150,7 @@ def sweep_cases(device, quick):
                     (i[:, 0],), u.double(), accumulate=True)
 
             check = sweep.near_exact(dtype, exact)  # add, from zeros: the checked first call
-            bufs = [torch.zeros(rows, width, device=device, dtype=dtype) for _ in range(3)]
-            c_add = sweep.compiled(("scatter_nd", "add_"), lambda b, i, u: idx_put(b, i, u, True))
-            base = {"torch": lambda b=bufs[1], i=idx, u=upd: idx_put(b, i, u, True)}
-            if c_add is not None:
-                base[harness.COMPILED] = lambda c=c_add, b=bufs[2], i=idx, u=upd: c(b, i, u)
-            cases.append(sweep.point(
-                "scatter_nd_ add", "fwd", params, size, dtype=dtype, device=device, check=check,
-                ours=lambda b=bufs[0], i=idx, u=upd: teachcompute_ext.scatter_nd_(b, i, u, "add"),
-                baselines=base))
+            cases.append(in_place("add", params, size, idx, upd, dtype, check))
 
             # The output's shape comes from a tensor, not from int arguments: one
             # compiled function with dynamic sizes then serves every point.
@@ -174,14 +180,6 @@ def sweep_cases(device, quick):
                 baselines=base))
             uidx = torch.randperm(rows, generator=g)[: min(rows, n)].unsqueeze(1).to(device)
             uupd = torch.randn(uidx.shape[0], width, generator=g).to(device, dtype)
-            bufs = [torch.zeros(rows, width, device=device, dtype=dtype) for _ in range(3)]
-            c_none = sweep.compiled(("scatter_nd", "none_"), lambda b, i, u: idx_put(b, i, u, False))
-            base = {"torch": lambda b=bufs[1], i=uidx, u=uupd: idx_put(b, i, u, False)}
-            if c_none is not None:
-                base[harness.COMPILED] = lambda c=c_none, b=bufs[2], i=uidx, u=uupd: c(b, i, u)
-            cases.append(sweep.point(
-                "scatter_nd_ none (unique)", "fwd", {**params, "indices": uidx.shape[0]}, uidx.shape[0] * width,
-                dtype=dtype, device=device,
-                ours=lambda b=bufs[0], i=uidx, u=uupd: teachcompute_ext.scatter_nd_(b, i, u, "none"),
-                baselines=base))
+            cases.append(in_place("none", {**params, "indices": uidx.shape[0]}, uidx.shape[0] * width, uidx, uupd,
+                                  dtype, None))
     return cases

@@ -175,25 +175,14 @@ def run_family(name, module, device, quick, out_dir, progress=None):
     return doc, path
 
 
-def load_docs(out_dir, names):
-    """The sweep documents of the families named in out_dir, device by device in the order of names."""
-    docs = []
-    for path in glob.glob(os.path.join(out_dir, "sweep-*.json")):
-        with open(path) as f:
-            doc = json.load(f)
-        if isinstance(doc, dict) and doc.get("kind") == "sweep" and doc.get("family") in names:
-            docs.append(doc)
-    order = {name: i for i, name in enumerate(names)}
-    return sorted(docs, key=lambda d: (d["environment"]["device"], order.get(d["family"], len(order)), d["family"]))
-
-
 def main(args, names, progress):
     """--sweep: measures (or, with --replot, reloads) and plots; returns the exit status."""
     from . import family, plots
+    from .__main__ import load_docs
 
     start = time.perf_counter()
     if args.replot:
-        docs = load_docs(args.out, names)
+        docs = load_docs(args.out, names, sweep=True)
         if not docs:
             print(f"no sweep JSON in {args.out}", file=sys.stderr)
             return 1
