@@ -72,6 +72,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward(const at::T
 at::Tensor fused_linear_composite(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                   c10::string_view activation);
 
+// ---- llama/ : rms_norm, add_rms_norm, rotary_embedding, swiglu, geglu (llama.cpp) ----------
+std::tuple<at::Tensor, at::Tensor> rms_norm_forward(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                                    double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_forward(const at::Tensor& x, const at::Tensor& residual,
+                                                                    const std::optional<at::Tensor>& weight,
+                                                                    double eps);
+std::tuple<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                     const std::optional<at::Tensor>& weight, const at::Tensor& rstd,
+                                                     const std::optional<at::Tensor>& grad_add,
+                                                     std::array<bool, 2> output_mask);
+at::Tensor rotary_embedding(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool interleaved);
+at::Tensor rotary_embedding_backward(const at::Tensor& grad, const at::Tensor& cos, const at::Tensor& sin,
+                                     bool interleaved);
+at::Tensor swiglu(const at::Tensor& gate, const std::optional<at::Tensor>& up);
+at::Tensor geglu(const at::Tensor& gate, const std::optional<at::Tensor>& up, c10::string_view approximate);
+std::tuple<at::Tensor, at::Tensor> glu_backward(const at::Tensor& grad, const at::Tensor& gate,
+                                                const std::optional<at::Tensor>& up, c10::string_view activation);
+// CompositeImplicitAutograd (llama_autograd.cpp): the public outputs of the *_forward ops.
+at::Tensor rms_norm_composite(const at::Tensor& x, const std::optional<at::Tensor>& weight, double eps);
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_composite(const at::Tensor& x, const at::Tensor& residual,
+                                                          const std::optional<at::Tensor>& weight, double eps);
+
 // ---- autograd (<family>/<family>_autograd.cpp) ----------------------------------------
 at::Tensor vector_sum_autograd(const at::Tensor& x);
 at::Tensor reduce_sum_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim);
@@ -99,5 +121,16 @@ at::Tensor fused_matmul_autograd(const at::Tensor& a, const at::Tensor& b, doubl
 std::tuple<at::Tensor, at::Tensor> fused_linear_forward_autograd(const at::Tensor& x, const at::Tensor& weight,
                                                                  const std::optional<at::Tensor>& bias,
                                                                  c10::string_view activation, bool save_pre);
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_forward_autograd(const at::Tensor& x,
+                                                             const std::optional<at::Tensor>& weight, double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_forward_autograd(const at::Tensor& x,
+                                                                             const at::Tensor& residual,
+                                                                             const std::optional<at::Tensor>& weight,
+                                                                             double eps);
+at::Tensor rotary_embedding_autograd(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                                     bool interleaved);
+at::Tensor swiglu_autograd(const at::Tensor& gate, const std::optional<at::Tensor>& up);
+at::Tensor geglu_autograd(const at::Tensor& gate, const std::optional<at::Tensor>& up, c10::string_view approximate);
 
 }  // namespace teachcompute_ext

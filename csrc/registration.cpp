@@ -106,11 +106,43 @@ TORCH_LIBRARY(teachcompute_ext, m) {
       "fused_linear_backward(Tensor grad, Tensor x, Tensor weight, Tensor aux, str activation, bool has_bias, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
       kContiguous);
+
+  // ---- llama --------------------------------------------------------------------
+  // F.rms_norm over the last dim: x * rsqrt(mean(x^2) + eps) * weight, one pass over x.
+  m.def("rms_norm(Tensor x, Tensor? weight=None, float eps=1e-06) -> Tensor", kComposite);
+  // rms_norm and rstd = rsqrt(mean(x^2) + eps) per row (float32 for half x), kept for the backward.
+  m.def("rms_norm_forward(Tensor x, Tensor? weight, float eps) -> (Tensor, Tensor)", kAnyStrides);
+  // The Llama residual pattern: h = x + residual; (rms_norm(h), h), one pass.
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor? weight=None, float eps=1e-06) -> (Tensor, Tensor)",
+        kComposite);
+  // add_rms_norm and the rstd of h, kept for the backward.
+  m.def("add_rms_norm_forward(Tensor x, Tensor residual, Tensor? weight, float eps) -> (Tensor, Tensor, Tensor)",
+        kAnyStrides);
+  // Gradients of rms_norm for x (plus grad_add, the gradient of h when it is also an output) and weight,
+  // fused: one pass per row, the weight's a deterministic sum over rows. Masked-out ones are empty.
+  m.def(
+      "rms_norm_backward(Tensor grad, Tensor x, Tensor? weight, Tensor rstd, Tensor? grad_add, bool[2] output_mask) "
+      "-> (Tensor, Tensor)",
+      kAnyStrides);
+  // Rotary position embedding of x [..., head_dim] by cos and sin [..., rotary_dim / 2] (broadcast to x's rows):
+  // rotate-half pairs (i, i + rotary_dim / 2) as Llama and transformers, or interleaved (2i, 2i + 1) as GPT-J.
+  m.def("rotary_embedding(Tensor x, Tensor cos, Tensor sin, bool interleaved=False) -> Tensor", kAnyStrides);
+  // Gradient of rotary_embedding for x: the inverse rotation.
+  m.def("rotary_embedding_backward(Tensor grad, Tensor cos, Tensor sin, bool interleaved) -> Tensor", kAnyStrides);
+  // silu(gate) * up; with up None, gate is [..., 2 * I] split in two halves (one GEMM's output).
+  m.def("swiglu(Tensor gate, Tensor? up=None) -> Tensor", kAnyStrides);
+  // gelu(gate, approximate) * up, the same forms as swiglu.
+  m.def("geglu(Tensor gate, Tensor? up=None, str approximate=\"none\") -> Tensor", kAnyStrides);
+  // Gradients of swiglu (activation silu) and geglu (gelu, gelu_tanh) for gate and up in one pass; the
+  // one-tensor form's gradient is one [..., 2 * I] tensor (the second output is empty).
+  m.def("glu_backward(Tensor grad, Tensor gate, Tensor? up, str activation) -> (Tensor, Tensor)", kAnyStrides);
 }
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, CompositeImplicitAutograd, m) {
   m.impl("embedding_bag", &teachcompute_ext::embedding_bag_composite);
   m.impl("fused_linear", &teachcompute_ext::fused_linear_composite);
+  m.impl("rms_norm", &teachcompute_ext::rms_norm_composite);
+  m.impl("add_rms_norm", &teachcompute_ext::add_rms_norm_composite);
 }
 
 namespace {
@@ -140,6 +172,14 @@ void register_frontends(torch::Library& m) {
   m.impl("fused_matmul", &fused_matmul);
   m.impl("fused_linear_forward", &fused_linear_forward);
   m.impl("fused_linear_backward", &fused_linear_backward);
+  m.impl("rms_norm_forward", &rms_norm_forward);
+  m.impl("add_rms_norm_forward", &add_rms_norm_forward);
+  m.impl("rms_norm_backward", &rms_norm_backward);
+  m.impl("rotary_embedding", &rotary_embedding);
+  m.impl("rotary_embedding_backward", &rotary_embedding_backward);
+  m.impl("swiglu", &swiglu);
+  m.impl("geglu", &geglu);
+  m.impl("glu_backward", &glu_backward);
 }
 
 }  // namespace
@@ -170,6 +210,11 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
   m.impl("embedding_bag_forward", &teachcompute_ext::embedding_bag_forward_autograd);
   m.impl("fused_matmul", &teachcompute_ext::fused_matmul_autograd);
   m.impl("fused_linear_forward", &teachcompute_ext::fused_linear_forward_autograd);
+  m.impl("rms_norm_forward", &teachcompute_ext::rms_norm_forward_autograd);
+  m.impl("add_rms_norm_forward", &teachcompute_ext::add_rms_norm_forward_autograd);
+  m.impl("rotary_embedding", &teachcompute_ext::rotary_embedding_autograd);
+  m.impl("swiglu", &teachcompute_ext::swiglu_autograd);
+  m.impl("geglu", &teachcompute_ext::geglu_autograd);
 }
 
 // Autocast: torch's policy for each op's counterpart (common/autocast.h says which).
@@ -188,7 +233,8 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, AutocastCUDA, m) {
   constexpr auto kFloat32 = &autocast_boxed<c10::DeviceType::CUDA, AutocastTo::FLOAT32>;
   m.impl("fused_matmul", torch::CppFunction::makeFromBoxedFunction<kLower>());
   m.impl("fused_linear_forward", torch::CppFunction::makeFromBoxedFunction<kLower>());
-  for (const char* op : {"softmax", "log_softmax", "logsumexp", "vector_sum", "reduce_sum"}) {
+  for (const char* op :
+       {"softmax", "log_softmax", "logsumexp", "vector_sum", "reduce_sum", "rms_norm_forward", "add_rms_norm_forward"}) {
     m.impl(op, torch::CppFunction::makeFromBoxedFunction<kFloat32>());
   }
 }

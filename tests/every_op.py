@@ -105,6 +105,48 @@ for act, fn in (("none", lambda v: v), ("relu", torch.relu), ("gelu", F.gelu),
         for name, g, r in zip(("x", "w", "b"), grads, refs):
             check(f"fused_linear {act} {rows} grad {name}", g, r, rtol=1e-2, atol=1e-2)
 
+# the Llama ops: odd widths, weight grads, interleaved and partial rotary, one-tensor glu
+for dtype in (torch.float32, torch.bfloat16):
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
+    for rows, width in ((37, 300), (3, 4096), (200, 7)):
+        x = torch.randn(rows, width, device=d, dtype=dtype, requires_grad=True)
+        rr = torch.randn(rows, width, device=d, dtype=dtype, requires_grad=True)
+        nw = torch.randn(width, device=d, dtype=dtype, requires_grad=True)
+        out, h = t.add_rms_norm(x, rr, nw)
+        grads = torch.autograd.grad((out * 1.5).sum() + h.sum(), (x, rr, nw))
+        xc, rc, wc = (v.detach().cpu().double().requires_grad_() for v in (x, rr, nw))
+        hc = xc + rc
+        hc = hc + (hc.to(dtype).double() - hc).detach()  # h rounded to dtype as the op stores it; gradient 1
+        ref = F.rms_norm(hc, (width,), wc, 1e-6)
+        refs = torch.autograd.grad((ref * 1.5).sum() + hc.sum(), (xc, rc, wc))
+        check(f"add_rms_norm {dtype} {rows}x{width}", out, ref, **tol)
+        for name, g, r in zip(("x", "residual", "weight"), grads, refs):
+            check(f"add_rms_norm {dtype} {rows}x{width} grad {name}", g, r, **tol)
+        check(f"rms_norm {dtype} {rows}x{width}", t.rms_norm(x, None), F.rms_norm(xc, (width,)), **tol)
+    for interleaved in (False, True):
+        q = torch.randn(2, 5, 3, 64, device=d, dtype=dtype).transpose(1, 2)
+        ang = torch.randn(5, 24, device=d)
+        c, s = ang.cos().to(dtype), ang.sin().to(dtype)
+        out = t.rotary_embedding(q, c, s, interleaved)
+        back = t.rotary_embedding(out, c, -s, interleaved)  # the inverse rotation gives q back
+        check(f"rotary {dtype} interleaved={interleaved}", back, q, **tol)
+        check(f"rotary pass-through {dtype}", out[..., 48:], q[..., 48:], rtol=0, atol=0)
+    for form in ("two", "one"):
+        gate = torch.randn(33, 2 * 501, device=d, dtype=dtype, requires_grad=True)
+        up = torch.randn(33, 501, device=d, dtype=dtype, requires_grad=True) if form == "two" else None
+        g_ = gate if form == "one" else gate[:, :501]
+        out = t.swiglu(g_, up)
+        ins = (gate,) if form == "one" else (gate, up)
+        grads = torch.autograd.grad(out.sum(), ins)
+        cg = gate.detach().cpu().double().requires_grad_()
+        cu = up.detach().cpu().double().requires_grad_() if up is not None else None
+        gg, uu = (cg.chunk(2, -1) if form == "one" else (cg[:, :501], cu))
+        ref = F.silu(gg) * uu
+        refs = torch.autograd.grad(ref.sum(), (cg,) if form == "one" else (cg, cu))
+        check(f"swiglu {form} {dtype}", out, ref, **tol)
+        for g, r in zip(grads, refs):
+            check(f"swiglu {form} {dtype} grad", g, r, **tol)
+
 if d == "cuda":
     torch.cuda.synchronize()
 bad = [name for name, ok in checks if not ok]

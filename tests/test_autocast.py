@@ -49,6 +49,16 @@ def _pairs(device):
             (f"embedding {dt}", lambda wt: tce.embedding(wt, idx), lambda wt: F.embedding(idx, wt), (w.to(dt),)),
             (f"embedding_bag {dt}", lambda wt: tce.embedding_bag(wt, idx, None, "sum"),
              lambda wt: F.embedding_bag(idx, wt, mode="sum"), (w.to(dt),)),
+            (f"rms_norm {dt}", lambda t, wt: tce.rms_norm(t, wt), lambda t, wt: F.rms_norm(t, (16,), wt, 1e-6),
+             (xd, r(16).to(dt))),
+            (f"add_rms_norm {dt}", lambda t, u, wt: tce.add_rms_norm(t, u, wt)[0],
+             lambda t, u, wt: F.rms_norm(t + u, (16,), wt, 1e-6), (xd, xd.flip(0), r(16).to(dt))),
+            (f"rotary_embedding {dt}", lambda t, c, s: tce.rotary_embedding(t, c, s),
+             # the rotation by halves, joined by pads: torch.cat's autocast refuses float16 under bfloat16
+             lambda t, c, s: (F.pad(t[:, :8] * c - t[:, 8:] * s, (0, 8)) + F.pad(t[:, 8:] * c + t[:, :8] * s, (8, 0))),
+             (xd, r(9, 8).to(dt), r(9, 8).to(dt))),
+            (f"swiglu {dt}", tce.swiglu, lambda g, u: F.silu(g) * u, (xd, xd.flip(1))),
+            (f"geglu {dt}", tce.geglu, lambda g, u: F.gelu(g) * u, (xd, xd.flip(1))),
         ]
     return pairs
 

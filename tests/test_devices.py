@@ -57,6 +57,20 @@ def _cases():
     yield (ops.fused_linear_backward.default, "fused_linear_backward",
            lambda: [r(3, 5), r(3, 4), r(5, 4), r(3, 5), "gelu", True, [True, True, True]],
            {0: "grad", 1: "x", 2: "weight", 3: "aux"})
+    yield ops.rms_norm_forward.default, "rms_norm", lambda: [r(3, 4), r(4), 1e-6], {0: "x", 1: "weight"}
+    yield (ops.add_rms_norm_forward.default, "add_rms_norm", lambda: [r(3, 4), r(3, 4), r(4), 1e-6],
+           {0: "x", 1: "residual", 2: "weight"})
+    yield (ops.rms_norm_backward.default, "rms_norm_backward",
+           lambda: [r(3, 4), r(3, 4), r(4), r(3).abs(), r(3, 4), [True, True]],
+           {0: "grad", 1: "x", 2: "weight", 3: "rstd", 4: "grad_add"})
+    yield (ops.rotary_embedding.default, "rotary_embedding", lambda: [r(2, 3, 8), r(3, 2), r(3, 2), False],
+           {0: "x", 1: "cos", 2: "sin"})
+    yield (ops.rotary_embedding_backward.default, "rotary_embedding_backward",
+           lambda: [r(2, 3, 8), r(3, 2), r(3, 2), False], {0: "grad", 1: "cos", 2: "sin"})
+    yield ops.swiglu.default, "swiglu", lambda: [r(3, 4), r(3, 4)], {0: "gate", 1: "up"}
+    yield ops.geglu.default, "geglu", lambda: [r(3, 4), r(3, 4), "none"], {0: "gate", 1: "up"}
+    yield (ops.glu_backward.default, "glu_backward", lambda: [r(3, 4), r(3, 4), r(3, 4), "silu"],
+           {0: "grad", 1: "gate", 2: "up"})
 
 
 CASES = [pytest.param(op, name, build, pos, arg, id=f"{name}-{arg}")

@@ -78,6 +78,15 @@ CASES = {
     **{f"fused_linear-{act}": ((lambda x, w, b, act=act: t.fused_linear(x, w, b, act)),
                                lambda g: [_rand(g, 5, 8), _rand(g, 6, 8), _rand(g, 6)], True)
        for act in ("none", "relu", "gelu", "gelu_tanh", "silu")},
+    "rms_norm": (lambda x, w: t.rms_norm(x, w), lambda g: [_rand(g, 2, 5, 12), _rand(g, 12)], True),
+    "add_rms_norm": (lambda x, r, w: t.add_rms_norm(x, r, w), lambda g: [_rand(g, 5, 12), _rand(g, 5, 12),
+                                                                       _rand(g, 12)], True),
+    **{f"rotary_embedding-{il}": ((lambda x, c, s, il=il: t.rotary_embedding(x.transpose(1, 2), c, s, il)),
+                                  lambda g: [_rand(g, 2, 5, 3, 8), _rand(g, 5, 3), _rand(g, 5, 3)], True)
+       for il in (False, True)},
+    "swiglu": (t.swiglu, lambda g: [_rand(g, 4, 9), _rand(g, 4, 9)], True),
+    "swiglu-one-tensor": (t.swiglu, lambda g: [_rand(g, 4, 18)], True),
+    "geglu": (lambda a, b: t.geglu(a, b, "tanh"), lambda g: [_rand(g, 4, 9), _rand(g, 4, 9)], True),
 }
 
 
@@ -458,7 +467,7 @@ def test_fsdp2_two_cpu_processes_match_a_single_process(tmp_path):
 
 # ---- stride tags: Inductor hands each op the layout it really needs --------------------------
 LAYOUT_TAGS = {torch.Tag.flexible_layout, torch.Tag.needs_contiguous_strides}
-COMPOSITES = {"embedding_bag", "fused_linear"}  # decomposed before Inductor
+COMPOSITES = {"embedding_bag", "fused_linear", "rms_norm", "add_rms_norm"}  # decomposed before Inductor
 
 
 def test_every_op_states_its_layout_contract():

@@ -589,3 +589,83 @@ def test_every_op_has_a_batching_rule():
     missing = [n for n in names
                if not torch._C._dispatch_has_kernel_for_dispatch_key(f"teachcompute_ext::{n}", "FuncTorchBatched")]
     assert missing == []
+
+
+# ---------------------------------------------------------------------------- llama
+NORM_DIMS = [(0, None), (1, None), (0, 0), (None, 0), (-1, None)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("in_dims", NORM_DIMS)
+def test_rms_norm_and_add(in_dims, device):
+    x, r, w = _randn(3, 4, 5, 6, device=device), _randn(3, 4, 5, 6, device=device, seed=1), _randn(3, 6, device=device)
+    xb = _batched(x, in_dims[0] if in_dims[0] != -1 else 2)  # -1: the batch dim before the normalized one
+    wb = _batched(w, in_dims[1])
+    xd = in_dims[0] if in_dims[0] != -1 else 2
+    ref = vmap(lambda a, b: F.rms_norm(a, (6,), b, 1e-6), in_dims=(xd, in_dims[1]))(xb, wb)
+    _close(vmap(lambda a, b: ops.rms_norm(a, b, 1e-6), in_dims=(xd, in_dims[1]))(xb, wb), ref)
+    rb = _batched(r, 0)
+    got = vmap(lambda a, c, b: ops.add_rms_norm(a, c, b, 1e-6), in_dims=(xd, 0, in_dims[1]))(xb, rb, wb)
+    ref_h = vmap(lambda a, c: a + c, in_dims=(xd, 0))(xb, rb)
+    _close(got[1], ref_h)
+    _close(got[0], vmap(lambda h, b: F.rms_norm(h, (6,), b, 1e-6), in_dims=(0, in_dims[1]))(ref_h, wb))
+
+
+@pytest.mark.parametrize("in_dims", [(0, None), (0, 0), (None, 0)])
+def test_per_sample_grads_rms_norm(in_dims):
+    x, w, g = _randn(3, 4, 6), _randn(3, 6, seed=1), _randn(3, 4, 6, seed=2)
+    xb, wb = _batched(x, in_dims[0]), _batched(w, in_dims[1])
+
+    def loss(fn):
+        return lambda a, b, gg: (fn(a, b) * gg).sum()
+
+    got = vmap(torch.func.grad(loss(lambda a, b: ops.rms_norm(a, b, 1e-6)), argnums=(0, 1)),
+               in_dims=(*in_dims, 0))(xb, wb, g)
+    ref = vmap(torch.func.grad(loss(lambda a, b: F.rms_norm(a, (6,), b, 1e-6)), argnums=(0, 1)),
+               in_dims=(*in_dims, 0))(xb, wb, g)
+    for a, b in zip(got, ref):
+        _close(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("in_dims", [(0, None, None), (1, None, None), (0, 0, 0), (None, 0, 0), (2, 1, 1)])
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rotary(interleaved, in_dims, device):
+    x, c, s = _randn(3, 2, 5, 8, device=device), _randn(3, 5, 3, device=device, seed=1), \
+        _randn(3, 5, 3, device=device, seed=2)
+
+    def ref(xx, cc, ss):
+        rd = 2 * cc.shape[-1]
+        x1 = xx[..., 0:rd:2] if interleaved else xx[..., :rd // 2]
+        x2 = xx[..., 1:rd:2] if interleaved else xx[..., rd // 2:rd]
+        o1, o2 = x1 * cc - x2 * ss, x2 * cc + x1 * ss
+        rot = torch.stack((o1, o2), -1).flatten(-2) if interleaved else torch.cat((o1, o2), -1)
+        return torch.cat((rot, xx[..., rd:]), -1)
+
+    args = (_batched(x, in_dims[0]), _batched(c, in_dims[1]), _batched(s, in_dims[2]))
+    if all(d is None for d in in_dims):
+        return
+    _close(vmap(lambda a, b, d: ops.rotary_embedding(a, b, d, interleaved), in_dims=in_dims)(*args),
+           vmap(ref, in_dims=in_dims)(*args))
+    _close(vmap(lambda a, b, d: ops.rotary_embedding_backward(a, b, d, interleaved), in_dims=in_dims)(*args),
+           vmap(lambda a, b, d: ref(a, b, -d), in_dims=in_dims)(*args))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("in_dims", [(0, 0), (1, None), (None, 0), (-1, 0)])
+def test_swiglu_geglu_and_backward(in_dims, device):
+    g, u, d = _randn(3, 4, 6, device=device), _randn(3, 4, 6, device=device, seed=1), _randn(3, 4, 6, device=device,
+                                                                                          seed=2)
+    gb, ub = _batched(g, in_dims[0]), _batched(u, in_dims[1])
+    _close(vmap(ops.swiglu, in_dims=in_dims)(gb, ub), vmap(lambda a, b: F.silu(a) * b, in_dims=in_dims)(gb, ub))
+    _close(vmap(lambda a, b: ops.geglu(a, b, "tanh"), in_dims=in_dims)(gb, ub),
+           vmap(lambda a, b: F.gelu(a, approximate="tanh") * b, in_dims=in_dims)(gb, ub))
+    if in_dims[0] is not None:  # the one-tensor form
+        _close(vmap(ops.swiglu, in_dims=in_dims[:1])(gb), vmap(lambda a: F.silu(a[..., :3]) * a[..., 3:],
+                                                               in_dims=in_dims[:1])(gb))
+    got = vmap(lambda dd, a, b: ops.glu_backward(dd, a, b, "silu"), in_dims=(0, *in_dims))(d, gb, ub)
+    gf = g if in_dims[0] is not None else g[0].expand(3, 4, 6)
+    uf = u if in_dims[1] is not None else u[0].expand(3, 4, 6)
+    ref = vmap(lambda dd, a, b: ops.glu_backward(dd, a, b, "silu"))(d, gf, uf)
+    _close(got[0], ref[0])
+    _close(got[1], ref[1])

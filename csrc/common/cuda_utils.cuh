@@ -132,6 +132,29 @@ inline int64_t pieces_to_fill(int64_t blocks, int64_t count, int64_t threads_per
   return std::max<int64_t>(1, std::min({target / std::max<int64_t>(blocks, 1), by_work, kMaxGridY}));
 }
 
+// Sum over a warp (every lane gets it).
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over a block of kThreads threads (every thread gets it; all must call).
+template <int kThreads, typename A>
+__device__ __forceinline__ A block_sum(A v) {
+  __shared__ A sh[kThreads / kWarp];
+  v = warp_sum(v);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  A r = 0;
+#pragma unroll
+  for (int w = 0; w < kThreads / kWarp; ++w) r += sh[w];
+  __syncthreads();
+  return r;
+}
+
 // Rows [r0, r1) of piece `piece` of a reduction cut into pieces of piece_len.
 __device__ __forceinline__ void piece_rows(int64_t piece, int64_t piece_len, int64_t n, int64_t& r0, int64_t& r1) {
   r0 = piece * piece_len;

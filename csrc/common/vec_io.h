@@ -7,6 +7,8 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -73,6 +75,62 @@ inline void online_update(Vectorized<A>& m, Vectorized<A>& s, const Vectorized<A
   const V alpha = V::blendv(vexp(m - m_new), V(0), dead);
   s = s * alpha + V::blendv(add_exps(m_new), V(0), dead);
   m = m_new;
+}
+
+// Outputs past this size cannot stay in the caches for the next op: the row
+// kernels then stream them to memory (non-temporal stores, no read-for-
+// ownership: a third less DRAM traffic for a write-once output).
+constexpr int64_t kStreamBytes = 32LL << 20;
+
+// Non-temporal store of a float32 vector at a vector-aligned address: the line
+// goes to memory without first being read into the cache (no read-for-
+// ownership), a third less DRAM traffic for an output too big to stay cached.
+template <typename T, typename V>
+inline bool stream_store(T* p, const V& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_stream_ps(p, v);
+    return true;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    _mm256_stream_ps(p, v);
+    return true;
+  }
+#endif
+  return false;
+}
+
+// Writes out[0..n) = value(i, count) vector by vector (count < L only at the
+// edges). With stream, the body between the first and last vector-aligned
+// addresses uses non-temporal stores.
+template <typename T, typename F>
+inline void write_vectors(T* out, int64_t n, bool stream, F value) {
+  constexpr int64_t L = IO<T>::L;
+  int64_t i = 0;
+  if (stream) {
+    const auto misalign = reinterpret_cast<std::uintptr_t>(out) % (L * sizeof(T));
+    const int64_t head = misalign == 0 ? 0 : std::min<int64_t>(n, (L * sizeof(T) - misalign) / sizeof(T));
+    if (head > 0) IO<T>::store_part(out, value(0, head), head);
+    for (i = head; i + L <= n; i += L) {
+      const auto v = value(i, L);
+      if (!stream_store(out + i, v)) IO<T>::store(out + i, v);
+    }
+  }
+  for (; i + L <= n; i += L) IO<T>::store(out + i, value(i, L));
+  if (i < n) IO<T>::store_part(out + i, value(i, n - i), n - i);
+}
+
+// Loads count (<= L) elements; missing lanes are 0.
+template <typename T>
+inline Vectorized<acc_t<T>> load_n(const T* p, int64_t count) {
+  return count == IO<T>::L ? IO<T>::load(p) : IO<T>::load_part(p, count, 0);
+}
+
+inline void stream_fence(bool stream) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if (stream) _mm_sfence();  // streaming stores are visible to other threads after this
+#endif
 }
 
 }  // namespace vec_io

@@ -15,28 +15,11 @@
 #include <tuple>
 #include <vector>
 
+#include "common/activation.h"
 #include "common/checks.h"
 #include "common/stub.h"
 
 namespace teachcompute_ext {
-
-// The activations fused_linear applies after the bias. The derivative of each
-// depends only on its input (the pre-activation), except relu whose mask is
-// also readable from its output, which the caller keeps anyway: relu saves no
-// extra tensor for its backward.
-enum class Act : int { None = 0, Relu = 1, Gelu = 2, GeluTanh = 3, Silu = 4 };
-
-constexpr const char* kActNames = "none, relu, gelu, gelu_tanh, silu";
-
-inline Act parse_activation(const char* op, c10::string_view s) {
-  if (s == "none") return Act::None;
-  if (s == "relu") return Act::Relu;
-  if (s == "gelu") return Act::Gelu;
-  if (s == "gelu_tanh") return Act::GeluTanh;
-  if (s == "silu") return Act::Silu;
-  TORCH_CHECK_VALUE(false, "teachcompute_ext.", op, ": unknown activation '", std::string(s),
-                    "' for argument 'activation' (expected one of ", kActNames, ")");
-}
 
 // Activations whose backward needs the pre-activation saved (relu reads its output).
 inline bool act_needs_pre(Act a) { return a == Act::Gelu || a == Act::GeluTanh || a == Act::Silu; }

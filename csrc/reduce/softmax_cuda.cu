@@ -49,13 +49,6 @@ __device__ __forceinline__ MaxSum<A> warp_merge(MaxSum<A> v) {
   return v;
 }
 
-template <typename A>
-__device__ __forceinline__ A warp_sum(A v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // Merges the per-warp results of a block (all threads get the result).
 template <typename A>
 __device__ MaxSum<A> block_merge(MaxSum<A> v) {
@@ -69,19 +62,6 @@ __device__ MaxSum<A> block_merge(MaxSum<A> v) {
   __syncthreads();
   MaxSum<A> r{sm[0], ss[0]};
   for (int w = 1; w < kBlockThreads / kWarp; ++w) r = merge(r, MaxSum<A>{sm[w], ss[w]});
-  __syncthreads();
-  return r;
-}
-
-template <typename A>
-__device__ A block_sum(A v) {
-  __shared__ A sh[kBlockThreads / kWarp];
-  v = warp_sum(v);
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  A r = 0;
-  for (int w = 0; w < kBlockThreads / kWarp; ++w) r += sh[w];
   __syncthreads();
   return r;
 }
@@ -148,7 +128,7 @@ __global__ void __launch_bounds__(kWarpRow ? kWarp * kRowsPerWarpBlock : kBlockT
     } else {
       for (int64_t i = tid; i < n; i += nthreads) acc += static_cast<A>(g[off + i]) * static_cast<A>(y[off + i]);
     }
-    const A dot = kWarpRow ? warp_sum(acc) : block_sum(acc);
+    const A dot = kWarpRow ? cuda::warp_sum(acc) : cuda::block_sum<kBlockThreads>(acc);
     cuda::map_packed<T>(g + off, y + off, gx + off, n, tid, nthreads, [&](T gt, T yt) {
       const A gv = static_cast<A>(gt), yv = static_cast<A>(yt);
       return static_cast<T>(log ? gv - dexp(yv) * dot : yv * (gv - dot));

@@ -18,7 +18,8 @@ from .reduce import (
 
 from .embedding import embedding, embedding_bag
 from .matmul import fused_linear, fused_matmul
+from .llama import add_rms_norm, geglu, rms_norm, rotary_embedding, swiglu
 from .scatter_nd import masked_scatter_nd_of_shape, scatter_nd, scatter_nd_, scatter_nd_of_shape
 
 __all__ = ["fused_matmul", "fused_linear", "embedding", "embedding_bag", "scatter_nd", "scatter_nd_", "scatter_nd_of_shape", "masked_scatter_nd_of_shape", "vector_sum", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "logsumexp", "softmax",
-           "log_softmax"]
+           "log_softmax", "rms_norm", "add_rms_norm", "rotary_embedding", "swiglu", "geglu"]

@@ -1,0 +1,46 @@
+// The activations on CUDA scalars (accumulator type), forward and backward:
+// fused_linear's elementwise epilogues and the gated units. act_bwd(g, v, act)
+// is g * act'(v).
+#pragma once
+
+#include "common/activation.h"
+
+namespace teachcompute_ext::cuda_kernels {
+
+template <typename A>
+__device__ __forceinline__ A act_fwd(A v, Act act) {
+  switch (act) {
+    case Act::Relu: return v > A(0) ? v : (v != v ? v : A(0));
+    case Act::Gelu: return A(0.5) * v * (A(1) + erf(v * A(0.70710678118654752440)));
+    case Act::GeluTanh: {
+      const A inner = A(0.79788456080286535588) * (v + A(0.044715) * v * v * v);
+      return A(0.5) * v * (A(1) + tanh(inner));
+    }
+    case Act::Silu: return v / (A(1) + exp(-v));
+    default: return v;
+  }
+}
+
+template <typename A>
+__device__ __forceinline__ A act_bwd(A g, A v, Act act) {
+  switch (act) {
+    case Act::Relu: return v > A(0) ? g : A(0);
+    case Act::Gelu: {
+      const A cdf = A(0.5) * (A(1) + erf(v * A(0.70710678118654752440)));
+      const A pdf = exp(A(-0.5) * v * v) * A(0.39894228040143267794);
+      return g * (cdf + v * pdf);
+    }
+    case Act::GeluTanh: {
+      const A kBeta = A(0.79788456080286535588), kKappa = A(0.044715);
+      const A t = tanh(kBeta * (v + kKappa * v * v * v));
+      return g * (A(0.5) * (A(1) + t) + A(0.5) * v * (A(1) - t * t) * kBeta * (A(1) + A(3) * kKappa * v * v));
+    }
+    case Act::Silu: {
+      const A s = A(1) / (A(1) + exp(-v));
+      return g * s * (A(1) + v * (A(1) - s));
+    }
+    default: return g;
+  }
+}
+
+}  // namespace teachcompute_ext::cuda_kernels

@@ -1,0 +1,69 @@
+// The activations on the CPU's vectors (at::vec, Sleef-based erf/tanh/exp),
+// forward and backward, for the per-ISA kernel files: fused_linear's epilogue
+// and the gated units. act_backward(g, v, act) is g * act'(v).
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "common/activation.h"
+
+namespace teachcompute_ext {
+namespace CPU_CAPABILITY {
+
+// The constants of torch's gelu (approximate="tanh") and of the erf form.
+constexpr double kSqrt1_2 = 0.70710678118654752440;   // 1 / sqrt(2)
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;  // 1 / sqrt(2 pi)
+constexpr double kBeta = 0.79788456080286535588;      // sqrt(2 / pi)
+constexpr double kKappa = 0.044715;
+
+template <typename V>
+inline V act_forward(const V& v, Act act) {
+  using A = typename V::value_type;
+  switch (act) {
+    case Act::Relu:
+      return at::vec::clamp_min(v, V(A(0)));
+    case Act::Gelu:
+      return V(A(0.5)) * v * (V(A(1)) + (v * V(A(kSqrt1_2))).erf());
+    case Act::GeluTanh: {
+      const V inner = V(A(kBeta)) * (v + V(A(kKappa)) * v * v * v);
+      return V(A(0.5)) * v * (V(A(1)) + inner.tanh());
+    }
+    case Act::Silu:
+      return v / (V(A(1)) + v.neg().exp());
+    default:
+      return v;
+  }
+}
+
+// d act / d pre, times grad. For relu `v` is the output: its mask is out > 0,
+// the same as pre > 0 (and torch's threshold_backward gives 0 at 0).
+template <typename V>
+inline V act_backward(const V& g, const V& v, Act act) {
+  using A = typename V::value_type;
+  switch (act) {
+    case Act::Relu:
+      return V::blendv(V(A(0)), g, v > V(A(0)));
+    case Act::Gelu: {
+      const V cdf = V(A(0.5)) * (V(A(1)) + (v * V(A(kSqrt1_2))).erf());
+      const V pdf = (V(A(-0.5)) * v * v).exp() * V(A(kInvSqrt2Pi));
+      return g * (cdf + v * pdf);
+    }
+    case Act::GeluTanh: {
+      const V v2 = v * v;
+      const V t = (V(A(kBeta)) * (v + V(A(kKappa)) * v2 * v)).tanh();
+      const V left = V(A(0.5)) * (V(A(1)) + t);
+      const V right = V(A(0.5)) * v * (V(A(1)) - t * t) * V(A(kBeta)) * (V(A(1)) + V(A(3 * kKappa)) * v2);
+      return g * (left + right);
+    }
+    case Act::Silu: {
+      const V s = V(A(1)) / (V(A(1)) + v.neg().exp());
+      return g * s * (V(A(1)) + v * (V(A(1)) - s));
+    }
+    default:
+      return g;
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace teachcompute_ext

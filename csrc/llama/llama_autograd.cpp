@@ -1,0 +1,251 @@
+// Autograd of the Llama family: hand-built autograd Nodes (the rule for every
+// family, and why, is in csrc/README.md), and the two composites whose
+// forward keeps what the backward needs (rms_norm and add_rms_norm return one
+// and two of their forward op's outputs; rstd, one float per row, is kept).
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/slice.h>
+
+#include <array>
+#include <mutex>
+#include <string>
+
+#include "common/autograd.h"
+#include "ops.h"
+
+namespace teachcompute_ext {
+namespace {
+
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+
+using OptTensor = std::optional<at::Tensor>;
+using RmsNormSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const OptTensor&, double);
+using AddRmsNormSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                      const OptTensor&, double);
+using RmsNormBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptTensor&,
+                                                               const at::Tensor&, const OptTensor&, std::array<bool, 2>);
+using RotarySig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool);
+using GluBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptTensor&,
+                                                           c10::string_view);
+
+std::tuple<at::Tensor, at::Tensor> call_rms_norm(const at::Tensor& x, const OptTensor& w, double eps) {
+  static auto op = find_op<RmsNormSig>("teachcompute_ext::rms_norm_forward");
+  return op.call(x, w, eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_add_rms_norm(const at::Tensor& x, const at::Tensor& r,
+                                                                 const OptTensor& w, double eps) {
+  static auto op = find_op<AddRmsNormSig>("teachcompute_ext::add_rms_norm_forward");
+  return op.call(x, r, w, eps);
+}
+
+OptTensor optional(const at::Tensor& t) {
+  return t.defined() ? OptTensor(t) : std::nullopt;
+}
+
+// rms_norm (edges x, weight) and add_rms_norm (edges x, residual, weight; its
+// second output h = x + residual is differentiable too): one fused backward
+// op, which adds h's own gradient into gx (grad_add).
+struct RmsNormBackward : Node {
+  SavedVariable x_, weight_, rstd_;  // x_: the normalized tensor (add_rms_norm: h, an output)
+  bool add = false;
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const BackwardDispatch dispatch;
+    static auto op = find_op<RmsNormBackwardSig>("teachcompute_ext::rms_norm_backward");
+    const at::Tensor& g = grads[0];
+    const at::Tensor gh = add ? grads[1] : at::Tensor();
+    const size_t wi = add ? 2 : 1;
+    variable_list out(wi + 1);
+    if (!g.defined()) {
+      // Only h (the new residual) was used: its gradient is x's and residual's.
+      if (gh.defined()) out[0] = out[1] = gh;
+      return out;
+    }
+    const at::Tensor x = add ? dispatch.unpack(x_, getptr()) : dispatch.unpack(x_);
+    const at::Tensor w = dispatch.unpack(weight_), rstd = dispatch.unpack(rstd_);
+    const bool want_x = task_should_compute_output(0) || (add && task_should_compute_output(1));
+    const std::array<bool, 2> mask{want_x, w.defined() && task_should_compute_output(wi)};
+    auto [gx, gw] = op.call(g, x, optional(w), rstd, optional(gh), mask);
+    if (want_x) {
+      out[0] = gx;
+      if (add) out[1] = gx;
+    }
+    if (mask[1]) out[wi] = gw;
+    return out;
+  }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    x_.reset_data();
+    weight_.reset_data();
+    rstd_.reset_data();
+  }
+  std::string name() const override { return add ? "AddRmsNormBackward" : "RmsNormBackward"; }
+};
+
+// rotary_embedding (edges x, cos, sin): x's gradient is the inverse rotation
+// (one op); cos and sin's, rarely asked (they are buffers), by aten ops.
+struct RotaryBackward : Node {
+  SavedVariable x_, cos_, sin_;  // x_ only when cos or sin needs a gradient
+  bool interleaved = false;
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const BackwardDispatch dispatch;
+    static auto op = find_op<RotarySig>("teachcompute_ext::rotary_embedding_backward");
+    const at::Tensor& g = grads[0];
+    variable_list out(3);
+    if (!g.defined()) return out;
+    const at::Tensor cos = dispatch.unpack(cos_), sin = dispatch.unpack(sin_);
+    if (task_should_compute_output(0)) out[0] = op.call(g, cos, sin, interleaved);
+    if (task_should_compute_output(1) || task_should_compute_output(2)) {
+      const at::Tensor x = dispatch.unpack(x_);
+      const c10::SymInt h = cos.sym_size(-1);
+      // The two members of each pair: (i, i + half), or (2i, 2i + 1) interleaved.
+      auto part = [&](const at::Tensor& t, int k) {
+        return interleaved ? at::slice_symint(t, -1, k, 2 * h, 2) : t.narrow_symint(-1, k * h, h);
+      };
+      const at::Tensor x1 = part(x, 0), x2 = part(x, 1), g1 = part(g, 0), g2 = part(g, 1);
+      if (task_should_compute_output(1)) out[1] = (g1 * x1 + g2 * x2).sum_to_size_symint(cos.sym_sizes());
+      if (task_should_compute_output(2)) out[2] = (g2 * x1 - g1 * x2).sum_to_size_symint(sin.sym_sizes());
+    }
+    return out;
+  }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    x_.reset_data();
+    cos_.reset_data();
+    sin_.reset_data();
+  }
+  std::string name() const override { return "RotaryEmbeddingBackward"; }
+};
+
+// swiglu / geglu (edges gate, up; or gate alone in the one-tensor form): both
+// gradients in one pass of one op.
+struct GluBackward : Node {
+  SavedVariable gate_, up_;
+  std::string act;
+  bool split = false;
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const BackwardDispatch dispatch;
+    static auto op = find_op<GluBackwardSig>("teachcompute_ext::glu_backward");
+    const at::Tensor& g = grads[0];
+    variable_list out(split ? 1 : 2);
+    if (!g.defined()) return out;
+    const at::Tensor gate = dispatch.unpack(gate_), up = dispatch.unpack(up_);
+    auto [gg, gu] = op.call(g, gate, optional(up), act);
+    if (task_should_compute_output(0)) out[0] = gg;
+    if (!split && task_should_compute_output(1)) out[1] = gu;
+    return out;
+  }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    gate_.reset_data();
+    up_.reset_data();
+  }
+  std::string name() const override { return act == "silu" ? "SwigluBackward" : "GegluBackward"; }
+};
+
+template <typename Forward>
+at::Tensor glu_autograd(const at::Tensor& gate, const OptTensor& up, const char* act, Forward forward) {
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = forward();
+  }
+  if (!needs_grad(gate) && !needs_grad(up)) return out;
+  auto node = make_node<GluBackward>();
+  node->set_next_edges(up.has_value() ? torch::autograd::collect_next_edges(gate, *up)
+                                      : torch::autograd::collect_next_edges(gate));
+  node->act = act;
+  node->split = !up.has_value();
+  node->gate_ = SavedVariable(gate, /*is_output=*/false);
+  node->up_ = save_input(up);
+  torch::autograd::set_history(out, node);
+  return out;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_forward_autograd(const at::Tensor& x, const OptTensor& weight,
+                                                             double eps) {
+  at::Tensor out, rstd;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(out, rstd) = call_rms_norm(x, weight, eps);
+  }
+  if (!needs_grad(x) && !needs_grad(weight)) return {out, rstd};
+  auto node = make_node<RmsNormBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(x, weight));
+  node->x_ = SavedVariable(x, /*is_output=*/false);
+  node->weight_ = save_input(weight);
+  node->rstd_ = SavedVariable(rstd, /*is_output=*/false);  // no history: owns no node
+  torch::autograd::set_history(out, node);
+  return {out, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_forward_autograd(const at::Tensor& x,
+                                                                             const at::Tensor& residual,
+                                                                             const OptTensor& weight, double eps) {
+  at::Tensor out, h, rstd;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(out, h, rstd) = call_add_rms_norm(x, residual, weight, eps);
+  }
+  if (!needs_grad(x) && !needs_grad(residual) && !needs_grad(weight)) return {out, h, rstd};
+  auto node = make_node<RmsNormBackward>();
+  node->add = true;
+  node->set_next_edges(torch::autograd::collect_next_edges(x, residual, weight));
+  node->weight_ = save_input(weight);
+  node->rstd_ = SavedVariable(rstd, /*is_output=*/false);
+  std::vector<at::Tensor> outputs{out, h};
+  torch::autograd::set_history(outputs, node);
+  // After set_history: the saved output does not own its Node (no cycle).
+  node->x_ = SavedVariable(h, /*is_output=*/true);
+  return {out, h, rstd};
+}
+
+at::Tensor rotary_embedding_autograd(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                                     bool interleaved) {
+  static auto op = find_op<RotarySig>("teachcompute_ext::rotary_embedding");
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = op.call(x, cos, sin, interleaved);
+  }
+  const bool table_grad = needs_grad(cos) || needs_grad(sin);
+  if (!needs_grad(x) && !table_grad) return out;
+  auto node = make_node<RotaryBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(x, cos, sin));
+  node->interleaved = interleaved;
+  node->cos_ = SavedVariable(cos, /*is_output=*/false);
+  node->sin_ = SavedVariable(sin, /*is_output=*/false);
+  if (table_grad) node->x_ = SavedVariable(x, /*is_output=*/false);
+  torch::autograd::set_history(out, node);
+  return out;
+}
+
+at::Tensor swiglu_autograd(const at::Tensor& gate, const OptTensor& up) {
+  static auto op = find_op<at::Tensor(const at::Tensor&, const OptTensor&)>("teachcompute_ext::swiglu");
+  return glu_autograd(gate, up, "silu", [&] { return op.call(gate, up); });
+}
+
+at::Tensor geglu_autograd(const at::Tensor& gate, const OptTensor& up, c10::string_view approximate) {
+  static auto op =
+      find_op<at::Tensor(const at::Tensor&, const OptTensor&, c10::string_view)>("teachcompute_ext::geglu");
+  return glu_autograd(gate, up, approximate == "tanh" ? "gelu_tanh" : "gelu",
+                      [&] { return op.call(gate, up, approximate); });
+}
+
+at::Tensor rms_norm_composite(const at::Tensor& x, const OptTensor& weight, double eps) {
+  return std::get<0>(call_rms_norm(x, weight, eps));
+}
+
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_composite(const at::Tensor& x, const at::Tensor& residual,
+                                                          const OptTensor& weight, double eps) {
+  auto [out, h, rstd] = call_add_rms_norm(x, residual, weight, eps);
+  return {out, h};
+}
+
+}  // namespace teachcompute_ext
