@@ -23,6 +23,8 @@ class TinyModel(torch.nn.Module):
         self.mix = torch.nn.Parameter(torch.randn(dim, dim) / dim**0.5)
         self.hidden = teachcompute_ext.nn.FusedLinear(dim, hidden, activation="gelu")
         self.proj = teachcompute_ext.nn.FusedLinear(hidden, classes)
+        self.norm = torch.nn.Parameter(1 + 0.1 * torch.randn(dim))
+        self.freq = torch.nn.Parameter(torch.tensor(0.3))
 
     def forward(self, tokens):  # tokens: [batch, length], 0 is padding
         b, n = tokens.shape
@@ -43,6 +45,11 @@ class TinyModel(torch.nn.Module):
         mix = self.mix / (1 + teachcompute_ext.vector_sum(self.mix * self.mix))
         h = z + teachcompute_ext.fused_matmul(z, mix, 0.5, False, True)
         h = h - teachcompute_ext.reduce_sum(h, [1], True) / h.shape[1]
+        # the Llama pieces: a residual norm, a rotation of each row's halves, gated units
+        n, h = teachcompute_ext.add_rms_norm(h, z, self.norm)
+        ang = self.freq * torch.arange(1, h.shape[1] // 2 + 1, device=h.device, dtype=h.dtype)
+        h = teachcompute_ext.rotary_embedding(teachcompute_ext.rms_norm(h, None, 1e-5) + n, ang.cos(), ang.sin())
+        h = h + teachcompute_ext.swiglu(torch.cat((h, n), -1)) - teachcompute_ext.geglu(n, h, "tanh")
         logits = self.proj(self.hidden(h))
         p = teachcompute_ext.softmax(logits, -1)
         top, _ = teachcompute_ext.reduce_max(p, 1, keepdim=True)
