@@ -1,7 +1,6 @@
 // swiglu and geglu on the CPU, forward and backward, compiled once per ISA:
-// act(gate) * up in one pass (read gate and up, write out: 3 streams, the
-// output streamed past the caches when it is too big to stay), where eager
-// F.silu(gate) * up writes and reads back an intermediate (5 streams). The
+// act(gate) * up in one pass (read gate and up, write out: 3 streams), where
+// eager F.silu(gate) * up writes and reads back an intermediate (5 streams). The
 // backward writes both gradients in one pass from grad, gate and up (5
 // streams; eager's mul and silu backwards take 9). gate and up are read
 // through their row strides, so the two halves of one [..., 2 * I] GEMM output
@@ -31,17 +30,15 @@ using namespace vec_io;
 // row (a single token of 11008 units) still splits across threads.
 constexpr int64_t kGluPiece = 4096;
 
-// In parallel over (row, piece of columns) units of about 32K elements per
-// task; each task ends with the fence its streaming stores need.
+// In parallel over (row, piece of columns) units of about 32K elements per task.
 template <typename F>
-void for_each_piece(int64_t R, int64_t I, bool stream, F f) {
+void for_each_piece(int64_t R, int64_t I, F f) {
   const int64_t pieces = (I + kGluPiece - 1) / kGluPiece, width = std::min(I, kGluPiece);
   at::parallel_for(0, R * pieces, std::max<int64_t>(1, 32768 / width), [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t r = u / pieces, c0 = (u % pieces) * kGluPiece;
       f(r, c0, std::min(I, c0 + kGluPiece) - c0);
     }
-    stream_fence(stream);
   });
 }
 
@@ -51,22 +48,20 @@ void forward_typed(const at::Tensor& gate, const at::Tensor& up, at::Tensor& out
   const T* gp = gate.const_data_ptr<T>();
   const T* up_ = up.const_data_ptr<T>();
   T* op = out.mutable_data_ptr<T>();
-  const bool stream = std::is_same_v<T, float> && out.nbytes() > kStreamBytes;
-  for_each_piece(R, I, stream, [&](int64_t r, int64_t c0, int64_t n) {
+  for_each_piece(R, I, [&](int64_t r, int64_t c0, int64_t n) {
     const T* g = gp + r * ldg + c0;
     const T* u = up_ + r * ldu + c0;
-    write_vectors(op + r * I + c0, n, stream,
+    write_vectors(op + r * I + c0, n, /*stream=*/false,
                   [&](int64_t i, int64_t c) { return act_forward(load_n(g + i, c), act) * load_n(u + i, c); });
   });
 }
 
-// A store of c elements, non-temporal when asked and the address allows it.
+// A store of c (<= L) elements.
 template <typename T>
-inline void store_n(T* p, const Vectorized<acc_t<T>>& v, int64_t c, bool stream) {
-  constexpr int64_t L = IO<T>::L;
-  if (c < L) {
+inline void store_n(T* p, const Vectorized<acc_t<T>>& v, int64_t c) {
+  if (c < IO<T>::L) {
     IO<T>::store_part(p, v, c);
-  } else if (!(stream && reinterpret_cast<std::uintptr_t>(p) % (L * sizeof(T)) == 0 && stream_store(p, v))) {
+  } else {
     IO<T>::store(p, v);
   }
 }
@@ -82,8 +77,7 @@ void backward_typed(const at::Tensor& grad, const at::Tensor& gate, const at::Te
   const T* up_ = up.const_data_ptr<T>();
   T* ggp = ggate.mutable_data_ptr<T>();
   T* gup_ = gup.mutable_data_ptr<T>();
-  const bool stream = std::is_same_v<T, float> && 2 * ggate.size(0) * I * sizeof(T) > kStreamBytes;
-  for_each_piece(R, I, stream, [&](int64_t r, int64_t c0, int64_t n) {
+  for_each_piece(R, I, [&](int64_t r, int64_t c0, int64_t n) {
     const T* d = dp + r * grad.stride(0) + c0;
     const T* g = gp + r * gate.stride(0) + c0;
     const T* u = up_ + r * up.stride(0) + c0;
@@ -92,8 +86,10 @@ void backward_typed(const at::Tensor& grad, const at::Tensor& gate, const at::Te
     for (int64_t i = 0; i < n; i += L) {
       const int64_t c = std::min(L, n - i);
       const V dv = load_n(d + i, c), gv = load_n(g + i, c);
-      store_n(og + i, act_backward(dv * load_n(u + i, c), gv, act), c, stream);
-      store_n(ou + i, dv * act_forward(gv, act), c, stream);
+      V f, df;
+      act_and_derivative(gv, act, f, df);
+      store_n(og + i, dv * load_n(u + i, c) * df, c);
+      store_n(ou + i, dv * f, c);
     }
   });
 }

@@ -30,14 +30,13 @@ using at::vec::Vectorized;
 using namespace vec_io;
 
 template <typename T>
-void rotate_half_row(const T* x, const T* c, const T* s, T* o, int64_t D, int64_t half, acc_t<T> sign,
-                     bool stream) {
+void rotate_half_row(const T* x, const T* c, const T* s, T* o, int64_t D, int64_t half, acc_t<T> sign) {
   using V = Vectorized<acc_t<T>>;
   const V sg(sign);
-  write_vectors(o, half, stream, [&](int64_t i, int64_t n) {
+  write_vectors(o, half, /*stream=*/false, [&](int64_t i, int64_t n) {
     return load_n(x + i, n) * load_n(c + i, n) - load_n(x + half + i, n) * (load_n(s + i, n) * sg);
   });
-  write_vectors(o + half, half, stream, [&](int64_t i, int64_t n) {
+  write_vectors(o + half, half, /*stream=*/false, [&](int64_t i, int64_t n) {
     return load_n(x + half + i, n) * load_n(c + i, n) + load_n(x + i, n) * (load_n(s + i, n) * sg);
   });
   if (2 * half < D) std::memcpy(o + 2 * half, x + 2 * half, (D - 2 * half) * sizeof(T));
@@ -76,7 +75,6 @@ void rotary_typed(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   T* op = out.mutable_data_ptr<T>();
   const A sign = inverse ? A(-1) : A(1);
   const int64_t nd = static_cast<int64_t>(p.sizes.size());
-  const bool stream = std::is_same_v<T, float> && out.nbytes() > kStreamBytes;
   at::parallel_for(0, p.rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.head_dim)), [&](int64_t r0,
                                                                                                     int64_t r1) {
     // The multi-index of row r0, then carried from row to row.
@@ -94,7 +92,7 @@ void rotary_typed(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
       if (interleaved) {
         interleaved_row(xp + xo, cp + co, sp + so, op + oo, p.head_dim, p.half, sign);
       } else {
-        rotate_half_row(xp + xo, cp + co, sp + so, op + oo, p.head_dim, p.half, sign, stream);
+        rotate_half_row(xp + xo, cp + co, sp + so, op + oo, p.head_dim, p.half, sign);
       }
       for (int64_t d = nd - 1; d >= 0; --d) {
         xo += p.x_strides[d];
@@ -109,7 +107,6 @@ void rotary_typed(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
         idx[d] = 0;
       }
     }
-    stream_fence(stream);
   });
 }
 
