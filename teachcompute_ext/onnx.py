@@ -16,9 +16,10 @@ onnxruntime fuses back into one Gelu kernel.
 A model that calls the in-place ``scatter_nd_`` goes through :func:`export` instead
 (torch.onnx cannot read the node torch.export makes of an in-place custom op).
 
-Not translated: softmax_backward, log_softmax_backward, embedding_backward and
-embedding_bag_backward. They only appear in a graph that computes gradients,
-and torch.onnx exports inference graphs.
+Not translated: softmax_backward, log_softmax_backward, embedding_backward,
+embedding_bag_backward, rms_norm_backward, rotary_embedding_backward and
+glu_backward. They only appear in a graph that computes gradients, and
+torch.onnx exports inference graphs.
 """
 from __future__ import annotations
 
@@ -407,6 +408,107 @@ def fused_linear(x, weight, bias=None, activation: str = "none"):
                      "(expected one of none, relu, gelu, gelu_tanh, silu)")
 
 
+# ---- llama: rms_norm, add_rms_norm, rotary_embedding, swiglu, geglu ---------------------------
+# Written out with opset-18 nodes rather than RMSNormalization: that node is opset 23 (the
+# exporter's default is 20, and a translation cannot choose the model's opset), and it has
+# no output for the per-row inverse RMS that rms_norm_forward returns. Half inputs are
+# computed in float32 and rounded once, as the kernels do.
+def _up_as(v, x):
+    """_up of v, a node's output whose dtype is x's: while the exporter traces, a node's
+    output may carry no dtype, so the decision is taken on the input x."""
+    return op.Cast(v, to=ir.DataType.FLOAT) if x.dtype in _HALF else v
+
+
+def _rms_norm(h, x, weight, eps: float):
+    """rms_norm of h, whose dtype is x's."""
+    acc = _acc_dtype(x)
+    hf = _up_as(h, x)
+    last = _ints([-1])
+    mean_sq = op.ReduceMean(op.Mul(hf, hf), last, keepdims=1)
+    rstd = op.Reciprocal(op.Sqrt(op.Add(mean_sq, _const(eps, acc))))
+    y = op.Mul(hf, rstd)
+    if weight is not None:
+        # weight may have another float dtype than x (as F.rms_norm allows); out keeps x's.
+        y = op.Mul(y, weight if weight.dtype == acc else op.Cast(weight, to=acc))
+    return _down(y, x), op.Squeeze(rstd, last)
+
+
+def rms_norm_forward(x, weight=None, eps: float = 1e-6):
+    return _rms_norm(x, x, weight, eps)
+
+
+def rms_norm(x, weight=None, eps: float = 1e-6):
+    out, _ = _rms_norm(x, x, weight, eps)
+    return out
+
+
+def add_rms_norm_forward(x, residual, weight=None, eps: float = 1e-6):
+    # The sum is rounded to x's dtype before it is normalized: new_residual is what the
+    # next block adds to, and the op normalizes exactly that tensor.
+    h = op.Add(x, residual)
+    out, rstd = _rms_norm(h, x, weight, eps)
+    return out, h, rstd
+
+
+def add_rms_norm(x, residual, weight=None, eps: float = 1e-6):
+    out, h, _ = add_rms_norm_forward(x, residual, weight, eps)
+    return out, h
+
+
+def _last_dim(v) -> ir.Value:
+    """v's last dim as a 1-element int64 tensor: a constant when the export knows it."""
+    d = v.shape[-1] if v.shape is not None else None
+    return _ints([d]) if isinstance(d, int) else op.Shape(v, start=-1)
+
+
+def rotary_embedding(x, cos, sin, interleaved: bool = False):
+    half = _last_dim(cos)
+    half_n = cos.shape[-1] if cos.shape is not None else None
+    rd = _ints([2 * half_n]) if isinstance(half_n, int) else op.Mul(half, _ints([2]))
+    last = _ints([-1])
+    c, s = _up(cos), _up(sin)
+    if interleaved:
+        # Pairs (x[2i], x[2i+1]): even and odd lanes by stride-2 slices, rotated, then put
+        # back side by side ([..., rd/2, 2]) and flattened into [..., rd].
+        xe = _up_as(op.Slice(x, _ints([0]), rd, last, _ints([2])), x)
+        xo = _up_as(op.Slice(x, _ints([1]), rd, last, _ints([2])), x)
+        even = op.Sub(op.Mul(xe, c), op.Mul(xo, s))
+        odd = op.Add(op.Mul(xo, c), op.Mul(xe, s))
+        pairs = op.Concat(op.Unsqueeze(even, last), op.Unsqueeze(odd, last), axis=-1)
+        # rd rather than -1: a -1 cannot be inferred when a leading dim is 0.
+        rot = op.Reshape(pairs, op.Concat(op.Shape(x, end=-1), rd, axis=0))
+    else:
+        x1 = _up_as(op.Slice(x, _ints([0]), half, last), x)
+        x2 = _up_as(op.Slice(x, half, rd, last), x)
+        rot = op.Concat(op.Sub(op.Mul(x1, c), op.Mul(x2, s)), op.Add(op.Mul(x2, c), op.Mul(x1, s)), axis=-1)
+    rot = _down(rot, x)
+    head_dim = x.shape[-1] if x.shape is not None else None
+    if isinstance(head_dim, int) and isinstance(half_n, int) and head_dim == 2 * half_n:
+        return rot
+    # rotary_dim < head_dim: the last head_dim - rotary_dim lanes pass through unchanged.
+    rest = op.Slice(x, rd, _ints([2 ** 62]), last)
+    return op.Concat(rot, rest, axis=-1)
+
+
+def _glu(gate, up, act):
+    x = gate
+    if up is None:  # one tensor [..., 2 I]: the gate is the first half, up the second
+        gate, up = op.Split(x, axis=-1, num_outputs=2)
+    g, u = _up_as(gate, x), _up_as(up, x)
+    return _down(op.Mul(act(g, _acc_dtype(x)), u), x)
+
+
+def swiglu(gate, up=None):
+    return _glu(gate, up, lambda g, dtype: op.Mul(g, op.Sigmoid(g)))
+
+
+def geglu(gate, up=None, approximate: str = "none"):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"teachcompute_ext.onnx: unknown approximation '{approximate}' for argument "
+                         "'approximate' of geglu (expected none or tanh)")
+    return _glu(gate, up, _gelu if approximate == "none" else _gelu_tanh)
+
+
 # ---- in-place scatter_nd_ --------------------------------------------------------------------
 def functionalize_scatter_nd_(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """Rewrites the in-place ``scatter_nd_`` of a functionalized ExportedProgram as ``scatter_nd``.
@@ -471,6 +573,11 @@ def _table():
         "masked_scatter_nd_of_shape": masked_scatter_nd_of_shape,
         "embedding": embedding, "embedding_bag": embedding_bag, "embedding_bag_forward": embedding_bag_forward,
         "fused_matmul": fused_matmul, "fused_linear": fused_linear,
+        "rms_norm_forward": rms_norm_forward, "add_rms_norm_forward": add_rms_norm_forward,
+        "rotary_embedding": rotary_embedding, "swiglu": swiglu, "geglu": geglu,
+        # Composite ops: a graph holds their *_forward op, unless the exporter keeps them
+        # whole because this table names them.
+        "rms_norm": rms_norm, "add_rms_norm": add_rms_norm,
     }
     for name, fn in functions.items():
         table[getattr(_ops, name).default] = fn

@@ -28,7 +28,7 @@ def test_quick_report_writes_json_and_plots(tmp_path, capsys):
     # One or two small cases of each family: the whole path, in a few seconds.
     # --cold-allocator: leave this pytest process's malloc settings alone.
     argv = ["--quick", "--device", "cpu", "--out", str(tmp_path), "--cold-allocator",
-            "--op", r"^(vector_sum|embedding|scatter_nd_ none \(unique\)|fused_matmul trans_b)$"]
+            "--op", r"^(vector_sum|embedding|scatter_nd_ none \(unique\)|fused_matmul trans_b|rms_norm)$"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for family in FAMILIES:
@@ -214,3 +214,18 @@ def test_check_near_exact_accepts_what_is_no_worse_than_torch():
     with pytest.raises(AssertionError):  # a tuple is checked item by item
         harness.check_near_exact((theirs, torch.full((100,), 1.2)), (theirs, theirs), lambda: (exact, exact),
                                  torch.bfloat16)
+
+
+def test_peak_memory_on_the_cpu_follows_allocations_and_frees():
+    # The llama family's CPU peak comes from torch.profiler's allocation events: two 4 MiB
+    # tensors alive together, a third after one is freed, peak 8 MiB (not 12).
+    from teachcompute_ext.bench.llama import peak_memory
+
+    def fn():
+        a = torch.empty(1 << 20)
+        b = torch.empty(1 << 20)
+        del a
+        c = torch.empty(1 << 20)
+        return b, c
+
+    assert peak_memory(fn, "cpu") == 8 << 20

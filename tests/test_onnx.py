@@ -381,3 +381,130 @@ def test_fused_matmul_and_linear_vectors():
     model = Fn(fn, w1=torch.randn(6), b0=torch.randn(()))
     _, sess = export(model, inputs())
     check(sess, model, inputs(), rtol=1e-5, atol=1e-4)
+
+
+# ---- llama: rms_norm, add_rms_norm, rotary_embedding, swiglu, geglu (issue 13) ---------------
+def _angles(*shape, dtype=torch.float32):
+    """cos and sin of random angles, as a rotary table holds."""
+    theta = torch.rand(*shape) * 6.3
+    return theta.cos().to(dtype), theta.sin().to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rms_norm(dtype):
+    # The public ops and their *_forward ops (the composites' decomposition: rstd too), with
+    # and without weight, on an odd width; float64: the eps constant follows x's dtype.
+    def fn(m, x, r):
+        return (teachcompute_ext.rms_norm(x, m.weight, 1e-5), teachcompute_ext.rms_norm(x),
+                *teachcompute_ext.add_rms_norm(x, r, m.weight),
+                *_ops.rms_norm_forward(x, m.weight, 1e-6), *_ops.rms_norm_forward(x, None, 0.1),
+                *_ops.add_rms_norm_forward(x, r, m.weight, 1e-6), *_ops.add_rms_norm_forward(x, r, None, 1e-6))
+
+    def inputs():
+        return torch.randn(3, 5, 33, dtype=dtype), torch.randn(3, 5, 33, dtype=dtype)
+
+    model = Fn(fn, weight=torch.randn(33, dtype=dtype))
+    proto, sess = export(model, inputs())
+    assert {"ReduceMean", "Sqrt"} <= op_types(proto)
+    check(sess, model, inputs())
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rotary_embedding(interleaved):
+    # q and k as [batch, heads, seq, head_dim] with cos/sin [seq, rd/2] and [batch, 1, seq, rd/2],
+    # and as [batch, seq, heads, head_dim] with [seq, 1, rd/2]; rotary_dim 16 = head_dim and
+    # rotary_dim 6 < head_dim (the last 10 lanes pass through).
+    def fn(m, q, k, cos, sin, cos_b, sin_b, cos_p, sin_p):
+        rope = teachcompute_ext.rotary_embedding
+        return (rope(q, cos, sin, interleaved), rope(k, cos_b, sin_b, interleaved),
+                rope(q.transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1), interleaved),
+                rope(q, cos_p, sin_p, interleaved))
+
+    def inputs():
+        return (torch.randn(2, 3, 5, 16), torch.randn(2, 3, 5, 16), *_angles(5, 8), *_angles(2, 1, 5, 8),
+                *_angles(5, 3))
+
+    model = Fn(fn)
+    _, sess = export(model, inputs())
+    check(sess, model, inputs())
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh"])
+def test_glu(activation):
+    # gate and up separate, and the one-tensor form [..., 2 I] (the halves of one GEMM's output).
+    def glu(gate, up=None):
+        if activation == "silu":
+            return teachcompute_ext.swiglu(gate, up)
+        return teachcompute_ext.geglu(gate, up, "tanh" if activation == "gelu_tanh" else "none")
+
+    def fn(m, gate, up, both):
+        return glu(gate, up), glu(both)
+
+    def inputs():
+        return torch.randn(2, 5, 11), torch.randn(2, 5, 11), torch.randn(3, 4, 22)
+
+    model = Fn(fn)
+    _, sess = export(model, inputs())
+    check(sess, model, inputs())
+
+
+def test_llama_half_inputs():
+    # float16 in and out, computed in float32 in between as the kernels do; a float32 weight
+    # on a float16 x, which F.rms_norm allows.
+    def fn(m, x, r, q, cos, sin, both):
+        return (teachcompute_ext.rms_norm(x, m.weight), teachcompute_ext.rms_norm(x, m.weight32),
+                *_ops.add_rms_norm_forward(x, r, m.weight, 1e-6),
+                teachcompute_ext.rotary_embedding(q, cos, sin), teachcompute_ext.rotary_embedding(q, cos, sin, True),
+                teachcompute_ext.swiglu(both), teachcompute_ext.geglu(both[..., :8], both[..., 8:]))
+
+    def inputs():
+        h = torch.float16
+        return (torch.randn(4, 64, dtype=h), torch.randn(4, 64, dtype=h), torch.randn(2, 3, 5, 16, dtype=h),
+                *_angles(5, 8, dtype=h), torch.randn(4, 16, dtype=h))
+
+    model = Fn(fn, weight=torch.randn(64, dtype=torch.float16), weight32=torch.randn(64))
+    _, sess = export(model, inputs())
+    check(sess, model, inputs(), rtol=1e-3, atol=1e-3)
+
+
+class LlamaBlock(torch.nn.Module):
+    """The ops as a Llama decoder layer chains them: add_rms_norm, q and k rotated with a table
+    sliced to the sequence, attention, add_rms_norm, a SwiGLU MLP from one GEMM."""
+
+    def __init__(self, hidden=32, heads=4, inter=48, max_seq=64):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = torch.nn.Parameter(torch.randn(hidden), requires_grad=False)
+        self.norm2 = torch.nn.Parameter(torch.randn(hidden), requires_grad=False)
+        self.qkv = torch.nn.Parameter(torch.randn(3 * hidden, hidden) / hidden**0.5, requires_grad=False)
+        self.gate_up = torch.nn.Parameter(torch.randn(2 * inter, hidden) / hidden**0.5, requires_grad=False)
+        self.down = torch.nn.Parameter(torch.randn(hidden, inter) / inter**0.5, requires_grad=False)
+        head_dim = hidden // heads
+        inv = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        angles = torch.outer(torch.arange(max_seq).float(), inv)
+        self.register_buffer("cos", angles.cos())
+        self.register_buffer("sin", angles.sin())
+
+    def forward(self, x, residual):
+        b, s, d = x.shape
+        h, residual = teachcompute_ext.add_rms_norm(x, residual, self.norm1)
+        q, k, v = torch.nn.functional.linear(h, self.qkv).view(b, s, 3, self.heads, -1).unbind(2)
+        cos, sin = self.cos[:s], self.sin[:s]
+        q = teachcompute_ext.rotary_embedding(q.transpose(1, 2), cos, sin)
+        k = teachcompute_ext.rotary_embedding(k.transpose(1, 2), cos, sin)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True)
+        h, residual = teachcompute_ext.add_rms_norm(a.transpose(1, 2).reshape(b, s, d), residual, self.norm2)
+        y = teachcompute_ext.swiglu(torch.nn.functional.linear(h, self.gate_up))
+        return torch.nn.functional.linear(y, self.down), residual
+
+
+def test_llama_block_dynamic_batch_and_sequence():
+    torch.manual_seed(0)
+    model = LlamaBlock()
+    batch, seq = torch.export.Dim("batch", min=2, max=16), torch.export.Dim("seq", min=2, max=64)
+    shapes = {"x": {0: batch, 1: seq}, "residual": {0: batch, 1: seq}}
+    proto, sess = export(model, (torch.randn(3, 7, 32), torch.randn(3, 7, 32)), dynamic_shapes=shapes)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_param  # symbolic, not 3 and 7
+    for b, s in ((2, 5), (5, 33)):
+        check(sess, model, (torch.randn(b, s, 32), torch.randn(b, s, 32)), rtol=1e-4, atol=1e-4)

@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "common/activation.h"
@@ -82,6 +83,19 @@ using RmsNormBackwardFn = void(const at::Tensor& grad, const at::Tensor& x, cons
                                const at::Tensor& rstd, const at::Tensor& grad_add, at::Tensor& gx, at::Tensor& gw);
 TCE_DECLARE_KERNEL(RmsNormFn, rms_norm_kernel)
 TCE_DECLARE_KERNEL(RmsNormBackwardFn, rms_norm_backward_kernel)
+
+// Calls f with a null `const W*` naming the weight's storage type: x's own T, or
+// (a weight the frontend widened) the accumulator type; no weight: T.
+template <typename T, typename F>
+void with_weight_type(const at::Tensor& weight, F f) {
+  using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  if (!weight.defined() || weight.scalar_type() == c10::CppTypeToScalarType<T>::value) {
+    f(static_cast<const T*>(nullptr));
+    return;
+  }
+  TORCH_INTERNAL_ASSERT(weight.scalar_type() == c10::CppTypeToScalarType<A>::value, "rms_norm: unexpected weight dtype");
+  if constexpr (!std::is_same_v<A, T>) f(static_cast<const A*>(nullptr));
+}
 
 // Rows of the weight gradient each partial sum covers: a fixed count, so the
 // order of the sum depends on the shape only (deterministic on every device

@@ -116,17 +116,6 @@ __global__ void __launch_bounds__(256) sum_partials(const A* __restrict__ part, 
   }
 }
 
-template <typename T, typename F>
-void with_weight_type(const at::Tensor& weight, F f) {
-  using A = acc_type<T>;
-  if (!weight.defined() || weight.scalar_type() == c10::CppTypeToScalarType<T>::value) {
-    f(static_cast<const T*>(nullptr));
-    return;
-  }
-  TORCH_INTERNAL_ASSERT(weight.scalar_type() == c10::CppTypeToScalarType<A>::value, "rms_norm: unexpected weight dtype");
-  if constexpr (!std::is_same_v<A, T>) f(static_cast<const A*>(nullptr));
-}
-
 // ---- rotary ----------------------------------------------------------------------
 
 struct RotaryArgs {

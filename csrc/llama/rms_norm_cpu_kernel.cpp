@@ -212,18 +212,6 @@ void backward_typed(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   });
 }
 
-// The weight's storage type: x's own, or the accumulator (the frontend widened it).
-template <typename T, typename F>
-void with_weight_type(const at::Tensor& weight, F f) {
-  using A = acc_t<T>;
-  if (!weight.defined() || weight.scalar_type() == c10::CppTypeToScalarType<T>::value) {
-    f(static_cast<const T*>(nullptr));
-    return;
-  }
-  TORCH_INTERNAL_ASSERT(weight.scalar_type() == c10::CppTypeToScalarType<A>::value, "rms_norm: unexpected weight dtype");
-  if constexpr (!std::is_same_v<A, T>) f(static_cast<const A*>(nullptr));
-}
-
 }  // namespace
 
 void rms_norm_kernel(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight, double eps,

@@ -24,7 +24,7 @@ Adding an op family is one module and one line:
 import importlib
 
 # The report's op families, in the order it runs them.
-FAMILIES = ("reduce", "scatter_nd", "embedding", "matmul")
+FAMILIES = ("reduce", "scatter_nd", "embedding", "matmul", "llama")
 
 
 def family(name):
