@@ -4,6 +4,7 @@
 // alike (registration.cpp).
 #include <ATen/DeviceGuard.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -146,8 +147,15 @@ RotaryPlan rotary_plan(const at::Tensor& x, const at::Tensor& out, const at::Ten
   p.half = cos.size(-1);
   p.rows = x.numel() / std::max<int64_t>(p.head_dim, 1);
   const int64_t nd = x.dim() - 1, lead = cos.dim() - nd - 1;  // lead <= 0: cos has fewer dims
+  // Rows walked in x's memory order (out has x's layout): a [b, s, h, d] tensor
+  // seen as [b, h, s, d] is still read and written front to back (bfloat16 q and k
+  // of 2x32x1024x128: 12.2 ms walked in the view's order, 2.6x the [b, h, s, d] case).
+  std::vector<int64_t> order;
   for (int64_t d = 0; d < nd; ++d) {
-    if (x.size(d) == 1) continue;
+    if (x.size(d) != 1) order.push_back(d);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return x.stride(a) > x.stride(b); });
+  for (const int64_t d : order) {
     const int64_t cd = d + lead;
     const bool bc = cd < 0 || cos.size(cd) == 1;
     const int64_t cs = bc ? 0 : cos.stride(cd), ss = bc ? 0 : sin.stride(cd);
@@ -195,10 +203,10 @@ at::Tensor rotary_impl(const char* op, const at::Tensor& input, const at::Tensor
   }
   const at::OptionalDeviceGuard guard(at::device_of(input));
   // The kernels read rows of contiguous head_dim in any layout of the rows
-  // ([b, h, s, d] or a transposed [b, s, h, d] view: no copy) and write a
-  // contiguous output (sequential stores, which can stream).
+  // ([b, h, s, d] or a transposed [b, s, h, d] view: no copy); the output takes
+  // x's layout (empty_like), so that both are walked in memory order.
   at::Tensor x = input.stride(-1) == 1 || input.size(-1) <= 1 ? input : input.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
+  at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
   at::Tensor cos = cos_in.stride(-1) == 1 || half <= 1 ? cos_in : cos_in.contiguous();
   at::Tensor sin = sin_in.stride(-1) == 1 || half <= 1 ? sin_in : sin_in.contiguous();
