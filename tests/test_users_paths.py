@@ -24,7 +24,7 @@ class TinyModel(torch.nn.Module):
         self.hidden = teachcompute_ext.nn.FusedLinear(dim, hidden, activation="gelu")
         self.proj = teachcompute_ext.nn.FusedLinear(hidden, classes)
         self.norm = torch.nn.Parameter(1 + 0.1 * torch.randn(dim))
-        self.freq = torch.nn.Parameter(torch.tensor(0.3))
+        self.freq = torch.nn.Parameter(torch.tensor([0.3]))  # 1-D: FSDP shards no 0-d parameter
 
     def forward(self, tokens):  # tokens: [batch, length], 0 is padding
         b, n = tokens.shape

@@ -41,7 +41,7 @@ rotary_embedding = public("rotary_embedding", """rotary_embedding(x: torch.Tenso
     ``rotary_dim`` pass through. ``interleaved=False`` rotates the pairs ``(i, i + rotary_dim / 2)``
     (Llama, GPT-NeoX: transformers' ``x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)``);
     ``True`` the pairs ``(2i, 2i + 1)`` (GPT-J, Meta's original). x is read through its strides
-    (a ``[batch, seq, heads, head_dim]`` view is not copied); the result has x's layout.
+    (a ``[batch, seq, heads, head_dim]`` view is not copied); the result is contiguous.
     """)
 
 swiglu = public("swiglu", """swiglu(gate: torch.Tensor, up=None)
@@ -184,10 +184,7 @@ def _rms_norm_backward_fake(grad, x, weight, rstd, grad_add, output_mask):
 def _rotary_fake(op, xname):
     def fake(x, cos, sin, interleaved=False):
         _check_rotary(op, x, cos, sin, xname)
-        # the frontend's layout: x's own (empty_like), after a copy when its last dim is strided
-        if x.shape[-1] > 1 and x.stride(-1) != 1:
-            x = x.contiguous()
-        return torch.empty_like(x)
+        return x.new_empty(x.shape)
 
     return fake
 
