@@ -452,3 +452,13 @@ def family_main(doc, run, name=None):
         file = getattr(sys.modules.get(run.__module__), "__file__", None) or "family"
         name = os.path.splitext(os.path.basename(file))[0].removeprefix("bench_")
     sys.exit(main(families={name: run}, description=doc))
+
+
+def cuda_peak_bytes(fn):
+    """Bytes the CUDA allocator held at the peak of fn() beyond what was allocated before."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base

@@ -279,12 +279,7 @@ def peak_memory(fn, device):
     allocator's statistics; on the CPU (which keeps none) the running sum of the
     allocations and frees torch.profiler records, in order."""
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+        return harness.cuda_peak_bytes(fn)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -37,12 +37,7 @@ def peak_bytes(fn, device):
     the allocator's peak on CUDA; on the CPU (no allocator statistics) the
     bytes autograd saves between forward and backward, the part that differs."""
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base, "peak memory"
+        return harness.cuda_peak_bytes(fn), "peak memory"
     return saved_bytes(fn)[0], "saved for backward"
 
 
