@@ -233,8 +233,7 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, AutocastCUDA, m) {
   constexpr auto kFloat32 = &autocast_boxed<c10::DeviceType::CUDA, AutocastTo::FLOAT32>;
   m.impl("fused_matmul", torch::CppFunction::makeFromBoxedFunction<kLower>());
   m.impl("fused_linear_forward", torch::CppFunction::makeFromBoxedFunction<kLower>());
-  for (const char* op :
-       {"softmax", "log_softmax", "logsumexp", "vector_sum", "reduce_sum", "rms_norm_forward", "add_rms_norm_forward"}) {
+  for (const char* op : {"softmax", "log_softmax", "logsumexp", "vector_sum", "reduce_sum"}) {
     m.impl(op, torch::CppFunction::makeFromBoxedFunction<kFloat32>());
   }
 }

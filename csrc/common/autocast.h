@@ -6,6 +6,9 @@
 //     torch's (softmax, log_softmax and sum run in float32 there, logsumexp
 //     casts to float32); on the CPU torch leaves them in their input dtype,
 //     and so does this package (no kernel: the autocast key falls through).
+//   none (CPU and CUDA): rms_norm, add_rms_norm, rotary_embedding, swiglu,
+//     geglu, as torch's rms_norm and elementwise ops (on the H200 with torch
+//     2.11, F.rms_norm of float16 under autocast stays float16).
 // One boxed kernel serves every op: it casts the tensor arguments (cached_cast
 // casts only floating tensors on the autocast device; parameters cast once per
 // autocast region), then calls the op with autocast off, as torch's own
