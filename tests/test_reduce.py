@@ -210,6 +210,8 @@ SOFTMAX_CASES = [
     ((4, 3, 200), -1), ((2, 130, 65), 2), ((2, 130, 129), 1), ((3, 1500), 1), ((6, 5000), -1), ((), 0), ((), -1),
     # few long columns (CUDA splits them over blocks)
     ((3000, 5), 0), ((2, 2000, 3), 1),
+    # every COLS tile width: one masked vector, a full vector and a masked one, 4 tiles + 44
+    ((301, 7), 0), ((40, 33), 0), ((9, 300), 0),
 ]
 
 
@@ -239,6 +241,29 @@ def test_softmax_special_values_as_torch(ours, theirs, device):
     x[3, 3] = inf          # +inf: NaN row, as torch
     for dim in (1, 0):
         torch.testing.assert_close(ours(x, dim), theirs(x, dim), equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ours,theirs", SOFTMAX_OPS)
+@pytest.mark.parametrize("width", [3, 33, 100])
+def test_softmax_special_columns_in_masked_lanes(ours, theirs, width, device):
+    # Over dim 0 each column is normalized on its own; the last columns of a
+    # tile sit in its masked vector: a column of -inf, one with +inf, one with NaN.
+    inf, nan = float("inf"), float("nan")
+    x = _rand((50, width), torch.float32, device, width)
+    x[:, -1] = -inf
+    x[4, -2] = inf
+    x[9, -3] = nan
+    x[:20, 0] = -inf
+    torch.testing.assert_close(ours(x, 0), theirs(x, 0), equal_nan=True)
+    g = _rand((50, width), torch.float32, device, width + 1)
+    y = theirs(x[:, :-3].double(), 0).float()
+    name = "softmax" if ours is teachcompute_ext.softmax else "log_softmax"
+    gx = getattr(torch.ops.teachcompute_ext, name + "_backward")(g[:, :-3].contiguous(), y, 0)
+    ye = y.detach().double().requires_grad_()
+    torch.testing.assert_close(gx, torch.ops.aten._softmax_backward_data(g[:, :-3].double(), ye, 0, torch.float64).float()
+                               if ours is teachcompute_ext.softmax else
+                               torch.ops.aten._log_softmax_backward_data(g[:, :-3].double(), ye, 0, torch.float64).float())
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -575,6 +600,37 @@ def test_reduce_split_reductions_match_float64(shape, dims, device):
             v, i = ours(x, dims[0])
             ev, ei = theirs(x, dims[0])
             assert torch.equal(v, ev) and torch.equal(i, ei)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("width", [1, 7, 16, 33, 64, 96, 300])
+def test_reduce_over_dim0_every_tile_width(width, dtype, device):
+    # A reduction over an outer dim is a COLS tile of up to 64 outputs whose last
+    # vector is masked: widths below, at and past a vector and a tile, with
+    # -inf, +inf and NaN columns in the masked lanes.
+    x = _rand((301, width), dtype, device, width)
+    ref = x.double()
+    for ours, theirs in ((teachcompute_ext.reduce_sum, torch.sum), (teachcompute_ext.reduce_mean, torch.mean),
+                         (teachcompute_ext.logsumexp, torch.logsumexp)):
+        torch.testing.assert_close(ours(x, [0]), theirs(ref, [0]).to(dtype))
+    for ours, theirs in ((teachcompute_ext.reduce_max, torch.max), (teachcompute_ext.reduce_min, torch.min)):
+        v, i = ours(x, 0)
+        ev, ei = theirs(x, 0)
+        assert torch.equal(v, ev) and torch.equal(i, ei)
+    special = x.clone()
+    special[:, -1] = -float("inf")
+    if width > 1:
+        special[7, -2] = float("inf")
+    if width > 2:
+        special[9, -3] = float("nan")
+    for ours, theirs in ((teachcompute_ext.logsumexp, torch.logsumexp), (teachcompute_ext.reduce_sum, torch.sum)):
+        torch.testing.assert_close(ours(special, [0]), theirs(special, [0]), equal_nan=True)
+    for ours, theirs in ((teachcompute_ext.reduce_max, torch.max), (teachcompute_ext.reduce_min, torch.min)):
+        v, i = ours(special, 0)
+        ev, ei = theirs(special, 0)
+        torch.testing.assert_close(v, ev, equal_nan=True)
+        assert torch.equal(i, ei)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -38,11 +38,22 @@ struct IO {
       return V::loadu(p);
     }
   }
+  // Loads count <= L elements, the other lanes 0: one masked load on AVX512
+  // (at::vec's loadu(p, count)), a copy through the stack elsewhere. The tails
+  // of odd widths and the narrow COLS tiles go through it, so a width of 33
+  // costs three vector loads a row, not 33 scalar ones.
+  static V load_count(const T* p, int64_t count) {
+    if constexpr (kIsReduced<T>) {
+      return std::get<0>(at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, count)));
+    } else {
+      return V::loadu(p, count);
+    }
+  }
   // Loads count < L elements; the other lanes hold `fill`.
   static V load_part(const T* p, int64_t count, A fill) {
-    alignas(64) A buf[L];
-    for (int64_t k = 0; k < L; ++k) buf[k] = k < count ? static_cast<A>(p[k]) : fill;
-    return V::loadu(buf);
+    const V v = load_count(p, count);
+    if (fill == A(0)) return v;
+    return V::blendv(V(fill), v, V::arange(0, 1) < V(static_cast<A>(count)));
   }
   static void store(T* p, const V& v) {
     if constexpr (kIsReduced<T>) {
@@ -51,10 +62,13 @@ struct IO {
       v.store(p);
     }
   }
+  // Stores the first count <= L lanes (a masked store on AVX512).
   static void store_part(T* p, const V& v, int64_t count) {
-    alignas(64) A buf[L];
-    v.store(buf);
-    for (int64_t k = 0; k < count; ++k) p[k] = static_cast<T>(buf[k]);
+    if constexpr (kIsReduced<T>) {
+      at::vec::convert_from_float<T>(v, v).store(p, count);
+    } else {
+      v.store(p, count);
+    }
   }
 };
 
@@ -119,6 +133,40 @@ inline void write_vectors(T* out, int64_t n, bool stream, F value) {
   }
   for (; i + L <= n; i += L) IO<T>::store(out + i, value(i, L));
   if (i < n) IO<T>::store_part(out + i, value(i, n - i), n - i);
+}
+
+// ---- tiles of up to kTile contiguous elements per row (COLS kernels) --------
+// A tile of `width` <= kTile elements is K vectors per row, the last one
+// masked to its `tail` lanes. K is a template parameter so that the tile's
+// accumulators live in registers; with_tile picks it from the width and calls
+// f(std::integral_constant<int, K>). A narrow or odd width (7, 33, 300 =
+// 4 x 64 + 44 columns) is then the same vector loop as a full tile:
+// logsumexp over dim 0 of (4096, 33) float32 took 1380 us through a scalar
+// double loop (0.13x torch), reduce_max 215 us (0.41x).
+template <typename T, int64_t kTile, int K = 1, typename F>
+inline void with_tile(int64_t width, F f) {
+  constexpr int64_t L = IO<T>::L;
+  if constexpr (K < static_cast<int>(kTile / L)) {
+    if (width > K * L) return with_tile<T, kTile, K + 1>(width, f);
+  }
+  f(std::integral_constant<int, K>{});
+}
+
+// Vector j of a tile row: the last of the K holds `tail` lanes (the others 0).
+template <typename T, int K>
+inline Vectorized<acc_t<T>> tile_load(const T* row, int j, int64_t tail) {
+  constexpr int64_t L = IO<T>::L;
+  return (j + 1 < K || tail == L) ? IO<T>::load(row + j * L) : IO<T>::load_count(row + j * L, tail);
+}
+
+template <typename T, int K>
+inline void tile_store(T* row, int j, int64_t tail, const Vectorized<acc_t<T>>& v) {
+  constexpr int64_t L = IO<T>::L;
+  if (j + 1 < K || tail == L) {
+    IO<T>::store(row + j * L, v);
+  } else {
+    IO<T>::store_part(row + j * L, v, tail);
+  }
 }
 
 // Loads count (<= L) elements; missing lanes are 0.

@@ -36,48 +36,63 @@ using namespace vec_io;
 // (256 bytes of float32 per reduced element: four AVX512 or eight AVX2 loads).
 constexpr int64_t kColTile = 64;
 
-// Lanes of NV vectors (one COLS tile) into out[0 .. NV * L), converted.
-template <typename Out, typename A, int64_t NV>
-inline void store_tile(const Vectorized<A> (&v)[NV], Out* out) {
+template <typename T, typename F>
+inline void with_col_tile(int64_t width, F f) {
+  vec_io::with_tile<T, kColTile>(width, f);
+}
+
+// Lanes of K vectors into out[0 .. width), converted.
+template <typename Out, typename A, int K>
+inline void store_tile(const Vectorized<A> (&v)[K], int64_t width, Out* out) {
   constexpr int64_t L = Vectorized<A>::size();
-  alignas(64) A lanes[NV * L];
-  for (int64_t j = 0; j < NV; ++j) v[j].store(lanes + j * L);
-  for (int64_t c = 0; c < NV * L; ++c) out[c] = static_cast<Out>(lanes[c]);
+  alignas(64) A lanes[K * L];
+  for (int j = 0; j < K; ++j) v[j].store(lanes + j * L);
+  for (int64_t c = 0; c < width; ++c) out[c] = static_cast<Out>(lanes[c]);
 }
 
 // ---- sum, COLS: out[c] = sum_r p[r * stride + c], c < width <= kColTile --
-// Two-level cascade per lane (blocks of 64 rows, block sums added in double)
-// keeps a 4096-row float32 column sum within a few ulps. A narrow tile walks
-// the rows once, adding each row's few columns into double accumulators.
-template <typename T>
-void sum_cols(const T* p, int64_t R, int64_t stride, int64_t width, double* out) {
+// Two-level cascade per lane (blocks of 64 rows in the vector unit, block sums
+// added in double) keeps a 4096-row float32 column sum within a few ulps. A
+// tile of one or two vectors runs U independent chains of rows (an add's
+// latency is 4 cycles, its throughput 2 a cycle), so a narrow tile is not
+// latency-bound.
+template <typename T, int K>
+void sum_tile(const T* p, int64_t R, int64_t stride, int64_t width, double* out) {
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
-  constexpr int64_t NV = kColTile / L;
+  constexpr int U = K <= 2 ? 4 : (K <= 4 ? 2 : 1);
   constexpr int64_t kRowBlock = 64;
-  if (width < kColTile) {
-    double acc[kColTile] = {};
-    for (int64_t r = 0; r < R; ++r) {
-      const T* row = p + r * stride;
-      for (int64_t c = 0; c < width; ++c) acc[c] += static_cast<double>(row[c]);
-    }
-    for (int64_t c = 0; c < width; ++c) out[c] = acc[c];
-    return;
-  }
-  double total[kColTile] = {};
+  const int64_t tail = width - (K - 1) * L;
+  double total[K * L] = {};
   for (int64_t r0 = 0; r0 < R; r0 += kRowBlock) {
-    V acc[NV];
-    for (int64_t j = 0; j < NV; ++j) acc[j] = V(0);
-    const int64_t r1 = std::min(R, r0 + kRowBlock);
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t j = 0; j < NV; ++j) acc[j] += IO<T>::load(p + r * stride + j * L);
+    V acc[U][K];
+    for (int u = 0; u < U; ++u) {
+      for (int j = 0; j < K; ++j) acc[u][j] = V(0);
     }
-    alignas(64) A lanes[kColTile];
-    for (int64_t j = 0; j < NV; ++j) acc[j].store(lanes + j * L);
-    for (int64_t c = 0; c < kColTile; ++c) total[c] += static_cast<double>(lanes[c]);
+    const int64_t r1 = std::min(R, r0 + kRowBlock);
+    int64_t r = r0;
+    for (; r + U <= r1; r += U) {
+      for (int u = 0; u < U; ++u) {
+        for (int j = 0; j < K; ++j) acc[u][j] += tile_load<T, K>(p + (r + u) * stride, j, tail);
+      }
+    }
+    for (; r < r1; ++r) {
+      for (int j = 0; j < K; ++j) acc[0][j] += tile_load<T, K>(p + r * stride, j, tail);
+    }
+    for (int u = 1; u < U; ++u) {
+      for (int j = 0; j < K; ++j) acc[0][j] += acc[u][j];
+    }
+    alignas(64) A lanes[K * L];
+    for (int j = 0; j < K; ++j) acc[0][j].store(lanes + j * L);
+    for (int64_t c = 0; c < width; ++c) total[c] += static_cast<double>(lanes[c]);
   }
-  for (int64_t c = 0; c < kColTile; ++c) out[c] = total[c];
+  for (int64_t c = 0; c < width; ++c) out[c] = total[c];
+}
+
+template <typename T>
+void sum_cols(const T* p, int64_t R, int64_t stride, int64_t width, double* out) {
+  with_col_tile<T>(width, [&](auto k) { sum_tile<T, decltype(k)::value>(p, R, stride, width, out); });
 }
 
 // ---- max / min ---------------------------------------------------------------
@@ -121,36 +136,28 @@ void maxmin_row(const T* p, int64_t n, bool is_max, double* val, int64_t* idx) {
   *idx = best_i;
 }
 
-template <typename T>
-void maxmin_cols(const T* p, int64_t R, int64_t stride, int64_t width, bool is_max, double* val, int64_t* idx) {
+template <typename T, int K>
+void maxmin_tile(const T* p, int64_t R, int64_t stride, int64_t width, bool is_max, double* val, int64_t* idx) {
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
-  constexpr int64_t NV = kColTile / L;
-  if (width < kColTile) {
-    A best[kColTile];
-    for (int64_t c = 0; c < width; ++c) {
-      best[c] = static_cast<A>(p[c]);
-      idx[c] = 0;
-    }
-    for (int64_t r = 1; r < R; ++r) {
-      const T* row = p + r * stride;
-      for (int64_t c = 0; c < width; ++c) merge_candidate<A>(static_cast<A>(row[c]), r, is_max, best[c], idx[c]);
-    }
-    for (int64_t c = 0; c < width; ++c) val[c] = static_cast<double>(best[c]);
-    return;
-  }
-  V best[NV], bidx[NV];
-  for (int64_t j = 0; j < NV; ++j) {
-    best[j] = IO<T>::load(p + j * L);
+  const int64_t tail = width - (K - 1) * L;
+  V best[K], bidx[K];
+  for (int j = 0; j < K; ++j) {
+    best[j] = tile_load<T, K>(p, j, tail);
     bidx[j] = V(0);
   }
   for (int64_t r = 1; r < R; ++r) {
     const V pos(static_cast<A>(r));
-    for (int64_t j = 0; j < NV; ++j) maxmin_update<A>(best[j], bidx[j], IO<T>::load(p + r * stride + j * L), pos, is_max);
+    for (int j = 0; j < K; ++j) maxmin_update<A>(best[j], bidx[j], tile_load<T, K>(p + r * stride, j, tail), pos, is_max);
   }
-  store_tile(best, val);
-  store_tile(bidx, idx);
+  store_tile(best, width, val);
+  store_tile(bidx, width, idx);
+}
+
+template <typename T>
+void maxmin_cols(const T* p, int64_t R, int64_t stride, int64_t width, bool is_max, double* val, int64_t* idx) {
+  with_col_tile<T>(width, [&](auto k) { maxmin_tile<T, decltype(k)::value>(p, R, stride, width, is_max, val, idx); });
 }
 
 // ---- logsumexp: online (max, sum of exp) -----------------------------------------
@@ -185,45 +192,36 @@ void lse_row(const T* p, int64_t n, double* m_out, double* s_out) {
   *s_out = S;
 }
 
-template <typename T>
-void lse_cols(const T* p, int64_t R, int64_t stride, int64_t width, double* m_out, double* s_out) {
+// Two passes over the tile (a piece is at most kPiece elements, so the second
+// reads it from L2): the max, then the sum of exp(x - max), one exp per
+// element; the online form needs two (the rescale and the term). Lanes whose
+// max is -inf hold sum 0; +inf and NaN maxima are final (lse_finish).
+template <typename T, int K>
+void lse_tile(const T* p, int64_t R, int64_t stride, int64_t width, double* m_out, double* s_out) {
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
-  constexpr int64_t NV = kColTile / L;
-  const A ninf = -std::numeric_limits<A>::infinity();
-  if (width < kColTile) {
-    for (int64_t c = 0; c < width; ++c) {
-      m_out[c] = -std::numeric_limits<double>::infinity();
-      s_out[c] = 0;
-    }
-    for (int64_t r = 0; r < R; ++r) {
-      const T* row = p + r * stride;
-      for (int64_t c = 0; c < width; ++c) {
-        const double v = static_cast<double>(row[c]);
-        const double m = m_out[c];
-        const double mn = (std::isnan(v) || v > m) ? v : m;
-        if (mn != -std::numeric_limits<double>::infinity()) {
-          s_out[c] = (m == mn ? s_out[c] : s_out[c] * std::exp(m - mn)) + std::exp(v - mn);
-        }
-        m_out[c] = mn;
-      }
-    }
-    return;
-  }
-  V m[NV], s[NV];
-  for (int64_t j = 0; j < NV; ++j) {
-    m[j] = V(ninf);
+  const int64_t tail = width - (K - 1) * L;
+  const V ninf(-std::numeric_limits<A>::infinity());
+  V m[K], s[K];
+  for (int j = 0; j < K; ++j) {
+    m[j] = ninf;
     s[j] = V(0);
   }
   for (int64_t r = 0; r < R; ++r) {
-    for (int64_t j = 0; j < NV; ++j) {
-      const V v = IO<T>::load(p + r * stride + j * L);
-      online_update<A>(m[j], s[j], v, [&](const V& mn) { return vexp(v - mn); });
-    }
+    for (int j = 0; j < K; ++j) m[j] = at::vec::maximum(m[j], tile_load<T, K>(p + r * stride, j, tail));
   }
-  store_tile(m, m_out);
-  store_tile(s, s_out);
+  for (int64_t r = 0; r < R; ++r) {
+    for (int j = 0; j < K; ++j) s[j] += vexp(tile_load<T, K>(p + r * stride, j, tail) - m[j]);
+  }
+  for (int j = 0; j < K; ++j) s[j] = V::blendv(s[j], V(0), m[j] == ninf);
+  store_tile(m, width, m_out);
+  store_tile(s, width, s_out);
+}
+
+template <typename T>
+void lse_cols(const T* p, int64_t R, int64_t stride, int64_t width, double* m_out, double* s_out) {
+  with_col_tile<T>(width, [&](auto k) { lse_tile<T, decltype(k)::value>(p, R, stride, width, m_out, s_out); });
 }
 
 // ---- the launch: outputs in groups, long reductions in pieces ------------------------
