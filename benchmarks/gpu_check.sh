@@ -9,7 +9,8 @@
 #   1. build for sm_90 only with all cores (build.log)
 #   2. every CUDA test with TEACHCOMPUTE_EXT_REQUIRE_CUDA=1: the suite FAILS when
 #      no GPU is visible instead of skipping every CUDA test (pytest.log)
-#   3. probe: does cuBLASLt's RELU epilogue keep NaN (probe.log)
+#   3. probes: does cuBLASLt's RELU epilogue keep NaN; which ways of raising
+#      from an op on CUDA tensors crash (probe.log)
 #   4. the report on CUDA, sized to about 3 minutes (bench.log, bench.tar.gz:
 #      the JSON and the plots; --no-compile unless TCE_GPU_CHECK_COMPILE=1)
 #   5. compute-sanitizer memcheck over tests/every_op.py, where the
@@ -95,7 +96,34 @@ for dtype in (torch.float32, torch.bfloat16):
         print(dtype, "bias" if bias is not None else "no bias", "RELU epilogue keeps NaN:",
               bool(torch.equal(out.isnan(), ref.isnan())))
 EOF
-summary "probe: $(tr '\n' ';' < "$OUT/probe.log" | tail -c 600)"
+# The first GPU run (torch 2.11, python 3.12) segfaulted wherever an op raised
+# on CUDA tensors through its public function (functools.partial of the op's
+# builtin): reduce/softmax bad dims, fused_linear's bias check. Raising through
+# the OpOverload (tests/test_devices.py) did not; on the CPU, torch 2.11 raises
+# cleanly both ways. Each way runs in its own process (exit -11: segfault),
+# then the first that crashes under gdb for its C++ stack, where gdb exists.
+{
+  for way in "torch.ops.teachcompute_ext.softmax.default" "torch.ops.teachcompute_ext.softmax.default._op" \
+             "teachcompute_ext.softmax" "functools.partial(torch.ops.teachcompute_ext.softmax.default._op)"; do
+    for dev in cpu cuda; do
+      code="import functools, torch, teachcompute_ext
+f = $way
+try:
+    f(torch.randn(3, 4, device='$dev'), 2)
+except IndexError as e:
+    print('IndexError')"
+      res=$(timeout 60 $PY -c "$code" 2>&1)
+      prc=$?
+      res=$(echo "$res" | tail -1)
+      echo "raise through $way on $dev: exit $prc $res"
+      if [ "$dev" = cuda ] && [ "$res" != IndexError ] && command -v gdb >/dev/null && [ -z "${gdb_done:-}" ]; then
+        gdb_done=1
+        timeout 90 gdb -batch -ex run -ex bt --args $PY -c "$code" 2>&1 | grep -E "^#|signal" | head -40
+      fi
+    done
+  done
+} >> "$OUT/probe.log" 2>&1
+summary "probe: $(tr '\n' ';' < "$OUT/probe.log" | tail -c 1500)"
 
 # ---- 4. the report on CUDA --------------------------------------------------------------------------
 t=$(date +%s)
