@@ -292,6 +292,27 @@ def test_glu_one_tensor_form(name, device):
     assert torch.autograd.gradcheck(lambda v: ours(v), (both.detach().double().requires_grad_(),))
 
 
+@pytest.mark.parametrize("one_tensor", [False, True])
+def test_glu_cpu_streaming_path_for_outputs_past_32mb(one_tensor):
+    # 1031 x 8195 float32 = 34 MB per output: the forward and the backward stream
+    # their outputs; I is odd, so most rows start misaligned (aligned-head logic),
+    # and the one-tensor form's gradient halves interleave row by row.
+    shape = (1031, 2 * 8195) if one_tensor else (1031, 8195)
+    gate = _rand(*shape, grad=True)
+    up = None if one_tensor else _rand(*shape, grad=True)
+    out = t.swiglu(gate, up)
+    g64, u64 = gate.detach().double().chunk(2, -1) if one_tensor else (gate.detach().double(), up.detach().double())
+    _close(out, F.silu(g64) * u64, torch.float32)
+    grad = torch.randn_like(out)
+    leaves = [gate] if one_tensor else [gate, up]
+    got = torch.autograd.grad(out, leaves, grad)
+    s = torch.sigmoid(g64)
+    want_g, want_u = grad.double() * u64 * s * (1 + g64 * (1 - s)), grad.double() * g64 * s
+    want = [torch.cat([want_g, want_u], -1)] if one_tensor else [want_g, want_u]
+    for a, b in zip(got, want):
+        _close(a, b, torch.float32)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(GLUS))
 def test_glu_gradcheck_non_contiguous_empty(name, device):
