@@ -129,6 +129,16 @@ def test_embedding_bad_input():
         with pytest.raises(IndexError, match=rf"teachcompute_ext.embedding_bag: index {bad} out of range"):
             teachcompute_ext.embedding_bag(w, torch.tensor([0, bad]), torch.tensor([0]))
     bag = teachcompute_ext.embedding_bag
+    # The sum kernel checks each task's indices inside its parallel loop: a bad index
+    # deep in a long input (any task), or past the last bag's end (no task), still raises.
+    many = torch.randint(0, 10, (70000,), generator=torch.Generator().manual_seed(5))
+    for pos in (0, 34999, 69999):
+        bad_idx = many.clone()
+        bad_idx[pos] = 10
+        with pytest.raises(IndexError, match=rf"teachcompute_ext.embedding_bag: index 10 out of range .* entry {pos}\)"):
+            bag(w, bad_idx, torch.arange(0, 70000, 7))
+    with pytest.raises(IndexError, match=r"teachcompute_ext.embedding_bag: index -3 out of range .* entry 3\)"):
+        bag(w, torch.tensor([1, 2, 3, -3]), torch.tensor([0, 1, 3]), include_last_offset=True)
     with pytest.raises(ValueError, match=r"offsets\[0\] must be 0, got 1"):
         bag(w, idx, torch.tensor([1, 2]))
     with pytest.raises(ValueError, match=r"'offsets' must be non-decreasing, got offsets\[2\] = 1 after offsets\[1\] = 3"):
