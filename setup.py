@@ -1,5 +1,6 @@
 """Builds the native library with CMake (CMakeLists.txt holds the one source list)
-and places it in the package as teachcompute_ext/_C*.so.
+and places it in the package as teachcompute_ext/_C*.so, with the ops' public
+functions (their argument parsing) as teachcompute_ext/_fastcall*.so.
 
     pip install --no-build-isolation -e .     # editable, against the installed torch
     pip install --no-build-isolation .
@@ -62,18 +63,29 @@ class CMakeBuild(build_ext):
             f"-DTEACHCOMPUTE_EXT_TESTS={'ON' if cpp_tests else 'OFF'}",
         ]
         subprocess.check_call(configure)
+        # _C is the operator library; _fastcall the public functions' argument parsing
+        # (csrc/python/fastcall.cpp), configured only where Python's headers are.
+        if ext.name.endswith("_fastcall"):
+            marker = build_dir / "fastcall_module.txt"
+            if not marker.exists():
+                print("teachcompute_ext: _fastcall is not part of this build (no Python headers); "
+                      "the ops' public functions will be torch.ops' entry points")
+                return
+            cmake_target, built = "tce_fastcall", build_dir / marker.read_text().strip()
+        else:
+            cmake_target, built = "teachcompute_ext", build_dir / "libteachcompute_ext.so"
         build = [cmake, "--build", str(build_dir)]
         if not cpp_tests:
-            build += ["--target", "teachcompute_ext"]
+            build += ["--target", cmake_target]
         if os.environ.get("MAX_JOBS"):
             build += ["-j", os.environ["MAX_JOBS"]]
         subprocess.check_call(build)
         target = Path(self.get_ext_fullpath(ext.name)).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(build_dir / "libteachcompute_ext.so", target)
+        shutil.copyfile(built, target)
 
 
 setup(
-    ext_modules=[CMakeExtension("teachcompute_ext._C")],
+    ext_modules=[CMakeExtension("teachcompute_ext._C"), CMakeExtension("teachcompute_ext._fastcall")],
     cmdclass={"build_ext": CMakeBuild},
 )

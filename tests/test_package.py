@@ -1,4 +1,5 @@
 """The package itself: loading, build information, error messages of the loader."""
+import functools
 import os
 
 import pytest
@@ -53,3 +54,96 @@ def test_readme_training_example_runs():
     exec(compile(block.group(1), "README.md", "exec"), scope)
     assert scope["loss"].isfinite()
     assert all(p.grad is not None for p in scope["model"].parameters())
+
+
+# ---- the public functions: teachcompute_ext._fastcall (csrc/python/fastcall.cpp) ----------------
+def _fast_and_entry(name):
+    return getattr(teachcompute_ext, name), getattr(torch.ops.teachcompute_ext, name).default._op
+
+
+def test_public_functions_parse_their_arguments_in_cpp():
+    from teachcompute_ext import _fastcall  # noqa: F401  (built with the package)
+
+    for name in ("softmax", "reduce_sum", "reduce_max", "embedding_bag", "fused_linear", "rms_norm", "swiglu"):
+        fn = getattr(teachcompute_ext, name)
+        assert type(fn).__name__ == "builtin_function_or_method", name
+        assert (fn.__name__, fn.__module__) == (name, "teachcompute_ext") and fn.__doc__.startswith(name + "(")
+    # SymInt[] arguments are not parsed there: the op's own entry point serves them.
+    assert isinstance(teachcompute_ext.scatter_nd_of_shape, functools.partial)
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_public_function_equals_the_ops_entry_point(case):
+    g = torch.Generator().manual_seed(case)
+    x = torch.randn(4, 6, generator=g)
+    w = torch.nn.Parameter(torch.randn(6, generator=g))
+    lw = torch.randn(5, 6, generator=g)
+    idx, off = torch.tensor([0, 3, 1, 1, 2]), torch.tensor([0, 2])
+    name, args = [
+        ("reduce_sum", (x, 1)),                      # int[1]? given an int
+        ("reduce_sum", (x, [0, 1], True)),           # a list, a bool
+        ("reduce_sum", (x, (0,))),                   # a tuple
+        ("reduce_sum", (x, None)),                   # None for an optional list
+        ("reduce_max", (x, -1)),                     # two returns
+        ("softmax", (x, 0)),
+        ("rms_norm", (x, w, 1)),                     # a Parameter; an int for a float
+        ("rms_norm", (x,)),                          # the defaults
+        ("fused_linear", (x, lw, None, "gelu")),     # an optional tensor, a string
+        ("embedding_bag", (lw, idx, off, "sum")),
+    ][case]
+    fast, entry = _fast_and_entry(name)
+    got, want = fast(*args), entry(*args)
+    assert type(got) is type(want)
+    for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_public_function_leaves_other_calls_to_the_entry_point():
+    x = torch.randn(3, 5)
+    fast, entry = _fast_and_entry("softmax")
+    torch.testing.assert_close(fast(x, dim=1), entry(x, 1), rtol=0, atol=0)  # keywords
+    # The same errors, whichever path raised them: a bad value (C++ check), a bool for an
+    # int, a wrong type, too many arguments.
+    for args in [(x, 2), (x, True), ("x", 1), (x, 1, 2), (x,)]:
+        errors = []
+        for fn in (fast, entry):
+            try:
+                fn(*args)
+                errors.append(None)
+            except Exception as e:  # noqa: BLE001  (compared, not swallowed)
+                errors.append((type(e), str(e).split("\n")[0]))
+        assert errors[0] == errors[1], args
+
+
+def test_public_function_honours_torch_function():
+    seen = []
+
+    class Logged(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    x = torch.randn(2, 3)
+    teachcompute_ext.softmax(x.as_subclass(Logged), 1)
+    assert seen and "softmax" in str(seen[0])
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    seen.clear()
+    with Mode():
+        teachcompute_ext.reduce_sum(x, 1)
+    assert seen and "reduce_sum" in str(seen[0])
+
+
+def test_public_function_gradient_through_a_parameter():
+    w = torch.nn.Parameter(torch.randn(4))
+    x = torch.randn(3, 4, requires_grad=True)
+    teachcompute_ext.rms_norm(x, w, 1e-6).sum().backward()
+    xe, we = x.detach().requires_grad_(), w.detach().requires_grad_()
+    torch.nn.functional.rms_norm(xe, (4,), we, 1e-6).sum().backward()
+    torch.testing.assert_close(w.grad, we.grad)
+    torch.testing.assert_close(x.grad, xe.grad)
