@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/grain.h"
 #include "common/vec_activation.h"
 #include "common/vec_io.h"
 #include "llama/llama.h"
@@ -35,12 +36,12 @@ using namespace vec_io;
 // row (a single token of 11008 units) still splits across threads.
 constexpr int64_t kGluPiece = 4096;
 
-// In parallel over (row, piece of columns) units of about 32K elements per
+// In parallel over (row, piece of columns) units, kExpTaskWork elements per
 // task; each task ends with the fence its streaming stores need.
 template <typename F>
 void for_each_piece(int64_t R, int64_t I, bool stream, F f) {
   const int64_t pieces = (I + kGluPiece - 1) / kGluPiece, width = std::min(I, kGluPiece);
-  at::parallel_for(0, R * pieces, std::max<int64_t>(1, 32768 / width), [&](int64_t u0, int64_t u1) {
+  at::parallel_for(0, R * pieces, grain_for(width, kExpTaskWork), [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t r = u / pieces, c0 = (u % pieces) * kGluPiece;
       f(r, c0, std::min(I, c0 + kGluPiece) - c0);

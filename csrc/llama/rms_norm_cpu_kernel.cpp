@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/grain.h"
 #include "common/vec_io.h"
 #include "llama/llama.h"
 
@@ -34,10 +35,8 @@ namespace {
 using at::vec::Vectorized;
 using namespace vec_io;
 
-// About 32K elements of work per task: enough to amortize waking a thread.
-inline int64_t grain_rows(int64_t cols) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, cols));
-}
+// kPassTaskWork elements per task (common/grain.h).
+inline int64_t grain_rows(int64_t cols) { return grain_for(cols, kPassTaskWork); }
 
 // The weight, stored as T or as the accumulator type A (a widened weight of another dtype).
 template <typename T, typename W>

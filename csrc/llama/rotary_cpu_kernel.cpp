@@ -19,6 +19,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/grain.h"
 #include "common/vec_io.h"
 #include "llama/llama.h"
 
@@ -75,7 +76,7 @@ void rotary_typed(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   T* op = out.mutable_data_ptr<T>();
   const A sign = inverse ? A(-1) : A(1);
   const int64_t nd = static_cast<int64_t>(p.sizes.size());
-  at::parallel_for(0, p.rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.head_dim)), [&](int64_t r0,
+  at::parallel_for(0, p.rows, grain_for(p.head_dim, kPassTaskWork), [&](int64_t r0,
                                                                                                     int64_t r1) {
     // The multi-index of row r0, then carried from row to row.
     std::vector<int64_t> idx(nd);

@@ -20,6 +20,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/grain.h"
 #include "common/rounding.h"
 #include "common/vec_io.h"
 #include "reduce/reduce.h"
@@ -227,9 +228,7 @@ void lse_cols(const T* p, int64_t R, int64_t stride, int64_t width, double* m_ou
 // ---- the launch: outputs in groups, long reductions in pieces ------------------------
 constexpr int64_t kPiece = 1 << 16;  // elements of one output per piece of a split reduction
 
-int64_t grain(int64_t per_item) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, per_item));
-}
+int64_t grain(int64_t per_item) { return grain_for(per_item, kPassTaskWork); }
 
 // How outputs are grouped and a reduction is cut: a group is one output (ROWS,
 // GENERAL) or a tile of up to kColTile neighbouring outputs (COLS); a piece is

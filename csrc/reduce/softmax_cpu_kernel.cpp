@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/grain.h"
 #include "common/vec_io.h"
 #include "reduce/reduce.h"
 
@@ -298,10 +299,7 @@ void bwd_cols(const T* g, const T* y, T* gx, int64_t n, int64_t inner, int64_t u
   }
 }
 
-// About 32K elements of work per task: enough to amortize the scheduling.
-int64_t grain_for(int64_t work_per_item) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
-}
+int64_t grain(int64_t work_per_item) { return grain_for(work_per_item, kExpTaskWork); }
 
 }  // namespace
 
@@ -313,11 +311,11 @@ void softmax_kernel(const at::Tensor& x, at::Tensor& y, const SoftmaxShape& sh, 
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     if (sh.inner == 1) {
       const bool stream = static_cast<int64_t>(y.nbytes()) > kStreamBytes;
-      at::parallel_for(0, sh.outer, grain_for(sh.n),
+      at::parallel_for(0, sh.outer, grain(sh.n),
                        [&](int64_t r0, int64_t r1) { fwd_rows<scalar_t>(xp, yp, sh.n, r0, r1, log, stream); });
     } else {
       const int64_t units = sh.outer * ((sh.inner + kSoftmaxColTile - 1) / kSoftmaxColTile);
-      at::parallel_for(0, units, grain_for(sh.n * kSoftmaxColTile), [&](int64_t u0, int64_t u1) {
+      at::parallel_for(0, units, grain(sh.n * kSoftmaxColTile), [&](int64_t u0, int64_t u1) {
         fwd_cols<scalar_t>(xp, yp, sh.n, sh.inner, u0, u1, log);
       });
     }
@@ -332,11 +330,11 @@ void softmax_backward_kernel(const at::Tensor& grad, const at::Tensor& out, at::
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     if (sh.inner == 1) {
       const bool stream = static_cast<int64_t>(gx.nbytes()) > kStreamBytes;
-      at::parallel_for(0, sh.outer, grain_for(sh.n),
+      at::parallel_for(0, sh.outer, grain(sh.n),
                        [&](int64_t r0, int64_t r1) { bwd_rows<scalar_t>(gp, yp, gxp, sh.n, r0, r1, log, stream); });
     } else {
       const int64_t units = sh.outer * ((sh.inner + kSoftmaxColTile - 1) / kSoftmaxColTile);
-      at::parallel_for(0, units, grain_for(sh.n * kSoftmaxColTile), [&](int64_t u0, int64_t u1) {
+      at::parallel_for(0, units, grain(sh.n * kSoftmaxColTile), [&](int64_t u0, int64_t u1) {
         bwd_cols<scalar_t>(gp, yp, gxp, sh.n, sh.inner, u0, u1, log);
       });
     }
