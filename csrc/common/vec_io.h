@@ -83,9 +83,17 @@ struct IO {
     if (fill == A(0)) return v;
     return V::blendv(V(fill), v, V::arange(0, 1) < V(static_cast<A>(count)));
   }
+  // A 16-bit store narrows one float vector into half a register and stores
+  // that: at::vec's convert_from_float narrows two (here the same one twice)
+  // and stores through a full-register mask. fused_linear's bfloat16 relu
+  // epilogue (512x4096) took 1.0 ms that way, F.relu 0.34 ms.
   static void store(T* p, const V& v) {
     if constexpr (kIsReduced<T>) {
+#if defined(CPU_CAPABILITY_AVX512)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(v));
+#else
       at::vec::convert_from_float<T>(v, v).store(p, L);
+#endif
     } else {
       v.store(p);
     }
@@ -93,11 +101,25 @@ struct IO {
   // Stores the first count <= L lanes (a masked store on AVX512).
   static void store_part(T* p, const V& v, int64_t count) {
     if constexpr (kIsReduced<T>) {
+#if defined(CPU_CAPABILITY_AVX512)
+      _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << count) - 1), narrow(v));
+#else
       at::vec::convert_from_float<T>(v, v).store(p, count);
+#endif
     } else {
       v.store(p, count);
     }
   }
+#if defined(CPU_CAPABILITY_AVX512)
+  // float -> T, rounded to nearest even (NaN stays NaN), as at::vec rounds.
+  static __m256i narrow(const V& v) {
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      return at::vec::cvtfp32_bf16(v);
+    } else {
+      return at::vec::cvtfp32_fp16(v);
+    }
+  }
+#endif
 };
 
 template <typename A>

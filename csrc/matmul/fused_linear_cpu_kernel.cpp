@@ -161,15 +161,23 @@ void fused_linear_kernel(const at::Tensor& x, const at::Tensor& weight, const at
     // (bfloat16 fwd+bwd 3e-2 to 7e-2 from float64, torch 2e-3; the size sweep).
     // float32 keeps the bias in the epilogue when there is one (an activation or
     // pre to write): one pass over out, not two.
-    constexpr bool kBiasInGemm = !std::is_same_v<scalar_t, float> && !std::is_same_v<scalar_t, double>;
-    const bool bias_in_gemm = b.defined() && (kBiasInGemm || (act == Act::None && p == nullptr));
+    constexpr bool kHalfType = !std::is_same_v<scalar_t, float> && !std::is_same_v<scalar_t, double>;
+    const bool bias_in_gemm = b.defined() && (kHalfType || (act == Act::None && p == nullptr));
     const scalar_t* bp = b.defined() && !bias_in_gemm ? b.const_data_ptr<scalar_t>() : nullptr;
     // No activation, no pre and the bias (if any) inside the GEMM: there is no
     // epilogue, and one GEMM on all threads skips the tiles' packing and the
     // no-op pass over out. x 1024x1024, W 5632x1024, 2 threads, ratio to
     // F.linear in the same run: 0.93x -> 1.0x without bias, 0.88x -> 0.99x with.
     const bool epilogue = act != Act::None || bp != nullptr || p != nullptr;
-    if (2.0 * M * N * K < kTileMinFlops || at::get_num_threads() == 1 || !epilogue) {
+    // Tiles only where every thread gets at least two: with fewer, the tiles'
+    // single-threaded GEMMs leave threads idle (x 256x512, W 1000x512 is one
+    // tile: one thread ran the whole GEMM, 0.43x F.linear + gelu in bfloat16).
+    // Half types always take one GEMM: oneDNN's bfloat16 GEMM sets up each call,
+    // and per tile that cost more than the cache reuse gave
+    // (TILED_BF16_MEASUREMENT).
+    const int64_t tiles = ((M + kTileRows - 1) / kTileRows) * ((N + kTileCols - 1) / kTileCols);
+    const bool tiled = 2.0 * M * N * K >= kTileMinFlops && tiles >= 2 * at::get_num_threads() && !kHalfType;
+    if (!tiled || !epilogue) {
       if (bias_in_gemm) {
         at::addmm_out(out, b, x2, w.t());
       } else {
