@@ -173,8 +173,9 @@ void fused_linear_kernel(const at::Tensor& x, const at::Tensor& weight, const at
     // single-threaded GEMMs leave threads idle (x 256x512, W 1000x512 is one
     // tile: one thread ran the whole GEMM, 0.43x F.linear + gelu in bfloat16).
     // Half types always take one GEMM: oneDNN's bfloat16 GEMM sets up each call,
-    // and per tile that cost more than the cache reuse gave
-    // (TILED_BF16_MEASUREMENT).
+    // and per tile that cost more than the cache reuse gave. bfloat16, ratio to
+    // eager, tiled / one GEMM: 2048x1024 @ 4096 gelu 0.70x / 1.12x, relu 0.86x
+    // / 1.04x; 512x1024 @ 4096 gelu 0.91x / 0.95x, relu 0.77x / 1.06x.
     const int64_t tiles = ((M + kTileRows - 1) / kTileRows) * ((N + kTileCols - 1) / kTileCols);
     const bool tiled = 2.0 * M * N * K >= kTileMinFlops && tiles >= 2 * at::get_num_threads() && !kHalfType;
     if (!tiled || !epilogue) {
