@@ -54,7 +54,9 @@ bool kind_of(const c10::Argument& a, Kind& k) {
   if (t->kind() == c10::TypeKind::StringType) return k = Kind::Str, true;
   const bool one = a.N().has_value() && *a.N() == 1;  // int[1]: a bare int is a list of one
   if (auto l = t->cast<c10::ListType>()) {
-    if (l->getElementType()->kind() != c10::TypeKind::IntType) return false;
+    // SymInt[] too: from Python ints, torch.ops' entry point also passes an int list.
+    const c10::TypeKind e = l->getElementType()->kind();
+    if (e != c10::TypeKind::IntType && e != c10::TypeKind::SymIntType) return false;
     return k = one ? Kind::IntOrList : Kind::IntList, true;
   }
   if (auto o = t->cast<c10::OptionalType>()) {
