@@ -38,12 +38,7 @@ struct IO {
   static V load(const T* p) {
     if constexpr (kIsReduced<T>) {
 #if defined(CPU_CAPABILITY_AVX512)
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      if constexpr (std::is_same_v<T, c10::BFloat16>) {
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-      } else {
-        return _mm512_cvtph_ps(h);
-      }
+      return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 #elif defined(CPU_CAPABILITY_AVX2)
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
       if constexpr (std::is_same_v<T, c10::BFloat16>) {
@@ -65,14 +60,10 @@ struct IO {
   static V load_count(const T* p, int64_t count) {
     if constexpr (kIsReduced<T>) {
 #if defined(CPU_CAPABILITY_AVX512)
-      const __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), p);
-      if constexpr (std::is_same_v<T, c10::BFloat16>) {
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-      } else {
-        return _mm512_cvtph_ps(h);
-      }
-#endif
+      return widen(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), p));
+#else
       return std::get<0>(at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, count)));
+#endif
     } else {
       return V::loadu(p, count);
     }
@@ -111,6 +102,14 @@ struct IO {
     }
   }
 #if defined(CPU_CAPABILITY_AVX512)
+  // L 16-bit values (half a register) -> float.
+  static V widen(__m256i h) {
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else {
+      return _mm512_cvtph_ps(h);
+    }
+  }
   // float -> T, rounded to nearest even (NaN stays NaN), as at::vec rounds.
   static __m256i narrow(const V& v) {
     if constexpr (std::is_same_v<T, c10::BFloat16>) {
