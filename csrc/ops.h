@@ -105,6 +105,8 @@ at::Tensor softmax_autograd(const at::Tensor& x, int64_t dim);
 at::Tensor log_softmax_autograd(const at::Tensor& x, int64_t dim);
 at::Tensor scatter_nd_autograd(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
                                c10::string_view reduction);
+void scatter_nd_inplace_autograd(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
+                                 c10::string_view reduction);
 at::Tensor scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices,
                                         const at::Tensor& updates, c10::string_view reduction);
 at::Tensor masked_scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices,

@@ -204,6 +204,7 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
   m.impl("softmax", &teachcompute_ext::softmax_autograd);
   m.impl("log_softmax", &teachcompute_ext::log_softmax_autograd);
   m.impl("scatter_nd", &teachcompute_ext::scatter_nd_autograd);
+  m.impl("scatter_nd_", &teachcompute_ext::scatter_nd_inplace_autograd);
   m.impl("scatter_nd_of_shape", &teachcompute_ext::scatter_nd_of_shape_autograd);
   m.impl("masked_scatter_nd_of_shape", &teachcompute_ext::masked_scatter_nd_of_shape_autograd);
   m.impl("embedding", &teachcompute_ext::embedding_autograd);

@@ -460,3 +460,54 @@ def test_torch_func_grad_matches_autograd(op, reduction, device):
     fn, ins = fns[op]
     g = torch.randn(6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
     loss = assert_func_grad_matches_autograd(fn, ins, g)
+
+
+# ---- scatter_nd_ under autograd: an in-place op of torch's kind --------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "add"])
+def test_scatter_nd_in_place_records_its_history(reduction, device):
+    # The in-place op becomes data's history: the rows it overwrote pass no
+    # gradient back (none), updates get theirs, as torch's index_put_.
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(5, 3, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    u = torch.randn(3, 3, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    idx = torch.tensor([[1], [3], [1]], device=device)
+    w = torch.randn(5, 3, generator=g, dtype=torch.float64).to(device)
+    b = a * 2
+    assert teachcompute_ext.scatter_nd_(b, idx, u, reduction) is b
+    got = torch.autograd.grad((b * w).sum(), [a, u])
+    a2, u2 = a.detach().clone().requires_grad_(), u.detach().clone().requires_grad_()
+    b2 = a2 * 2
+    if reduction == "add":
+        b2 = b2.index_put((idx[:, 0],), u2, accumulate=True)
+    else:
+        b2 = b2.index_put((idx[1:, 0],), u2[1:])  # the last update of row 1 wins
+    want = torch.autograd.grad((b2 * w).sum(), [a2, u2])
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y)
+
+
+def test_scatter_nd_in_place_bumps_the_version_and_refuses_leaves():
+    a = torch.randn(4, 3, requires_grad=True)
+    b = a.exp()  # exp saves its output: rewriting it must make the backward refuse
+    teachcompute_ext.scatter_nd_(b, torch.tensor([[1]]), torch.ones(1, 3))
+    assert b._version == 1
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        b.sum().backward()
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        teachcompute_ext.scatter_nd_(a, torch.tensor([[1]]), torch.ones(1, 3))
+    with torch.no_grad():  # as torch's in-place ops: allowed without grad mode
+        teachcompute_ext.scatter_nd_(a, torch.tensor([[1]]), torch.ones(1, 3))
+    assert torch.equal(a[1], torch.ones(3)) and a._version == 1
+
+
+def test_scatter_nd_in_place_on_a_view_reaches_the_base():
+    base = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    y = base * 1
+    teachcompute_ext.scatter_nd_(y[2:], torch.tensor([[0], [3]]), u)  # rows 2 and 5 of y
+    gb, gu = torch.autograd.grad(y.sum(), [base, u])
+    want = torch.ones(6, 3, dtype=torch.float64)
+    want[[2, 5]] = 0
+    torch.testing.assert_close(gb, want)
+    torch.testing.assert_close(gu, torch.ones(2, 3, dtype=torch.float64))

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/csrc/autograd/VariableTypeUtils.h>
+
 #include "common/autograd.h"
 #include "ops.h"
 
@@ -181,6 +183,34 @@ at::Tensor scatter_nd_autograd(const at::Tensor& data, const at::Tensor& indices
     torch::autograd::set_history(out, node);
   }
   return out;
+}
+
+// scatter_nd_ rewrites data in place: the same Node as scatter_nd, which
+// becomes data's new history (rebase_history: the rows it overwrote no longer
+// pass their gradient back, and a view's base gets it through CopySlices).
+// The version counter is bumped, so a tensor saved before for another
+// backward is refused ("modified by an inplace operation"), and a leaf that
+// requires grad is refused up front, as for torch's in-place ops.
+void scatter_nd_inplace_autograd(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
+                                 c10::string_view reduction) {
+  static auto op = find_op<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view)>(
+      "teachcompute_ext::scatter_nd_");
+  const bool grad = needs_grad(data) || needs_grad(updates);
+  decltype(make_node<ScatterNdBackward>()) node;
+  if (grad) {
+    torch::autograd::check_inplace(data, /*requires_grad=*/true);
+    node = make_node<ScatterNdBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(data, updates));
+    node->indices_ = SavedVariable(indices, /*is_output=*/false);
+    node->reduction = std::string(reduction);
+    node->updates_shape = updates.sym_sizes().vec();
+  }
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.call(data, indices, updates, reduction);
+  }
+  torch::autograd::increment_version(data);
+  if (grad) torch::autograd::rebase_history(data, node);
 }
 
 at::Tensor scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices,
