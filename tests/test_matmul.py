@@ -532,3 +532,18 @@ def test_fused_linear_half_rounds_the_biased_product_once():
     ref = torch.relu(torch.nn.functional.linear(x, w, b))
     assert torch.equal(ours > 0, ref > 0), ((ours > 0) ^ (ref > 0)).sum()
     torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_fused_matmul_alpha_zero_is_zero_times_the_product(dtype, device):
+    # alpha = 0 with beta = 0: the CPU's 16-bit batched GEMMs left the output
+    # unwritten (garbage, NaN). torch's 0 * (a @ b) keeps the product's NaN and inf.
+    for sa, sb, ta, tb in [((2, 300, 5), (300, 3), True, False), ((2, 3, 96, 33), (1, 7, 96), True, True),
+                           ((4, 6), (6, 5), False, False)]:
+        a, b = _rand(sa, dtype, device, 1), _rand(sb, dtype, device, 2)
+        a.view(-1)[3] = float("inf")
+        want = 0.0 * torch.matmul(a.mT if ta else a, b.mT if tb else b)
+        got = teachcompute_ext.fused_matmul(a, b, 0.0, ta, tb)
+        torch.testing.assert_close(got, want, equal_nan=True)
+        assert got.isnan().any()

@@ -22,9 +22,10 @@ namespace teachcompute_ext {
 TCE_DEFINE_STUB(fused_linear_stub, fused_linear_kernel);
 TCE_DEFINE_STUB(fused_linear_backward_stub, fused_linear_backward_kernel);
 
-at::Tensor fused_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, bool trans_a, bool trans_b) {
-  const MatmulShape s = check_matmul("fused_matmul", a, b, trans_a, trans_b);
-  const at::OptionalDeviceGuard guard(at::device_of(a));
+namespace {
+
+at::Tensor matmul_scaled(const at::Tensor& a, const at::Tensor& b, double alpha, bool trans_a, bool trans_b,
+                         const MatmulShape& s) {
   // Empty outputs, and k = 0 (a sum of no products: zeros), never reach the
   // GEMM: its reshapes cannot infer a dim from 0 elements.
   if (c10::multiply_integers(s.out) == 0) return at::empty(s.out, a.options());
@@ -62,6 +63,18 @@ at::Tensor fused_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, 
   at::Tensor out = at::empty({A3.size(0), s.m, s.n}, a.options());
   at::baddbmm_out(out, out, A3, B3, 0, alpha);
   return out.view(s.out);
+}
+
+}  // namespace
+
+at::Tensor fused_matmul(const at::Tensor& a, const at::Tensor& b, double alpha, bool trans_a, bool trans_b) {
+  const MatmulShape s = check_matmul("fused_matmul", a, b, trans_a, trans_b);
+  const at::OptionalDeviceGuard guard(at::device_of(a));
+  // alpha = 0 is 0 * (a @ b), as torch computes it (NaN where the product is
+  // inf or NaN): GEMM libraries may skip the product and leave out unwritten
+  // when alpha and beta are both 0 (the CPU's 16-bit batched GEMMs did).
+  if (alpha == 0.0) return matmul_scaled(a, b, 1.0, trans_a, trans_b, s).mul_(0);
+  return matmul_scaled(a, b, alpha, trans_a, trans_b, s);
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_linear_forward(const at::Tensor& x, const at::Tensor& weight,
