@@ -611,6 +611,20 @@ def test_rms_norm_and_add(in_dims, device):
     _close(got[0], vmap(lambda h, b: F.rms_norm(h, (6,), b, 1e-6), in_dims=(0, in_dims[1]))(ref_h, wb))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("x_dim", [0, 1])
+def test_rms_norm_and_add_without_weight_or_eps(x_dim, device):
+    # Called with x (and residual) alone: in_dims then has no entry for the
+    # weight (it raised IndexError in the batching rule).
+    xb, rb = _batched(_randn(3, 4, 6, device=device), x_dim), _batched(_randn(3, 4, 6, device=device, seed=1), 0)
+    ref = vmap(lambda a: F.rms_norm(a, (6,), None, 1e-6), in_dims=x_dim)(xb)
+    _close(vmap(ops.rms_norm, in_dims=x_dim)(xb), ref)
+    out, h = vmap(ops.add_rms_norm, in_dims=(x_dim, 0))(xb, rb)
+    ref_h = vmap(lambda a, c: a + c, in_dims=(x_dim, 0))(xb, rb)
+    _close(h, ref_h)
+    _close(out, vmap(lambda a: F.rms_norm(a, (6,), None, 1e-6))(ref_h))
+
+
 @pytest.mark.parametrize("in_dims", [(0, None), (0, 0), (None, 0)])
 def test_per_sample_grads_rms_norm(in_dims):
     x, w, g = _randn(3, 4, 6), _randn(3, 6, seed=1), _randn(3, 4, 6, seed=2)

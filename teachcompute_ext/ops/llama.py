@@ -250,12 +250,13 @@ def _vmap_norm_forward(add):
 
 
 def _vmap_rms_norm(info, in_dims, x, weight=None, eps=1e-6):
-    (out, _), _ = _vmap_norm_forward(False)(info, (*in_dims[:2],), x, weight, eps)
+    # in_dims has one entry per argument given: none for a weight left out.
+    (out, _), _ = _vmap_norm_forward(False)(info, (*in_dims, None)[:2], x, weight, eps)
     return out, 0
 
 
 def _vmap_add_rms_norm(info, in_dims, x, residual, weight=None, eps=1e-6):
-    (out, h, _), _ = _vmap_norm_forward(True)(info, (*in_dims[:3],), x, residual, weight, eps)
+    (out, h, _), _ = _vmap_norm_forward(True)(info, (*in_dims, None)[:3], x, residual, weight, eps)
     return (out, h), (0, 0)
 
 
