@@ -253,7 +253,7 @@ def test_ddp_two_cpu_processes_match_a_single_process(tmp_path):
 
 
 # ---- (g): the modules -----------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape,eps,affine", [(12, None, True), ((12,), 1e-5, True), (12, None, False),
                                               ((3, 12), 1e-6, True)])
 def test_rms_norm_is_a_drop_in_for_torch(dtype, shape, eps, affine):

@@ -14,7 +14,9 @@ class RMSNorm(torch.nn.RMSNorm):
 
     Subclassing torch's module keeps its constructor, ``weight``, initialization,
     ``extra_repr`` and state_dict, so either module loads the other's state_dict.
-    ``eps=None`` is torch's default, ``torch.finfo(x.dtype).eps``.
+    ``eps=None`` is torch's default: the epsilon of the type torch's kernel
+    computes in (float32 for float16 and bfloat16 inputs, as ``F.rms_norm``;
+    the epsilon of bfloat16 itself, 7.8e-3, moved small rows by up to 88%).
 
     ``forward(x)`` returns the normalized x. ``forward(x, residual)`` is the
     pre-norm residual stream of a Llama block: ``h = x + residual`` and returns
@@ -25,7 +27,7 @@ class RMSNorm(torch.nn.RMSNorm):
     """
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        eps = torch.finfo(x.dtype if x.dtype == torch.float64 else torch.float32).eps if self.eps is None else self.eps
         if len(self.normalized_shape) != 1:
             if residual is None:
                 return F.rms_norm(x, self.normalized_shape, self.weight, eps)
