@@ -1,5 +1,7 @@
 // softmax / log_softmax forward and backward on the CPU, compiled once per ISA.
-// Forward: one pass computes the max and the sum of exponentials together
+// Forward, rows of up to kBlockVecs vectors (fwd_row_short): the max, then the
+// exps relative to it and their sum, then the output, as torch's kernel.
+// Longer rows (fwd_row): one pass computes the max and the sum of exponentials together
 // (online normalizer: when the running max grows, the running sum is rescaled
 // by exp(old - new)), one pass writes the output. Blocks of 4 vectors share one
 // rescale, so the first pass costs 1.25 exp per element. Backward: one pass
@@ -160,10 +162,100 @@ void fwd_row(const T* x, T* y, int64_t n, bool log, bool stream, RowScratch<acc_
   }
 }
 
+// A row of one block (n <= kBlockVecs vectors, L1-resident): its max is known
+// before any exp, so the exps are taken relative to the row max itself: no
+// online rescale and no per-lane rescale (two vector exps and two 16-lane
+// scalar loops a row less), the classic max / exp-sum / write of torch's own
+// kernel. Half types widen the row once into a float row, which the exp and
+// write passes read (and softmax overwrites with its exps): one conversion per
+// element, not three, and y rounded once. 256x300, 2 threads, ratio to
+// torch.log_softmax: float32 0.86x -> 1.07x, bfloat16 0.79x -> 0.99x
+// (torch.softmax: bfloat16 1.58x).
+template <typename T>
+void fwd_row_short(const T* x, T* y, int64_t n, bool log, bool stream, RowScratch<acc_t<T>>& scratch) {
+  using A = acc_t<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t L = IO<T>::L;
+  const A ninf = -std::numeric_limits<A>::infinity();
+  const int64_t full = n / L, rest = n % L;
+  A* xf = nullptr;  // the widened row (half types): whole vectors, the tail padded with -inf
+  if constexpr (kIsReduced<T>) {
+    // One vector of slack: a streaming write's unaligned pieces read a whole vector from any offset.
+    scratch.exps.resize((full + 2) * L);
+    xf = scratch.exps.data();
+  }
+  auto src = [&](int64_t k) {
+    if constexpr (kIsReduced<T>) {
+      return V::loadu(xf + k * L);
+    } else {
+      return k < full ? IO<T>::load(x + k * L) : IO<T>::load_part(x + k * L, rest, ninf);
+    }
+  };
+  const int64_t vecs = full + (rest ? 1 : 0);
+  V bm(ninf);
+  for (int64_t k = 0; k < vecs; ++k) {
+    V v;
+    if constexpr (kIsReduced<T>) {
+      v = k < full ? IO<T>::load(x + k * L) : IO<T>::load_part(x + k * L, rest, ninf);
+      v.store(xf + k * L);
+    } else {
+      v = src(k);
+    }
+    bm = at::vec::maximum(bm, v);
+  }
+  // at::vec::maximum propagates NaN, lanes and the reduction alike.
+  const A M = at::vec::vec_reduce_all<A>([](V a, V b) { return at::vec::maximum(a, b); }, bm);
+  if (!(M > ninf) || std::isinf(M)) {
+    // No softmax for a row of -inf, or one holding +inf or NaN: NaN, as torch.
+    for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(std::numeric_limits<A>::quiet_NaN());
+    return;
+  }
+  const V vM(M);
+  // The -inf padding of the tail gives exp 0: M is finite here.
+  V s0(0), s1(0);
+  for (int64_t k = 0; k < vecs; ++k) {
+    const V e = vexp(src(k) - vM);
+    if (!log) {
+      // softmax keeps its exps for the write pass: in the float row, or in y.
+      if constexpr (kIsReduced<T>) {
+        e.store(xf + k * L);
+      } else if (k < full) {
+        IO<T>::store(y + k * L, e);
+      } else {
+        IO<T>::store_part(y + k * L, e, rest);
+      }
+    }
+    (k & 1 ? s1 : s0) += e;
+  }
+  const A S = at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, s0 + s1);
+  if (log) {
+    const V ls(std::log(S));
+    write_vectors(y, n, stream, [&](int64_t i, int64_t c) {
+      if constexpr (kIsReduced<T>) {
+        return (V::loadu(xf + i) - vM) - ls;
+      } else {
+        return (load_n(x + i, c) - vM) - ls;
+      }
+    });
+    return;
+  }
+  const V inv(A(1) / S);
+  if constexpr (kIsReduced<T>) {
+    write_vectors(y, n, stream, [&](int64_t i, int64_t) { return V::loadu(xf + i) * inv; });
+  } else {
+    for (int64_t k = 0; k < full; ++k) IO<T>::store(y + k * L, IO<T>::load(y + k * L) * inv);
+    if (rest) IO<T>::store_part(y + full * L, IO<T>::load_part(y + full * L, rest, 0) * inv, rest);
+  }
+}
+
 template <typename T>
 void fwd_rows(const T* x, T* y, int64_t n, int64_t r0, int64_t r1, bool log, bool stream) {
   RowScratch<acc_t<T>> scratch;  // one allocation per task, reused across its rows
-  for (int64_t r = r0; r < r1; ++r) fwd_row(x + r * n, y + r * n, n, log, stream, scratch);
+  if (n <= kBlockVecs * IO<T>::L) {
+    for (int64_t r = r0; r < r1; ++r) fwd_row_short(x + r * n, y + r * n, n, log, stream, scratch);
+  } else {
+    for (int64_t r = r0; r < r1; ++r) fwd_row(x + r * n, y + r * n, n, log, stream, scratch);
+  }
   stream_fence(stream);
 }
 
