@@ -1,6 +1,7 @@
 // Autograd of the reduce family: hand-built autograd Nodes (the rule for every
 // family, and why not torch::autograd::Function, is in csrc/README.md with its
 // per-call figure). Fake kernels stay in Python (ops/reduce.py).
+#include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -145,7 +146,13 @@ struct MaxMinBackward : Node {
       g = g.unsqueeze(dim);
       idx = idx.unsqueeze(dim);
     }
-    return {at::zeros_symint(sizes, g.options()).scatter(dim, idx, g)};
+    at::Tensor gx = at::zeros_symint(sizes, g.options());
+    // In place into the fresh zeros, as torch's own max/min backward: the
+    // out-of-place scatter copied them first (reduce_min over dim 1 of
+    // 4096x4096, forward+backward: 0.80x torch). Subclasses (vmap's batched
+    // tensors, tensors of a dispatch mode) keep the out-of-place form.
+    if (at::areAnyTensorSubclassLike({g, idx})) return {gx.scatter(dim, idx, g)};
+    return {gx.scatter_(dim, idx, g)};
   }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
