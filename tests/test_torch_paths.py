@@ -90,6 +90,42 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[2]])
+def test_double_backward_gradgradcheck(name):
+    # create_graph=True (gradient penalties, Hessian-vector products): the
+    # backward records a graph of aten ops that a second backward differentiates.
+    # The fused backward ops have no derivative: their second-order terms were
+    # silently dropped (softmax, rms_norm, swiglu...) or raised (fused_linear).
+    fn, make, _ = CASES[name]
+    xs = [x.double() if x.is_floating_point() else x for x in make(torch.Generator().manual_seed(3))]
+    where = [i for i, x in enumerate(xs) if x.is_floating_point()]
+
+    def f(*leaves):
+        args = list(xs)
+        for i, leaf in zip(where, leaves):
+            args[i] = leaf
+        outs = fn(*args)
+        return tuple(o for o in (outs if isinstance(outs, tuple) else (outs,)) if o.is_floating_point())
+
+    leaves = [xs[i].clone().requires_grad_() for i in where]
+    assert torch.autograd.gradgradcheck(f, leaves)
+    _graph_backward_matches_fused_backward(f, leaves)
+
+
+def _graph_backward_matches_fused_backward(f, leaves):
+    """The first-order gradients of the graph-recording backward (create_graph)
+    are those of the fused one: gradgradcheck alone would pass a consistently wrong one."""
+    def grads(create_graph):
+        outs = f(*leaves)
+        loss = sum((o * torch.linspace(-1, 2, o.numel(), dtype=o.dtype).view(o.shape)).sum() for o in outs)
+        return torch.autograd.grad(loss, leaves, create_graph=create_graph, allow_unused=True)
+    for a, b in zip(grads(True), grads(False)):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b)
+
+
 def _inputs(name, device, seed):
     _, make, differentiable = CASES[name]
     xs = [x.to(device) for x in make(torch.Generator().manual_seed(seed))]
@@ -536,3 +572,29 @@ def test_compiled_graph_adds_no_copy_around_our_ops(name):
     if torch.Tag.needs_contiguous_strides in getattr(ops, name).default.tags:
         # contiguous inputs: the frontend's .contiguous() is a no-op, the only copy is gone
         assert all(_contiguous(*lay) for lay in layouts), (layouts, code)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("layout", ["offsets", "last_offset", "2d"])
+def test_embedding_bag_double_backward_every_layout(mode, layout):
+    # The graph-recording backward finds each position's bag itself: offsets with
+    # an empty bag, include_last_offset with positions past the last offset,
+    # fixed-length bags of 2-D indices; padding rows count for nothing.
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(12, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(0, 12, (10,), generator=g)
+    idx[[2, 7]] = 5  # padding_idx
+    if layout == "2d":
+        args = (idx.view(5, 2), None)
+    else:
+        args = (idx, torch.tensor([0, 3, 3, 8]))
+    psw = None
+    if mode == "sum":
+        psw = torch.randn(10, generator=g, dtype=torch.float64).view(args[0].shape).requires_grad_()
+
+    def f(w, *p):
+        return t.embedding_bag(w, args[0], args[1], mode, p[0] if p else None, 5, layout == "last_offset")
+
+    leaves = (w, psw) if psw is not None else (w,)
+    assert torch.autograd.gradgradcheck(f, leaves)
+    _graph_backward_matches_fused_backward(lambda *a: (f(*a),), leaves)

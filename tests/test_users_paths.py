@@ -40,7 +40,7 @@ class TinyModel(torch.nn.Module):
         h = teachcompute_ext.scatter_nd(h, rows, h * 0.5, "add") + teachcompute_ext.scatter_nd_of_shape(
             h.shape, rows, h, "add")
         z = h.clone()
-        teachcompute_ext.scatter_nd_(z, rows, h * 0.25, "max")
+        teachcompute_ext.scatter_nd_(z, rows, h * 0.25, "add")  # in place, under autograd
         # a weight normalized by its own squared sum, applied transposed
         mix = self.mix / (1 + teachcompute_ext.vector_sum(self.mix * self.mix))
         h = z + teachcompute_ext.fused_matmul(z, mix, 0.5, False, True)

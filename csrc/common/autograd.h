@@ -85,6 +85,17 @@ class BackwardDispatch {
   std::optional<at::AutoDispatchBelowAutograd> below_;
 };
 
+// Whether a backward Node must itself be differentiable: grad mode is on in the
+// backward (create_graph=True, torch.func's transforms) and a tensor it reads
+// needs a gradient. The fused backward ops have no derivative of their own,
+// so the Nodes then compute the same gradients with aten ops, which record
+// the graph a double backward (gradient penalties, Hessian-vector products)
+// differentiates; the fused ops stay the path of every first-order backward.
+template <typename... Ts>
+bool backward_needs_graph(const Ts&... ts) {
+  return at::GradMode::is_enabled() && ((ts.defined() && ts.requires_grad()) || ...);
+}
+
 // A tensor saved for the backward, or an undefined one for an absent optional.
 inline torch::autograd::SavedVariable save_input(const std::optional<at::Tensor>& t) {
   return t.has_value() ? torch::autograd::SavedVariable(*t, /*is_output=*/false) : torch::autograd::SavedVariable();

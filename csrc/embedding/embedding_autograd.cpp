@@ -1,6 +1,13 @@
 // Autograd of the embedding family (hand-built autograd Nodes, the rule of
 // every family: csrc/README.md). The weight gradients are the dense backward ops
 // embedding_backward and embedding_bag_backward; indices and offsets get none.
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/embedding_dense_backward.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+
 #include <mutex>
 #include <string>
 
@@ -47,7 +54,15 @@ struct EmbeddingBackward : Node {
     static auto op = find_op<EmbeddingBackwardSig>("teachcompute_ext::embedding_backward");
     std::lock_guard<std::mutex> lock(mutex_);
     if (!grads[0].defined()) return {at::Tensor()};
-    return {op.call(grads[0], dispatch.unpack(indices_), num, padding_idx)};
+    const at::Tensor indices = dispatch.unpack(indices_);
+    if (backward_needs_graph(grads[0])) {
+      // aten's dense backward has its own derivative (a gather of the rows).
+      const c10::SymInt pad = !padding_idx.has_value() ? c10::SymInt(-1)
+                              : *padding_idx < 0       ? num + *padding_idx
+                                                       : c10::SymInt(*padding_idx);
+      return {at::embedding_dense_backward_symint(grads[0], indices, num, pad, /*scale_grad_by_freq=*/false)};
+    }
+    return {op.call(grads[0], indices, num, padding_idx)};
   }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -69,8 +84,15 @@ struct BagBackward : Node {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
     const auto opt = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-    const at::Tensor psw = dispatch.unpack(psw_);
-    auto [gw, gpsw] = op.call(grads[0], dispatch.unpack(weight_), dispatch.unpack(indices_), opt(dispatch.unpack(offsets_)),
+    const at::Tensor psw = dispatch.unpack(psw_), weight = dispatch.unpack(weight_);
+    // The weight gradient does not depend on the weight; the psw gradient does.
+    if (backward_needs_graph(grads[0], psw, psw.defined() ? weight : at::Tensor())) {
+      auto [gw, gpsw] = bag_backward_graph(grads[0], weight, dispatch.unpack(indices_), dispatch.unpack(offsets_),
+                                           dispatch.unpack(argmax_), psw);
+      return {task_should_compute_output(0) ? gw : at::Tensor(),
+              psw.defined() && task_should_compute_output(1) ? gpsw : at::Tensor()};
+    }
+    auto [gw, gpsw] = op.call(grads[0], weight, dispatch.unpack(indices_), opt(dispatch.unpack(offsets_)),
                               dispatch.unpack(argmax_), mode, opt(psw), padding_idx, include_last_offset);
     return {task_should_compute_output(0) ? gw : at::Tensor(),
             psw.defined() && task_should_compute_output(1) ? gpsw : at::Tensor()};
@@ -84,6 +106,45 @@ struct BagBackward : Node {
     psw_.reset_data();
   }
   std::string name() const override { return "EmbeddingBagBackward"; }
+
+  // The gradients in aten ops, for a backward that records a graph: each index
+  // position's bag (searchsorted in the bag starts), then an index_add of the
+  // scaled gradient rows (sum, mean) or a scatter_add at the argmax (max).
+  std::tuple<at::Tensor, at::Tensor> bag_backward_graph(const at::Tensor& g, const at::Tensor& weight,
+                                                        const at::Tensor& indices, const at::Tensor& offsets,
+                                                        const at::Tensor& argmax, const at::Tensor& psw) const {
+    const int64_t num = weight.size(0), dim = weight.size(1), bags = g.size(0);
+    at::Tensor gw = at::zeros({num, dim}, g.options());
+    at::Tensor gpsw = psw.defined() ? at::zeros_like(psw) : at::Tensor();
+    if (mode == "max") return {gw.scatter_add(0, argmax.clamp_min(0), g * argmax.ge(0).to(g.scalar_type())), gpsw};
+    const at::Tensor idx = indices.reshape({-1}).to(at::kLong);
+    const int64_t n = idx.size(0);
+    if (bags == 0 || n == 0) return {gw, gpsw};
+    const at::Tensor pos = at::arange(n, idx.options());
+    at::Tensor bag_of;
+    if (!offsets.defined()) {
+      bag_of = pos.div(indices.size(1), "floor");  // 2-D indices: bags of one row each
+    } else {
+      const at::Tensor off = offsets.to(at::kLong);
+      bag_of = at::searchsorted(off.narrow(0, 0, bags), pos, /*out_int32=*/false, /*right=*/true).sub(1);
+      if (include_last_offset) bag_of = bag_of.masked_fill(pos.ge(off.select(0, bags)), -1);
+    }
+    const int64_t pad = !padding_idx.has_value() ? -1 : (*padding_idx < 0 ? *padding_idx + num : *padding_idx);
+    const at::Tensor valid = bag_of.ge(0).logical_and(idx.ne(pad));
+    const at::Tensor bag_c = bag_of.clamp_min(0), idx_c = idx.masked_fill(valid.logical_not(), 0);
+    const at::Tensor rows = g.index_select(0, bag_c);
+    at::Tensor scale = valid.to(g.scalar_type());
+    if (psw.defined()) scale = scale * psw.reshape({-1});
+    if (mode == "mean") {
+      const at::Tensor count = at::zeros({bags}, g.options()).index_add(0, bag_c, valid.to(g.scalar_type()));
+      scale = scale / count.index_select(0, bag_c).clamp_min(1);
+    }
+    gw = gw.index_add(0, idx_c, rows * scale.unsqueeze(1));
+    if (psw.defined()) {
+      gpsw = ((rows * weight.index_select(0, idx_c)).sum(1) * valid.to(g.scalar_type())).reshape(psw.sizes());
+    }
+    return {gw, gpsw};
+  }
 };
 
 }  // namespace

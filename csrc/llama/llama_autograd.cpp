@@ -3,6 +3,11 @@
 // forward keeps what the backward needs (rms_norm and add_rms_norm return one
 // and two of their forward op's outputs; rstd, one float per row, is kept).
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/sigmoid.h>
 #include <ATen/ops/slice.h>
 
 #include <array>
@@ -50,6 +55,7 @@ OptTensor optional(const at::Tensor& t) {
 struct RmsNormBackward : Node {
   SavedVariable x_, weight_, rstd_;  // x_: the normalized tensor (add_rms_norm: h, an output)
   bool add = false;
+  double eps = 0;
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
     const BackwardDispatch dispatch;
@@ -67,7 +73,22 @@ struct RmsNormBackward : Node {
     const at::Tensor w = dispatch.unpack(weight_), rstd = dispatch.unpack(rstd_);
     const bool want_x = task_should_compute_output(0) || (add && task_should_compute_output(1));
     const std::array<bool, 2> mask{want_x, w.defined() && task_should_compute_output(wi)};
-    auto [gx, gw] = op.call(g, x, optional(w), rstd, optional(gh), mask);
+    at::Tensor gx, gw;
+    if (backward_needs_graph(g, gh, x, w)) {
+      // rstd recomputed from x, so that its own dependence on x is in the graph.
+      const auto ft = at::isReducedFloatingType(x.scalar_type()) ? at::kFloat : x.scalar_type();
+      const at::Tensor xf = x.to(ft), gf = g.to(ft);
+      const at::Tensor r = (xf * xf).mean(-1, /*keepdim=*/true).add(eps).rsqrt();
+      const at::Tensor xhat = xf * r;
+      const at::Tensor gy = w.defined() ? gf * w.to(ft) : gf;
+      if (mask[0]) {
+        gx = (r * (gy - xhat * (gy * xhat).mean(-1, /*keepdim=*/true))).to(x.scalar_type());
+        if (gh.defined()) gx = gx + gh;
+      }
+      if (mask[1]) gw = (gf * xhat).sum_to_size_symint(w.sym_sizes()).to(w.scalar_type());
+    } else {
+      std::tie(gx, gw) = op.call(g, x, optional(w), rstd, optional(gh), mask);
+    }
     if (want_x) {
       out[0] = gx;
       if (add) out[1] = gx;
@@ -97,7 +118,16 @@ struct RotaryBackward : Node {
     variable_list out(3);
     if (!g.defined()) return out;
     const at::Tensor cos = dispatch.unpack(cos_), sin = dispatch.unpack(sin_);
-    if (task_should_compute_output(0)) out[0] = op.call(g, cos, sin, interleaved);
+    if (task_should_compute_output(0)) {
+      if (backward_needs_graph(g, cos, sin)) {
+        // The inverse rotation is the rotation by -sin: rotary_embedding itself,
+        // through its autograd.
+        static auto rotate = find_op<RotarySig>("teachcompute_ext::rotary_embedding");
+        out[0] = rotate.call(g, cos, sin.neg(), interleaved);
+      } else {
+        out[0] = op.call(g, cos, sin, interleaved);
+      }
+    }
     if (task_should_compute_output(1) || task_should_compute_output(2)) {
       const at::Tensor x = dispatch.unpack(x_);
       const c10::SymInt h = cos.sym_size(-1);
@@ -134,7 +164,26 @@ struct GluBackward : Node {
     variable_list out(split ? 1 : 2);
     if (!g.defined()) return out;
     const at::Tensor gate = dispatch.unpack(gate_), up = dispatch.unpack(up_);
-    auto [gg, gu] = op.call(g, gate, optional(up), act);
+    at::Tensor gg, gu;
+    if (backward_needs_graph(g, gate, up)) {
+      const c10::SymInt half = gate.sym_size(-1) / 2;
+      const at::Tensor gt = split ? gate.narrow_symint(-1, 0, half) : gate;
+      const at::Tensor u = split ? gate.narrow_symint(-1, half, half) : up;
+      at::Tensor a;
+      if (act == "silu") {
+        a = at::silu(gt);
+        const at::Tensor sg = at::sigmoid(gt);  // aten's silu_backward has no derivative of its own
+        gg = g * u * sg * (1 + gt * (1 - sg));
+      } else {
+        const c10::string_view approximate = act == "gelu_tanh" ? "tanh" : "none";
+        a = at::gelu(gt, approximate);
+        gg = at::gelu_backward(g * u, gt, approximate);
+      }
+      gu = g * a;
+      if (split) gg = at::cat({gg, gu}, -1);
+    } else {
+      std::tie(gg, gu) = op.call(g, gate, optional(up), act);
+    }
     if (task_should_compute_output(0)) out[0] = gg;
     if (!split && task_should_compute_output(1)) out[1] = gu;
     return out;
@@ -181,6 +230,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_forward_autograd(const at::Tensor& x
   node->x_ = SavedVariable(x, /*is_output=*/false);
   node->weight_ = save_input(weight);
   node->rstd_ = SavedVariable(rstd, /*is_output=*/false);  // no history: owns no node
+  node->eps = eps;
   torch::autograd::set_history(out, node);
   return {out, rstd};
 }
@@ -196,6 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_forward_autograd(con
   if (!needs_grad(x) && !needs_grad(residual) && !needs_grad(weight)) return {out, h, rstd};
   auto node = make_node<RmsNormBackward>();
   node->add = true;
+  node->eps = eps;
   node->set_next_edges(torch::autograd::collect_next_edges(x, residual, weight));
   node->weight_ = save_input(weight);
   node->rstd_ = SavedVariable(rstd, /*is_output=*/false);

@@ -11,7 +11,12 @@
 // output, none needs nothing); with save_pre=False under autograd the
 // pre-activation is recomputed (one more GEMM). A 1-D weight goes the same way
 // as fused_matmul's vectors: [1, in] and a [1] bias, the output squeezed.
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/threshold_backward.h>
 
 #include <array>
 #include <mutex>
@@ -56,6 +61,12 @@ at::Tensor as_rows(const at::Tensor& t) {
   return t.reshape_symint({rows, s.back()});
 }
 
+// grad * silu'(v) in aten ops that have derivatives (aten's silu_backward has none).
+at::Tensor silu_grad(const at::Tensor& grad, const at::Tensor& v) {
+  const at::Tensor s = at::sigmoid(v);
+  return grad * s * (1 + v * (1 - s));
+}
+
 // Next edges: a, b (both of 2 dims or more).
 struct FusedMatmulBackward : Node {
   SavedVariable a_, b_;
@@ -98,7 +109,7 @@ struct FusedMatmulBackward : Node {
 // zero-filled [M, N] gradient is ever made for it: measured 2.5 ms a step at
 // (2048, 4096) when it was materialized.
 struct FusedLinearBackward : Node {
-  SavedVariable x_, weight_, bias_, aux_;  // bias_ only when recomputing
+  SavedVariable x_, weight_, bias_, aux_;
   std::string act;
   bool has_bias = false, recompute = false;
   variable_list apply(variable_list&& grads) override {
@@ -108,6 +119,7 @@ struct FusedLinearBackward : Node {
     const at::Tensor& grad = grads[0];
     if (!grad.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
     const at::Tensor x = dispatch.unpack(x_), weight = dispatch.unpack(weight_);
+    if (backward_needs_graph(grad, x, weight)) return graph_backward(grad, x, weight, dispatch.unpack(bias_));
     at::Tensor aux = dispatch.unpack(aux_, getptr());
     if (recompute) {
       // save_pre=False under autograd (fused_linear itself never asks for
@@ -130,6 +142,23 @@ struct FusedLinearBackward : Node {
     aux_.reset_data();
   }
   std::string name() const override { return "FusedLinearBackward"; }
+
+  // The gradients in aten ops, for a backward that records a graph: the
+  // pre-activation recomputed (the saved one has no history), act' by aten's
+  // own backward ops (each has its derivative), then the two products.
+  variable_list graph_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& bias) {
+    const at::Tensor pre = at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+    at::Tensor d = grad;
+    if (act == "relu") d = at::threshold_backward(grad, pre, 0);
+    if (act == "gelu") d = at::gelu_backward(grad, pre, "none");
+    if (act == "gelu_tanh") d = at::gelu_backward(grad, pre, "tanh");
+    if (act == "silu") d = silu_grad(grad, pre);
+    const at::Tensor d2 = as_rows(d);
+    return {task_should_compute_output(0) ? d.matmul(weight) : at::Tensor(),
+            task_should_compute_output(1) ? d2.t().mm(as_rows(x)) : at::Tensor(),
+            has_bias && task_should_compute_output(2) ? d2.sum(0) : at::Tensor()};
+  }
 };
 
 bool act_needs_pre(const std::string& act) {
@@ -168,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor> linear_with_history(const at::Tensor& x, cons
   node->recompute = act_needs_pre(node->act) && !save_pre;
   node->x_ = SavedVariable(x, /*is_output=*/false);
   node->weight_ = SavedVariable(weight, /*is_output=*/false);
-  if (node->recompute) node->bias_ = save_input(bias);
+  node->bias_ = save_input(bias);  // the recompute, and a backward that records a graph
   torch::autograd::set_history(out, node);
   // After set_history: the saved output does not own its Node (no cycle).
   if (node->act == "relu") node->aux_ = SavedVariable(out, /*is_output=*/true);

@@ -1,6 +1,7 @@
 // Autograd of the reduce family: hand-built autograd Nodes (the rule for every
 // family, and why not torch::autograd::Function, is in csrc/README.md with its
 // per-call figure). Fake kernels stay in Python (ops/reduce.py).
+#include <ATen/TensorOperators.h>
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/ops/zeros.h>
 
@@ -48,8 +49,13 @@ struct SoftmaxBackward : Node {
     static auto op =
         find_op<Bwd>(kLog ? "teachcompute_ext::log_softmax_backward" : "teachcompute_ext::softmax_backward");
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!grads[0].defined()) return {at::Tensor()};
-    return {op.call(grads[0], dispatch.unpack(result_, getptr()), dim)};
+    const at::Tensor& g = grads[0];
+    if (!g.defined()) return {at::Tensor()};
+    const at::Tensor y = dispatch.unpack(result_, getptr());
+    if (backward_needs_graph(g, y)) {
+      return {kLog ? g - y.exp() * g.sum(dim, /*keepdim=*/true) : y * (g - (g * y).sum(dim, /*keepdim=*/true))};
+    }
+    return {op.call(g, y, dim)};
   }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
