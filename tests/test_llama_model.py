@@ -369,6 +369,9 @@ def test_rotary_embedding_cos_sin_and_bad_arguments():
     cos, sin = rope.cos_sin(torch.tensor([[0, 3], [1, 2]]))
     assert cos.shape == (2, 2, 4) and torch.equal(cos[0, 1], rope.cos[3])
     torch.testing.assert_close(cos ** 2 + sin ** 2, torch.ones_like(cos))
+    for pos in (-1, 16):  # outside the table: an error, not a wrapped (wrong) angle
+        with pytest.raises(IndexError):
+            rope(torch.randn(1, 2, 8), torch.tensor([0, pos]))
     for bad in (7, 10, 0):
         with pytest.raises(ValueError, match="rotary_dim must be even"):
             teachcompute_ext.nn.RotaryEmbedding(8, 16, rotary_dim=bad)

@@ -138,7 +138,9 @@ class RotaryEmbedding(torch.nn.Module):
                 raise ValueError("teachcompute_ext.nn.RotaryEmbedding.cos_sin: give position_ids or seq_len")
             cos, sin = self.cos[:seq_len], self.sin[:seq_len]
         else:
-            cos, sin = self.cos[position_ids], self.sin[position_ids]
+            # An embedding lookup, not indexing: a negative position is an error
+            # (indexing wrapped -1 to max_position - 1, a wrong angle).
+            cos, sin = F.embedding(position_ids, self.cos), F.embedding(position_ids, self.sin)
         if dtype is not None:
             cos, sin = cos.to(dtype), sin.to(dtype)
         return cos, sin
