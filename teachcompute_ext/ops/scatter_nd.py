@@ -25,7 +25,9 @@ scatter_nd = public("scatter_nd", """scatter_nd(data: torch.Tensor, indices: tor
 
 
 def scatter_nd_(data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, reduction: str = "none"):
-    """In-place :func:`scatter_nd`; returns ``data``."""
+    """In-place :func:`scatter_nd`; returns ``data``. Under autograd it is an in-place op of torch's
+    kind (as ``index_put_``): differentiable for reduction none and add, ``data``'s version counter is
+    bumped, and a leaf that requires grad is refused."""
     _ops.scatter_nd_.default(data, indices, updates, reduction)
     return data
 
