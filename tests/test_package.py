@@ -63,8 +63,7 @@ def _fast_and_entry(name):
 def test_public_functions_parse_their_arguments_in_cpp():
     from teachcompute_ext import _fastcall  # noqa: F401  (built with the package)
 
-    # (scatter_nd_ is a Python function: it returns data, the op returns nothing.)
-    for name in set(teachcompute_ext.ops.__all__) - {"scatter_nd_"}:
+    for name in teachcompute_ext.ops.__all__:
         fn = getattr(teachcompute_ext, name)
         assert type(fn).__name__ == "builtin_function_or_method", name
         assert (fn.__name__, fn.__module__) == (name, "teachcompute_ext") and fn.__doc__.startswith(name + "("), name
@@ -95,6 +94,27 @@ def test_public_function_equals_the_ops_entry_point(case):
     assert type(got) is type(want)
     for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_in_place_public_function_returns_its_data():
+    # scatter_nd_ returns nothing as an op; its public function returns data, as
+    # torch's x.op_(), on the fast path and on the fallback (keywords, subclasses).
+    data, idx, upd = torch.zeros(5, 3), torch.tensor([[1], [3]]), torch.ones(2, 3)
+    assert teachcompute_ext.scatter_nd_(data, idx, upd) is data and data[1].sum() == 3
+    assert teachcompute_ext.scatter_nd_(data, idx, upd, reduction="add") is data and data[3].sum() == 6
+    assert teachcompute_ext.scatter_nd_(data=data, indices=idx, updates=upd) is data
+
+    class Sub(torch.Tensor):
+        pass
+
+    sub = torch.zeros(5, 3).as_subclass(Sub)
+    assert teachcompute_ext.scatter_nd_(sub, idx, upd) is sub and sub[1].sum() == 3
+
+    @torch.compile(fullgraph=True, dynamic=True)
+    def f(d, u):
+        return teachcompute_ext.scatter_nd_(d.clone(), idx, u, "add") * 2
+
+    torch.testing.assert_close(f(torch.ones(5, 3), upd), teachcompute_ext.scatter_nd(torch.ones(5, 3), idx, upd, "add") * 2)
 
 
 def test_public_function_leaves_other_calls_to_the_entry_point():

@@ -38,6 +38,7 @@ struct Entry {
   std::vector<c10::IValue> defaults;  // of the trailing arguments that have one
   size_t required = 0;
   size_t returns = 0;
+  bool returns_first = false;  // no return, the first argument written in place: return it, as torch's x.op_()
   std::string name, doc;
   PyMethodDef def{};
 };
@@ -167,7 +168,11 @@ PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject
     pybind11::gil_scoped_release no_gil;  // as torch's bindings: other Python threads run meanwhile
     e->op.callBoxed(stack);
   }
-  if (e->returns == 0) Py_RETURN_NONE;
+  if (e->returns == 0) {
+    if (!e->returns_first) Py_RETURN_NONE;
+    Py_INCREF(args[0]);
+    return args[0];
+  }
   if (e->returns == 1) return THPVariable_Wrap(std::move(stack[0]).toTensor());
   PyObject* out = PyTuple_New(static_cast<Py_ssize_t>(e->returns));
   if (out == nullptr) return nullptr;
@@ -218,6 +223,9 @@ PyObject* make(PyObject* /*module*/, PyObject* a) {
     Py_RETURN_NONE;
   }
   e->returns = schema.returns().size();
+  const auto& first = schema.arguments();
+  e->returns_first = e->returns == 0 && !first.empty() && first[0].alias_info() != nullptr &&
+                     first[0].alias_info()->isWrite();
   Py_INCREF(fallback);  // both live as long as the process: the functions are module globals
   e->name = name;
   e->doc = doc;

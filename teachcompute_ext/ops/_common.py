@@ -68,6 +68,18 @@ def public(name, doc):
     as they do through torch.ops (the same dispatcher call)."""
     overload = getattr(torch.ops.teachcompute_ext, name).default
     entry = overload._op
+    schema = overload._schema
+    # An in-place op (no return, its first argument written) returns that
+    # argument, as torch's x.add_() does: so do the fast function and its fallback.
+    returns_first = not schema.returns and schema.arguments[0].alias_info is not None and \
+        schema.arguments[0].alias_info.is_write
+    first = schema.arguments[0].name if schema.arguments else None  # a str: dynamo traces it
+    if returns_first:
+        op_entry = entry
+
+        def entry(*args, **kwargs):
+            op_entry(*args, **kwargs)
+            return args[0] if args else kwargs[first]
     fn = None
     if _fastcall is not None:
         fn = _fastcall.function(f"teachcompute_ext::{name}", entry, name, doc, "teachcompute_ext")
@@ -82,6 +94,9 @@ def public(name, doc):
 
     @torch.compiler.substitute_in_graph(original)
     def traced(*args, **kwargs):
-        return overload(*args, **kwargs)
+        out = overload(*args, **kwargs)
+        if returns_first:
+            return args[0] if args else kwargs[first]
+        return out
 
     return fn

@@ -24,12 +24,12 @@ scatter_nd = public("scatter_nd", """scatter_nd(data: torch.Tensor, indices: tor
     """)
 
 
-def scatter_nd_(data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, reduction: str = "none"):
-    """In-place :func:`scatter_nd`; returns ``data``. Under autograd it is an in-place op of torch's
+scatter_nd_ = public("scatter_nd_", """scatter_nd_(data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, reduction: str = "none")
+
+    In-place :func:`scatter_nd`; returns ``data``. Under autograd it is an in-place op of torch's
     kind (as ``index_put_``): differentiable for reduction none and add, ``data``'s version counter is
-    bumped, and a leaf that requires grad is refused."""
-    _ops.scatter_nd_.default(data, indices, updates, reduction)
-    return data
+    bumped, and a leaf that requires grad is refused.
+    """)
 
 
 scatter_nd_of_shape = public("scatter_nd_of_shape", """scatter_nd_of_shape(shape, indices: torch.Tensor, updates: torch.Tensor, reduction: str = "add")
