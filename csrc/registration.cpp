@@ -225,6 +225,10 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, AutocastCPU, m) {
   constexpr auto kLower = &autocast_boxed<c10::DeviceType::CPU, AutocastTo::LOWER_PRECISION>;
   m.impl("fused_matmul", torch::CppFunction::makeFromBoxedFunction<kLower>());
   m.impl("fused_linear_forward", torch::CppFunction::makeFromBoxedFunction<kLower>());
+  constexpr auto kPromote = &teachcompute_ext::autocast_promote_boxed<c10::DeviceType::CPU>;
+  for (const char* op : {"add_rms_norm_forward", "rotary_embedding", "swiglu", "geglu"}) {
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<kPromote>());
+  }
 }
 
 TORCH_LIBRARY_IMPL(teachcompute_ext, AutocastCUDA, m) {
@@ -236,5 +240,9 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, AutocastCUDA, m) {
   m.impl("fused_linear_forward", torch::CppFunction::makeFromBoxedFunction<kLower>());
   for (const char* op : {"softmax", "log_softmax", "logsumexp", "vector_sum", "reduce_sum"}) {
     m.impl(op, torch::CppFunction::makeFromBoxedFunction<kFloat32>());
+  }
+  constexpr auto kPromote = &teachcompute_ext::autocast_promote_boxed<c10::DeviceType::CUDA>;
+  for (const char* op : {"add_rms_norm_forward", "rotary_embedding", "swiglu", "geglu"}) {
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<kPromote>());
   }
 }

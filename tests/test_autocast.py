@@ -74,6 +74,39 @@ def test_each_op_follows_torchs_autocast_policy(device, dtype):
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
+def test_mixed_dtypes_promote_under_autocast_as_torchs_elementwise_ops(device, dtype):
+    # Under autocast a Linear's lower-precision output meets float32 tables, residuals
+    # and gates (the Llama model, transformers' rotary): the fused elementwise ops
+    # promote as q * cos, x + residual and silu(gate) * up do, gradients included
+    # (outside autocast mixed dtypes stay an error).
+    g = torch.Generator().manual_seed(3)
+    lo = torch.randn(9, 16, generator=g).to(device, dtype).requires_grad_()
+    hi = torch.randn(9, 16, generator=g).to(device).requires_grad_()
+    c, s = torch.randn(9, 8, generator=g).to(device), torch.randn(9, 8, generator=g).to(device)
+    w = torch.randn(16, generator=g).to(device)
+    pairs = [
+        ("rotary_embedding", lambda: tce.rotary_embedding(lo, c, s),
+         lambda: torch.cat([lo[:, :8] * c - lo[:, 8:] * s, lo[:, 8:] * c + lo[:, :8] * s], -1)),
+        ("add_rms_norm", lambda: tce.add_rms_norm(lo, hi, w)[0], lambda: F.rms_norm(lo + hi, (16,), w, 1e-6)),
+        ("swiglu", lambda: tce.swiglu(lo, hi), lambda: F.silu(lo) * hi),
+        ("geglu", lambda: tce.geglu(hi, lo, "tanh"), lambda: F.gelu(hi, approximate="tanh") * lo),
+    ]
+    for name, ours, theirs in pairs:
+        with torch.autocast(device, dtype=dtype):
+            out, ref = ours(), theirs()
+        assert out.dtype == ref.dtype == torch.float32, name
+        # torch's F.silu(lo) rounds the activation to lo's dtype before the product; ours, promoted first, does not
+        torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2, msg=name)
+        leaves = [lo, hi] if name != "rotary_embedding" else [lo]
+        for a, b in zip(torch.autograd.grad(out.sum(), leaves), torch.autograd.grad(ref.sum(), leaves)):
+            assert a.dtype == b.dtype
+            # the lower-precision leaf's gradient is rounded to its dtype, by each in its own order
+            torch.testing.assert_close(a.double(), b.double(), rtol=1e-2, atol=1e-2 * b.abs().max().item(), msg=name)
+    with pytest.raises(TypeError, match="rotary_embedding"):
+        tce.rotary_embedding(lo, c, s)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
 def test_autocast_backward_gives_torchs_gradients(device, dtype):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(7, 16, generator=g).to(device)

@@ -116,6 +116,29 @@ def test_each_piece_alone_equals_twin(piece):
     assert PIECE_OPS[piece] <= fused[3] and not fused[3] & others, fused[3]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_model_trains_under_autocast_as_the_twin(dtype):
+    # Under autocast the Linears' lower-precision outputs meet float32 rotary
+    # tables and residuals: the fused ops promote as the twin's elementwise ops
+    # (they refused the mixed dtypes before).
+    config = random_config(2)
+    model, twin = model_and_twin(config, seed=2)
+    ids, labels = batch(config, 2, 7, 2)
+    runs = []
+    for m in (model, twin):
+        with torch.autocast("cpu", dtype=dtype):
+            logits, loss = m(ids, labels)
+        loss.backward()
+        runs.append((logits.float(), loss.float(), {n: p.grad for n, p in m.named_parameters()}))
+    (a_logits, a_loss, a_grads), (b_logits, b_loss, b_grads) = runs
+    assert a_logits.dtype == b_logits.dtype
+    torch.testing.assert_close(a_logits, b_logits, rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(a_loss, b_loss, rtol=2e-2, atol=2e-2)
+    for name, g in b_grads.items():
+        assert a_grads[name] is not None and a_grads[name].dtype == g.dtype, name
+        torch.testing.assert_close(a_grads[name], g, rtol=1e-1, atol=1e-1 * g.abs().max().item(), msg=name)
+
+
 def test_state_dicts_load_across_fused_sets_and_positions():
     config = random_config(4)
     model, twin = model_and_twin(config, dtype=torch.float64)

@@ -64,6 +64,18 @@ def test_patched_model_equals_the_unpatched_one(dtype, hidden_act):
         torch.testing.assert_close(got_grads[name], g, **tol, msg=lambda m: f"{name}: {m}")
 
 
+def test_patched_model_runs_under_autocast_as_the_unpatched_one():
+    # transformers' rotary tables stay float32 while autocast's Linears give
+    # bfloat16 q and k: rotary_embedding promotes as q * cos does.
+    ref = tiny_llama()
+    model = patch_llama(copy.deepcopy(ref))
+    ids, position_ids = inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = model(input_ids=ids, position_ids=position_ids).logits, ref(input_ids=ids, position_ids=position_ids).logits
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
+
+
 def test_patch_is_in_place_and_keeps_the_parameters():
     model = tiny_llama(hidden_act="relu")  # an activation without a gate op: that MLP stays
     params = dict(model.named_parameters())
