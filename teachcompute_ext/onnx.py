@@ -121,7 +121,15 @@ def _max_min(reduce, arg, x, dim, keepdim):
         values = op.Cast(values, to=ir.DataType.BOOL)
     # select_last_index=0: the first extremum, as torch.max(x, dim).
     indices = arg(xv, axis=dim, keepdims=int(keepdim), select_last_index=0)
-    return values, indices
+    if x.dtype in _INTEGER:
+        return values, indices
+    # NaN wins, as in torch.max and our kernels: value NaN, index of the first NaN
+    # (ReduceMax / ArgMax skip NaN in onnxruntime).
+    nan = op.Cast(op.IsNaN(x), to=ir.DataType.UINT8)
+    has_nan = op.Cast(op.ReduceMax(nan, _ints([dim]), keepdims=int(keepdim)), to=ir.DataType.BOOL)
+    first_nan = op.ArgMax(nan, axis=dim, keepdims=int(keepdim), select_last_index=0)
+    values = op.Where(has_nan, op.CastLike(_const(float("nan"), ir.DataType.FLOAT), x), values)
+    return values, op.Where(has_nan, first_nan, indices)
 
 
 def reduce_max(x, dim: int, keepdim: bool = False):
