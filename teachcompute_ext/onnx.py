@@ -114,11 +114,13 @@ def reduce_mean(x, dim: Optional[Sequence[int]] = None, keepdim: bool = False):
 def _max_min(reduce, arg, x, dim, keepdim):
     if len(x.shape) == 0:
         return op.Identity(x), _const(0, ir.DataType.INT64)
-    # bool has no ReduceMax / ArgMax in opset 18: compared as uint8, then cast back.
-    xv = op.Cast(x, to=ir.DataType.UINT8) if x.dtype == ir.DataType.BOOL else x
+    # bool and int16 have no ReduceMax / ArgMax in opset 18: compared as uint8 and
+    # int32 (exact), then cast back.
+    wider = {ir.DataType.BOOL: ir.DataType.UINT8, ir.DataType.INT16: ir.DataType.INT32}.get(x.dtype)
+    xv = op.Cast(x, to=wider) if wider is not None else x
     values = reduce(xv, _ints([dim]), keepdims=int(keepdim))
-    if x.dtype == ir.DataType.BOOL:
-        values = op.Cast(values, to=ir.DataType.BOOL)
+    if wider is not None:
+        values = op.Cast(values, to=x.dtype)
     # select_last_index=0: the first extremum, as torch.max(x, dim).
     indices = arg(xv, axis=dim, keepdims=int(keepdim), select_last_index=0)
     if x.dtype in _INTEGER:
@@ -183,6 +185,12 @@ def _scatter(data, rows, idx, index_shape, updates, reduction):
     appear with static shapes (torch.arange(batch) folded to a constant). A leading axis
     of 1 on data, and a 0 before each index, gives the same result with shapes the rule
     does not match."""
+    if reduction != "none" and updates.dtype in _HALF:
+        # Accumulated in float32 and rounded once, as our kernels (onnxruntime's CPU
+        # ScatterND also refuses float16 with a reduction).
+        # (data cast by name: a ConstantOfShape's output may not carry its dtype yet)
+        data32 = op.Cast(data, to=ir.DataType.FLOAT)
+        return _down(_scatter(data32, rows, idx, index_shape, _up(updates), reduction), updates)
     if reduction == "none" or not _may_be_all_rows(index_shape, rows):
         return op.ScatterND(data, idx, updates, reduction=reduction)
     idx = op.Pad(idx, _ints([0, 1, 0, 0]))  # [n, 1] -> [n, 2], a 0 in front
@@ -216,9 +224,10 @@ def masked_scatter_nd_of_shape(shape: Sequence[int], indices, updates, masked_va
         r = len(indices.shape) - 1
         if len(shape) > 1:
             keep = op.Unsqueeze(keep, _ints(range(r, r + len(shape) - 1)))
-        upd = op.Where(keep, updates, _const(0.0, updates.dtype))
-        return _scatter(_zeros(_shape_tensor(shape), updates.dtype), shape[0], zero_rows, indices.shape, upd,
-                        reduction)
+        # half updates in float32, rounded once at the end (as _scatter does)
+        upd = op.Where(keep, _up(updates), _const(0.0, _acc_dtype(updates)))
+        return _down(_scatter(_zeros(_shape_tensor(shape), _acc_dtype(updates)), shape[0], zero_rows, indices.shape,
+                              upd, reduction), updates)
     # reduction="none": the last write wins, so a zero would overwrite; masked updates go
     # to one extra row past the end, sliced off. Negative indices are wrapped first so that
     # -1 keeps meaning the last real row.
@@ -336,10 +345,14 @@ def embedding_bag_forward(weight, indices, offsets=None, mode: str = "mean", per
                           padding_idx: Optional[int] = None, include_last_offset: bool = False):
     idx = _int64(indices)
     keep = op.Not(op.Equal(idx, _padding(weight, padding_idx))) if padding_idx is not None else None
+    # Half tables are summed in float32 and rounded once, as our kernels (onnxruntime's
+    # CPU ScatterND also refuses float16 with a reduction).
+    w, psw = _up(weight), (_up(per_sample_weights) if per_sample_weights is not None else None)
     if len(indices.shape) == 2:
-        out, rows = _bag_fixed(weight, idx, mode, per_sample_weights, keep)
+        out, rows = _bag_fixed(w, idx, mode, psw, keep)
     else:
-        out, rows = _bag_offsets(weight, idx, offsets, mode, per_sample_weights, keep, include_last_offset)
+        out, rows = _bag_offsets(w, idx, offsets, mode, psw, keep, include_last_offset)
+    out = _down(out, weight)
     if rows is None:
         rows = op.Constant(value=ir.tensor(np.zeros(0, np.int64)))  # sum, mean: no argmax
     return out, rows

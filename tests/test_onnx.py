@@ -118,6 +118,23 @@ def test_half_inputs():
     check(sess, model, (torch.randn(4, 64, dtype=torch.float16),), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_half_scatters_and_bags(mode):
+    # ScatterND with a reduction in float32 between the casts, as the kernels
+    # accumulate (onnxruntime's CPU ScatterND refuses float16 with a reduction).
+    idx, off = torch.tensor([3, 0, 7, 7, 1, 9, 2]), torch.tensor([0, 3, 3])
+
+    def fn(m, w, u):
+        return (teachcompute_ext.embedding_bag(w, idx, off, mode), teachcompute_ext.embedding_bag(w, idx.view(7, 1), None, mode),
+                teachcompute_ext.scatter_nd(w, idx[:, None], u, "add"), teachcompute_ext.scatter_nd_of_shape([10, 4], idx[:, None], u),
+                teachcompute_ext.masked_scatter_nd_of_shape([10, 4], idx[:, None], u, 7))
+
+    model = Fn(fn)
+    args = (torch.randn(10, 4, dtype=torch.float16), torch.randn(7, 4, dtype=torch.float16))
+    _, sess = export(model, args)
+    check(sess, model, args, rtol=1e-3, atol=1e-3)
+
+
 # ---- scatter_nd ------------------------------------------------------------------------------
 def _scatter_args(k=1, index_dtype=torch.int64):
     data = torch.randn(6, 4, 3)
@@ -343,7 +360,7 @@ def test_model_calling_every_op():
 
 
 # ---- integer and bool dtypes, torch.matmul's 1-D rules (issue 14) ---------------------------
-@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.int8, torch.int16, torch.bool])
 def test_integer_reductions(dtype):
     def fn(m, x):
         return (teachcompute_ext.vector_sum(x), teachcompute_ext.reduce_sum(x, [1]),
