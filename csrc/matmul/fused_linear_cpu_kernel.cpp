@@ -226,8 +226,11 @@ void fused_linear_backward_kernel(const at::Tensor& grad, const at::Tensor& x, c
   const bool fused_pass = act != Act::None || bw.want_b;
   at::Tensor dpre = act == Act::None ? g2 : at::empty({s.m, s.n}, x.options());
   const int64_t blocks = (s.m + kBwdRows - 1) / kBwdRows;
-  // Per-block column sums, added in block order: the bias gradient is the same
-  // bits for any number of threads. One block in float32/float64 sums straight
+  // Per-block column sums, added in block order: from the same grad and aux,
+  // the bias gradient is the same bits for any number of threads. (End to end
+  // it is not: whether the forward tiles its GEMM follows the thread count, and
+  // a tile's GEMM rounds differently from one GEMM, so aux, the saved
+  // pre-activation, may differ in its last bits.) One block in float32/float64 sums straight
   // into the gradient: at 32 x 64, partial.sum(0) and a copy_ were 2 of the
   // backward's 7 us more than torch's.
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
