@@ -598,3 +598,12 @@ def test_embedding_bag_double_backward_every_layout(mode, layout):
     leaves = (w, psw) if psw is not None else (w,)
     assert torch.autograd.gradgradcheck(f, leaves)
     _graph_backward_matches_fused_backward(lambda *a: (f(*a),), leaves)
+
+
+@pytest.mark.parametrize("act", ["gelu", "silu", "gelu_tanh"])
+def test_fused_linear_double_backward_through_the_bias_alone(act):
+    # Only the bias needs a gradient: its second derivative goes through act''.
+    g = torch.Generator().manual_seed(9)
+    x, w = torch.randn(5, 8, generator=g, dtype=torch.float64), torch.randn(6, 8, generator=g, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda b: t.fused_linear(x, w, b, act), (b,))

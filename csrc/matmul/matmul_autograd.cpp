@@ -119,14 +119,14 @@ struct FusedLinearBackward : Node {
     const at::Tensor& grad = grads[0];
     if (!grad.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
     const at::Tensor x = dispatch.unpack(x_), weight = dispatch.unpack(weight_);
-    if (backward_needs_graph(grad, x, weight)) return graph_backward(grad, x, weight, dispatch.unpack(bias_));
+    const at::Tensor bias = dispatch.unpack(bias_);
+    if (backward_needs_graph(grad, x, weight, bias)) return graph_backward(grad, x, weight, bias);
     at::Tensor aux = dispatch.unpack(aux_, getptr());
     if (recompute) {
       // save_pre=False under autograd (fused_linear itself never asks for
       // it): one more GEMM instead of the saved [M, N] tensor.
-      const at::Tensor b = dispatch.unpack(bias_);
-      aux = std::get<0>(call_linear(x, weight, b.defined() ? std::optional<at::Tensor>(b) : std::nullopt, "none",
-                                    false));
+      aux = std::get<0>(call_linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt,
+                                    "none", false));
     }
     if (!aux.defined()) aux = at::empty({0}, grad.options());
     const std::array<bool, 3> mask{task_should_compute_output(0), task_should_compute_output(1),
