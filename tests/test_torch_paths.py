@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -607,3 +608,9 @@ def test_fused_linear_double_backward_through_the_bias_alone(act):
     x, w = torch.randn(5, 8, generator=g, dtype=torch.float64), torch.randn(6, 8, generator=g, dtype=torch.float64)
     b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda b: t.fused_linear(x, w, b, act), (b,))
+    # The Hessian of a sum: the incoming gradient (ones) needs none, the bias does.
+    approx = "tanh" if act == "gelu_tanh" else "none"
+    ref = {"gelu": lambda y: F.gelu(y), "gelu_tanh": lambda y: F.gelu(y, approximate=approx), "silu": F.silu}[act]
+    got = torch.autograd.functional.hessian(lambda b: t.fused_linear(x, w, b, act).sum(), b)
+    want = torch.autograd.functional.hessian(lambda b: ref(F.linear(x, w, b)).sum(), b)
+    torch.testing.assert_close(got, want)
