@@ -614,3 +614,29 @@ def test_fused_linear_double_backward_through_the_bias_alone(act):
     got = torch.autograd.functional.hessian(lambda b: t.fused_linear(x, w, b, act).sum(), b)
     want = torch.autograd.functional.hessian(lambda b: ref(F.linear(x, w, b)).sum(), b)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[2]])
+def test_forward_mode_ad_is_refused_not_dropped(name):
+    # No tangent rule: a dual input is refused, as torch refuses its ops that
+    # have no forward formula. The tangent was silently dropped (torch.func.jvp
+    # gave a zero JVP, jacfwd a zero Jacobian, hessian a wrong Hessian).
+    import torch.autograd.forward_ad as fwAD
+
+    fn, make, _ = CASES[name]
+    xs = make(torch.Generator().manual_seed(4))
+    i = next(k for k, x in enumerate(xs) if x.is_floating_point())
+    with fwAD.dual_level():
+        args = list(xs)
+        args[i] = fwAD.make_dual(xs[i], torch.randn_like(xs[i]))
+        with pytest.raises(NotImplementedError, match=r"teachcompute_ext\.\w+: forward-mode AD is not supported"):
+            fn(*args)
+
+    def f(x):
+        args = list(xs)
+        args[i] = x
+        out = fn(*args)
+        return out[0] if isinstance(out, tuple) else out
+
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        torch.func.jvp(f, (xs[i],), (torch.randn_like(xs[i]),))

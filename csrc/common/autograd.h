@@ -96,6 +96,19 @@ bool backward_needs_graph(const Ts&... ts) {
   return at::GradMode::is_enabled() && ((ts.defined() && ts.requires_grad()) || ...);
 }
 
+// Forward-mode AD (torch.autograd.forward_ad, torch.func.jvp / jacfwd / hessian):
+// the ops have no tangent rule, so a dual input is refused, as torch refuses
+// its own ops that have no forward formula. Its tangent was silently dropped
+// (a zero JVP, a wrong forward-over-reverse Hessian).
+inline bool has_forward_grad(const at::Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
+inline bool has_forward_grad(const std::optional<at::Tensor>& t) { return t.has_value() && has_forward_grad(*t); }
+template <typename... Ts>
+void reject_forward_ad(const char* op, const Ts&... ts) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!(has_forward_grad(ts) || ...), "teachcompute_ext.", op,
+                              ": forward-mode AD is not supported (no tangent rule: use reverse mode, "
+                              "torch.autograd.grad / torch.func.grad / jacrev)");
+}
+
 // A tensor saved for the backward, or an undefined one for an absent optional.
 inline torch::autograd::SavedVariable save_input(const std::optional<at::Tensor>& t) {
   return t.has_value() ? torch::autograd::SavedVariable(*t, /*is_output=*/false) : torch::autograd::SavedVariable();

@@ -44,6 +44,8 @@ at::Tensor embedding_backward(const at::Tensor& grad, const at::Tensor& indices,
   TORCH_CHECK(grad.dim() == indices.dim() + 1 && grad.sizes().slice(0, indices.dim()) == indices.sizes(),
               "teachcompute_ext.", op, ": argument 'grad' has shape ", grad.sizes(), " but 'indices' has shape ",
               indices.sizes(), " (expected indices.shape + [embedding_dim])");
+  TORCH_CHECK(num_weights >= 0, "teachcompute_ext.", op, ": argument 'num_weights' must be non-negative, got ",
+              num_weights);
   const int64_t padding = wrap_padding_idx(op, padding_idx, num_weights);
   const at::OptionalDeviceGuard guard(at::device_of(grad));
   const int64_t dim = grad.size(-1);

@@ -151,6 +151,7 @@ struct BagBackward : Node {
 
 at::Tensor embedding_autograd(const at::Tensor& weight, const at::Tensor& indices,
                               std::optional<int64_t> padding_idx) {
+  reject_forward_ad("embedding", weight);
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -173,6 +174,7 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_autograd(const at::Tens
                                                                   const std::optional<at::Tensor>& psw,
                                                                   std::optional<int64_t> padding_idx,
                                                                   bool include_last_offset) {
+  reject_forward_ad("embedding_bag", weight, psw);
   at::Tensor out, argmax;
   {
     at::AutoDispatchBelowADInplaceOrView guard;

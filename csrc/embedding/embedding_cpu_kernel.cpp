@@ -311,8 +311,8 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& g, con
         for (int64_t b = 0; b < bags; ++b) {
           for (int64_t c = c0; c < c1; ++c) {
             const int64_t r = ap[b * dim + c];
-            TORCH_CHECK_INDEX(r < num, "teachcompute_ext.embedding_bag_backward: max_indices entry ", r,
-                              " out of range for a weight with ", num, " rows");
+            TORCH_CHECK_INDEX(r >= -1 && r < num, "teachcompute_ext.embedding_bag_backward: max_indices entry ", r,
+                              " out of range for a weight with ", num, " rows (-1: an empty bag)");
             if (r >= 0) wp[r * dim + c] = static_cast<scalar_t>(static_cast<A>(wp[r * dim + c]) +
                                                                 static_cast<A>(gp[b * dim + c]));
           }

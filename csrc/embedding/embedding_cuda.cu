@@ -208,9 +208,9 @@ __global__ void __launch_bounds__(kThreads)
                     int64_t* __restrict__ dest) {
   TCE_GRID_LOOP(t, total) {
     const int64_t r = argmax[t];
-    TCE_DEVICE_CHECK(r < num,
+    TCE_DEVICE_CHECK(r >= -1 && r < num,
                      "teachcompute_ext.embedding_bag_backward: max_indices entry %lld out of range for a weight with "
-                     "%lld rows\n",
+                     "%lld rows (-1: an empty bag)\n",
                      static_cast<long long>(r), static_cast<long long>(num));
     dest[t] = r >= 0 ? r * dim + t % dim : -1;
   }

@@ -198,6 +198,7 @@ struct GluBackward : Node {
 
 template <typename Forward>
 at::Tensor glu_autograd(const at::Tensor& gate, const OptTensor& up, const char* act, Forward forward) {
+  reject_forward_ad(act == std::string("silu") ? "swiglu" : "geglu", gate, up);
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -219,6 +220,7 @@ at::Tensor glu_autograd(const at::Tensor& gate, const OptTensor& up, const char*
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_forward_autograd(const at::Tensor& x, const OptTensor& weight,
                                                              double eps) {
+  reject_forward_ad("rms_norm", x, weight);
   at::Tensor out, rstd;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -238,6 +240,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_forward_autograd(const at::Tensor& x
 std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_forward_autograd(const at::Tensor& x,
                                                                              const at::Tensor& residual,
                                                                              const OptTensor& weight, double eps) {
+  reject_forward_ad("add_rms_norm", x, residual, weight);
   at::Tensor out, h, rstd;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -259,6 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_forward_autograd(con
 
 at::Tensor rotary_embedding_autograd(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                                      bool interleaved) {
+  reject_forward_ad("rotary_embedding", x, cos, sin);
   static auto op = find_op<RotarySig>("teachcompute_ext::rotary_embedding");
   at::Tensor out;
   {

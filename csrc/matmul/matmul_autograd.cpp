@@ -209,6 +209,7 @@ std::tuple<at::Tensor, at::Tensor> linear_with_history(const at::Tensor& x, cons
 
 at::Tensor fused_matmul_autograd(const at::Tensor& a, const at::Tensor& b, double alpha, bool trans_a,
                                  bool trans_b) {
+  reject_forward_ad("fused_matmul", a, b);
   if (!needs_grad(a) && !needs_grad(b)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_matmul(a, b, alpha, trans_a, trans_b);
@@ -227,6 +228,7 @@ at::Tensor fused_matmul_autograd(const at::Tensor& a, const at::Tensor& b, doubl
 std::tuple<at::Tensor, at::Tensor> fused_linear_forward_autograd(const at::Tensor& x, const at::Tensor& weight,
                                                                  const std::optional<at::Tensor>& bias,
                                                                  c10::string_view activation, bool save_pre) {
+  reject_forward_ad("fused_linear", x, weight, bias);
   if (!needs_grad(x) && !needs_grad(weight) && !needs_grad(bias)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_linear(x, weight, bias, activation, save_pre);

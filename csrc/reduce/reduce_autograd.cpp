@@ -112,6 +112,7 @@ struct SumMeanBackward : Node {
 
 template <bool kMean>
 at::Tensor sum_mean_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
+  reject_forward_ad(kMean ? "reduce_mean" : "reduce_sum", x);
   using Sig = at::Tensor(const at::Tensor&, at::OptionalIntArrayRef, bool);
   static auto op = find_op<Sig>(kMean ? "teachcompute_ext::reduce_mean" : "teachcompute_ext::reduce_sum");
   at::Tensor out;
@@ -169,6 +170,7 @@ struct MaxMinBackward : Node {
 
 template <bool kMax>
 std::tuple<at::Tensor, at::Tensor> maxmin_autograd(const at::Tensor& x, int64_t dim, bool keepdim) {
+  reject_forward_ad(kMax ? "reduce_max" : "reduce_min", x);
   using Sig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, bool);
   static auto op = find_op<Sig>(kMax ? "teachcompute_ext::reduce_max" : "teachcompute_ext::reduce_min");
   at::Tensor values, indices;
@@ -211,6 +213,7 @@ struct LogSumExpBackward : Node {
 
 template <bool kLog>
 at::Tensor softmax_autograd_impl(const at::Tensor& x, int64_t dim) {
+  reject_forward_ad(kLog ? "log_softmax" : "softmax", x);
   at::Tensor y;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -245,6 +248,7 @@ std::tuple<at::Tensor, at::Tensor> reduce_min_autograd(const at::Tensor& x, int6
 }
 
 at::Tensor logsumexp_autograd(const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
+  reject_forward_ad("logsumexp", x);
   static auto op = find_op<at::Tensor(const at::Tensor&, at::IntArrayRef, bool)>("teachcompute_ext::logsumexp");
   at::Tensor out;
   {
@@ -268,6 +272,7 @@ at::Tensor softmax_autograd(const at::Tensor& x, int64_t dim) { return softmax_a
 at::Tensor log_softmax_autograd(const at::Tensor& x, int64_t dim) { return softmax_autograd_impl<true>(x, dim); }
 
 at::Tensor vector_sum_autograd(const at::Tensor& x) {
+  reject_forward_ad("vector_sum", x);
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;

@@ -168,6 +168,7 @@ void of_shape_history(at::Tensor& out, const at::Tensor& indices, const at::Tens
 
 at::Tensor scatter_nd_autograd(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
                                c10::string_view reduction) {
+  reject_forward_ad("scatter_nd", data, updates);
   static auto op = find_op<ScatterSig>("teachcompute_ext::scatter_nd");
   at::Tensor out;
   {
@@ -193,6 +194,7 @@ at::Tensor scatter_nd_autograd(const at::Tensor& data, const at::Tensor& indices
 // requires grad is refused up front, as for torch's in-place ops.
 void scatter_nd_inplace_autograd(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
                                  c10::string_view reduction) {
+  reject_forward_ad("scatter_nd_", data, updates);
   static auto op = find_op<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view)>(
       "teachcompute_ext::scatter_nd_");
   const bool grad = needs_grad(data) || needs_grad(updates);
@@ -215,6 +217,7 @@ void scatter_nd_inplace_autograd(const at::Tensor& data, const at::Tensor& indic
 
 at::Tensor scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices,
                                         const at::Tensor& updates, c10::string_view reduction) {
+  reject_forward_ad("scatter_nd_of_shape", updates);
   static auto op = find_op<OfShapeSig>("teachcompute_ext::scatter_nd_of_shape");
   at::Tensor out;
   {
@@ -228,6 +231,7 @@ at::Tensor scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Ten
 at::Tensor masked_scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices,
                                                const at::Tensor& updates, int64_t masked_value,
                                                c10::string_view reduction) {
+  reject_forward_ad("masked_scatter_nd_of_shape", updates);
   static auto op = find_op<MaskedSig>("teachcompute_ext::masked_scatter_nd_of_shape");
   at::Tensor out;
   {
