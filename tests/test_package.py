@@ -96,6 +96,27 @@ def test_public_function_equals_the_ops_entry_point(case):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_public_functions_pickle_by_name():
+    # As torch.softmax: torch.save of a module holding one, functools.partial in
+    # spawned workers. (Their __self__ was a capsule, which pickle refused.)
+    import functools
+    import io
+    import pickle
+
+    for name in teachcompute_ext.ops.__all__:
+        fn = getattr(teachcompute_ext, name)
+        assert pickle.loads(pickle.dumps(fn)) is fn, name
+    part = pickle.loads(pickle.dumps(functools.partial(teachcompute_ext.softmax, dim=-1)))
+    x = torch.randn(2, 5)
+    torch.testing.assert_close(part(x), torch.softmax(x, -1))
+    module = torch.nn.Module()
+    module.act = teachcompute_ext.swiglu
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=False).act is teachcompute_ext.swiglu
+
+
 def test_in_place_public_function_returns_its_data():
     # scatter_nd_ returns nothing as an op; its public function returns data, as
     # torch's x.op_(), on the fast path and on the fallback (keywords, subclasses).

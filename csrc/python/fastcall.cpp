@@ -43,7 +43,15 @@ struct Entry {
   PyMethodDef def{};
 };
 
-constexpr const char* kCapsule = "teachcompute_ext._fastcall.Entry";
+// Each function's __self__ is a small module object whose state points to its
+// Entry. A module, not a capsule: CPython pickles a builtin function whose
+// __self__ is a module by its name (teachcompute_ext.<name>), as torch.softmax,
+// where a capsule made pickle (torch.save of a module holding the function,
+// functools.partial in spawned workers) fail.
+PyModuleDef kEntryHolder = {PyModuleDef_HEAD_INIT, "teachcompute_ext._fastcall.entry", nullptr,
+                            static_cast<Py_ssize_t>(sizeof(Entry*)), nullptr, nullptr, nullptr, nullptr, nullptr};
+
+Entry* entry_of(PyObject* holder) { return *static_cast<Entry**>(PyModule_GetState(holder)); }
 
 // The kind of a schema argument, or false when this file does not parse it.
 bool kind_of(const c10::Argument& a, Kind& k) {
@@ -153,8 +161,7 @@ bool push(Kind k, PyObject* o, torch::jit::Stack& stack) {
 
 PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   HANDLE_TH_ERRORS
-  auto* e = static_cast<Entry*>(PyCapsule_GetPointer(self, kCapsule));
-  if (e == nullptr) return nullptr;
+  Entry* e = entry_of(self);
   const size_t n = static_cast<size_t>(nargs);
   bool fast = kwnames == nullptr && n >= e->required && n <= e->kinds.size();
   torch::jit::Stack stack;
@@ -231,10 +238,11 @@ PyObject* make(PyObject* /*module*/, PyObject* a) {
   e->doc = doc;
   e->def = PyMethodDef{e->name.c_str(), reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(call)),
                        METH_FASTCALL | METH_KEYWORDS, e->doc.c_str()};
-  PyObject* capsule = PyCapsule_New(e, kCapsule, nullptr);
-  if (capsule == nullptr) return nullptr;
-  PyObject* fn = PyCFunction_NewEx(&e->def, capsule, module_name);
-  Py_DECREF(capsule);
+  PyObject* holder = PyModule_Create(&kEntryHolder);
+  if (holder == nullptr) return nullptr;
+  *static_cast<Entry**>(PyModule_GetState(holder)) = e;
+  PyObject* fn = PyCFunction_NewEx(&e->def, holder, module_name);
+  Py_DECREF(holder);
   return fn;
   END_HANDLE_TH_ERRORS
 }
