@@ -278,6 +278,17 @@ def test_embedding_bag_backward_refuses_what_the_forward_refuses(device):
             assert str(fwd.value).split(": ", 1)[1] == str(bwd.value).split(": ", 1)[1]
 
 
+def test_backward_ops_refuse_bad_arguments_by_name():
+    ops = torch.ops.teachcompute_ext
+    with pytest.raises(RuntimeError, match="embedding_backward: argument 'num_weights' must be non-negative"):
+        ops.embedding_backward(torch.ones(3, 4), torch.tensor([0, 1, 2]), -1, None)
+    w, idx = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    for bad in (-5, 3):  # only -1 (an empty bag) is outside the rows: -5 gave a silent zero gradient
+        argmax = torch.full((1, 4), bad)
+        with pytest.raises(IndexError, match="embedding_bag_backward: max_indices entry"):
+            ops.embedding_bag_backward(torch.ones(1, 4), w, idx, torch.tensor([0]), argmax, "max", None, None, False)
+
+
 # ---- torch.func transforms: the autograd Nodes are hand-built (no torch::autograd::Function) ----------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", ["embedding", "embedding_padding", "bag_sum_psw", "bag_mean", "bag_max"])
