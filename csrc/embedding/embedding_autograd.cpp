@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/autograd.h"
+#include "embedding/embedding.h"
 #include "ops.h"
 
 namespace teachcompute_ext {
@@ -129,7 +130,7 @@ struct BagBackward : Node {
       bag_of = at::searchsorted(off.narrow(0, 0, bags), pos, /*out_int32=*/false, /*right=*/true).sub(1);
       if (include_last_offset) bag_of = bag_of.masked_fill(pos.ge(off.select(0, bags)), -1);
     }
-    const int64_t pad = !padding_idx.has_value() ? -1 : (*padding_idx < 0 ? *padding_idx + num : *padding_idx);
+    const int64_t pad = wrap_padding_idx("embedding_bag", padding_idx, num);
     const at::Tensor valid = bag_of.ge(0).logical_and(idx.ne(pad));
     const at::Tensor bag_c = bag_of.clamp_min(0), idx_c = idx.masked_fill(valid.logical_not(), 0);
     const at::Tensor rows = g.index_select(0, bag_c);

@@ -230,9 +230,9 @@ PyObject* make(PyObject* /*module*/, PyObject* a) {
     Py_RETURN_NONE;
   }
   e->returns = schema.returns().size();
-  const auto& first = schema.arguments();
-  e->returns_first = e->returns == 0 && !first.empty() && first[0].alias_info() != nullptr &&
-                     first[0].alias_info()->isWrite();
+  const auto& args = schema.arguments();
+  e->returns_first = e->returns == 0 && !args.empty() && args[0].alias_info() != nullptr &&
+                     args[0].alias_info()->isWrite();
   Py_INCREF(fallback);  // both live as long as the process: the functions are module globals
   e->name = name;
   e->doc = doc;

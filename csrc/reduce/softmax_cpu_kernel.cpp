@@ -15,6 +15,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -56,6 +57,18 @@ struct RowScratch {
   std::vector<A> block_max;
   std::vector<A> exps;
 };
+
+// A row whose max is -inf (all -inf), +inf or NaN has no softmax: NaN, as
+// torch (spelled out: exp_u20 of NaN is not NaN).
+template <typename A>
+bool no_softmax(A row_max) {
+  return !(row_max > -std::numeric_limits<A>::infinity()) || std::isinf(row_max);
+}
+
+template <typename T>
+void nan_row(T* y, int64_t n) {
+  std::fill(y, y + n, static_cast<T>(std::numeric_limits<float>::quiet_NaN()));
+}
 
 template <typename T>
 void fwd_row(const T* x, T* y, int64_t n, bool log, bool stream, RowScratch<acc_t<T>>& scratch) {
@@ -126,12 +139,7 @@ void fwd_row(const T* x, T* y, int64_t n, bool log, bool stream, RowScratch<acc_
   (s * lane_scale).store(sl);
   A S = 0;
   for (int64_t k = 0; k < L; ++k) S += sl[k];
-  if (!(M > ninf) || std::isinf(M)) {
-    // No softmax for a row of -inf, or one holding +inf or NaN: NaN, as torch
-    // (spelled out: exp_u20 of NaN is not NaN).
-    for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(std::numeric_limits<A>::quiet_NaN());
-    return;
-  }
+  if (no_softmax(M)) return nan_row(y, n);
   if (log) {
     // (x - M) - log S: x - M is exact near the max, as in torch's kernel.
     const V vm(M), ls(std::log(S));
@@ -205,11 +213,7 @@ void fwd_row_short(const T* x, T* y, int64_t n, bool log, bool stream, RowScratc
   }
   // at::vec::maximum propagates NaN, lanes and the reduction alike.
   const A M = at::vec::vec_reduce_all<A>([](V a, V b) { return at::vec::maximum(a, b); }, bm);
-  if (!(M > ninf) || std::isinf(M)) {
-    // No softmax for a row of -inf, or one holding +inf or NaN: NaN, as torch.
-    for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(std::numeric_limits<A>::quiet_NaN());
-    return;
-  }
+  if (no_softmax(M)) return nan_row(y, n);
   const V vM(M);
   // The -inf padding of the tail gives exp 0: M is finite here.
   V s0(0), s1(0);

@@ -71,9 +71,10 @@ def public(name, doc):
     schema = overload._schema
     # An in-place op (no return, its first argument written) returns that
     # argument, as torch's x.add_() does: so do the fast function and its fallback.
-    returns_first = not schema.returns and schema.arguments[0].alias_info is not None and \
-        schema.arguments[0].alias_info.is_write
-    first = schema.arguments[0].name if schema.arguments else None  # a str: dynamo traces it
+    first_arg = schema.arguments[0] if schema.arguments else None
+    returns_first = not schema.returns and first_arg is not None and first_arg.alias_info is not None and \
+        first_arg.alias_info.is_write
+    first = first_arg.name if first_arg is not None else None  # a str: dynamo traces it
     if returns_first:
         op_entry = entry
 
