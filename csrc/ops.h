@@ -94,45 +94,4 @@ at::Tensor rms_norm_composite(const at::Tensor& x, const std::optional<at::Tenso
 std::tuple<at::Tensor, at::Tensor> add_rms_norm_composite(const at::Tensor& x, const at::Tensor& residual,
                                                           const std::optional<at::Tensor>& weight, double eps);
 
-// ---- autograd (<family>/<family>_autograd.cpp) ----------------------------------------
-at::Tensor vector_sum_autograd(const at::Tensor& x);
-at::Tensor reduce_sum_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim);
-at::Tensor reduce_mean_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim);
-std::tuple<at::Tensor, at::Tensor> reduce_max_autograd(const at::Tensor& x, int64_t dim, bool keepdim);
-std::tuple<at::Tensor, at::Tensor> reduce_min_autograd(const at::Tensor& x, int64_t dim, bool keepdim);
-at::Tensor logsumexp_autograd(const at::Tensor& x, at::IntArrayRef dim, bool keepdim);
-at::Tensor softmax_autograd(const at::Tensor& x, int64_t dim);
-at::Tensor log_softmax_autograd(const at::Tensor& x, int64_t dim);
-at::Tensor scatter_nd_autograd(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
-                               c10::string_view reduction);
-void scatter_nd_inplace_autograd(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
-                                 c10::string_view reduction);
-at::Tensor scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices,
-                                        const at::Tensor& updates, c10::string_view reduction);
-at::Tensor masked_scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices,
-                                               const at::Tensor& updates, int64_t masked_value,
-                                               c10::string_view reduction);
-at::Tensor embedding_autograd(const at::Tensor& weight, const at::Tensor& indices, std::optional<int64_t> padding_idx);
-std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_autograd(const at::Tensor& weight, const at::Tensor& indices,
-                                                                  const std::optional<at::Tensor>& offsets,
-                                                                  c10::string_view mode,
-                                                                  const std::optional<at::Tensor>& psw,
-                                                                  std::optional<int64_t> padding_idx,
-                                                                  bool include_last_offset);
-at::Tensor fused_matmul_autograd(const at::Tensor& a, const at::Tensor& b, double alpha, bool trans_a, bool trans_b);
-std::tuple<at::Tensor, at::Tensor> fused_linear_forward_autograd(const at::Tensor& x, const at::Tensor& weight,
-                                                                 const std::optional<at::Tensor>& bias,
-                                                                 c10::string_view activation, bool save_pre);
-
-std::tuple<at::Tensor, at::Tensor> rms_norm_forward_autograd(const at::Tensor& x,
-                                                             const std::optional<at::Tensor>& weight, double eps);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_forward_autograd(const at::Tensor& x,
-                                                                             const at::Tensor& residual,
-                                                                             const std::optional<at::Tensor>& weight,
-                                                                             double eps);
-at::Tensor rotary_embedding_autograd(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                                     bool interleaved);
-at::Tensor swiglu_autograd(const at::Tensor& gate, const std::optional<at::Tensor>& up);
-at::Tensor geglu_autograd(const at::Tensor& gate, const std::optional<at::Tensor>& up, c10::string_view approximate);
-
 }  // namespace teachcompute_ext

@@ -1,9 +1,9 @@
 // Every schema of teachcompute_ext, one comment each, and the kernels behind
 // them: one frontend per op registered for CPU and CUDA alike (it reaches the
-// device's kernel through a stub), the autograd kernels (hand-built nodes in
-// C++ for every family: csrc/README.md says why), the autocast kernels and two
-// composites. Fake kernels and vmap rules are registered from Python, in
-// teachcompute_ext/ops/<family>.py.
+// device's kernel through a stub), the autocast kernels and the composites.
+// The autograd kernels (hand-built nodes in C++: csrc/README.md says why) are
+// registered next to their Nodes, at the end of each <family>_autograd.cpp;
+// fake kernels and vmap rules from Python, in teachcompute_ext/ops/<family>.py.
 #include <torch/library.h>
 
 #include "common/autocast.h"
@@ -194,55 +194,33 @@ TORCH_LIBRARY_IMPL(teachcompute_ext, CUDA, m) {
 }
 #endif
 
-TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
-  m.impl("vector_sum", &teachcompute_ext::vector_sum_autograd);
-  m.impl("reduce_sum", &teachcompute_ext::reduce_sum_autograd);
-  m.impl("reduce_mean", &teachcompute_ext::reduce_mean_autograd);
-  m.impl("reduce_max", &teachcompute_ext::reduce_max_autograd);
-  m.impl("reduce_min", &teachcompute_ext::reduce_min_autograd);
-  m.impl("logsumexp", &teachcompute_ext::logsumexp_autograd);
-  m.impl("softmax", &teachcompute_ext::softmax_autograd);
-  m.impl("log_softmax", &teachcompute_ext::log_softmax_autograd);
-  m.impl("scatter_nd", &teachcompute_ext::scatter_nd_autograd);
-  m.impl("scatter_nd_", &teachcompute_ext::scatter_nd_inplace_autograd);
-  m.impl("scatter_nd_of_shape", &teachcompute_ext::scatter_nd_of_shape_autograd);
-  m.impl("masked_scatter_nd_of_shape", &teachcompute_ext::masked_scatter_nd_of_shape_autograd);
-  m.impl("embedding", &teachcompute_ext::embedding_autograd);
-  m.impl("embedding_bag_forward", &teachcompute_ext::embedding_bag_forward_autograd);
-  m.impl("fused_matmul", &teachcompute_ext::fused_matmul_autograd);
-  m.impl("fused_linear_forward", &teachcompute_ext::fused_linear_forward_autograd);
-  m.impl("rms_norm_forward", &teachcompute_ext::rms_norm_forward_autograd);
-  m.impl("add_rms_norm_forward", &teachcompute_ext::add_rms_norm_forward_autograd);
-  m.impl("rotary_embedding", &teachcompute_ext::rotary_embedding_autograd);
-  m.impl("swiglu", &teachcompute_ext::swiglu_autograd);
-  m.impl("geglu", &teachcompute_ext::geglu_autograd);
-}
 
 // Autocast: torch's policy for each op's counterpart (common/autocast.h says which).
-TORCH_LIBRARY_IMPL(teachcompute_ext, AutocastCPU, m) {
-  using teachcompute_ext::autocast_boxed;
+namespace {
+
+// The fused elementwise ops: under autocast a Linear's lower-precision output
+// meets float32 tables and residuals, and they promote as x + r and q * cos do.
+constexpr const char* kPromoteOps[] = {"add_rms_norm_forward", "rotary_embedding", "swiglu", "geglu"};
+// The GEMMs run in the autocast dtype, as torch.matmul and F.linear.
+constexpr const char* kLowerOps[] = {"fused_matmul", "fused_linear_forward"};
+// Softmaxes, logsumexp and sums run in float32 on CUDA (torch's CUDA float32 list; the CPU has none).
+constexpr const char* kFloat32CudaOps[] = {"softmax", "log_softmax", "logsumexp", "vector_sum", "reduce_sum"};
+
+template <c10::DeviceType kDevice>
+void register_autocast(torch::Library& m) {
   using teachcompute_ext::AutocastTo;
-  constexpr auto kLower = &autocast_boxed<c10::DeviceType::CPU, AutocastTo::LOWER_PRECISION>;
-  m.impl("fused_matmul", torch::CppFunction::makeFromBoxedFunction<kLower>());
-  m.impl("fused_linear_forward", torch::CppFunction::makeFromBoxedFunction<kLower>());
-  constexpr auto kPromote = &teachcompute_ext::autocast_promote_boxed<c10::DeviceType::CPU>;
-  for (const char* op : {"add_rms_norm_forward", "rotary_embedding", "swiglu", "geglu"}) {
-    m.impl(op, torch::CppFunction::makeFromBoxedFunction<kPromote>());
+  constexpr auto kLower = &teachcompute_ext::autocast_boxed<kDevice, AutocastTo::LOWER_PRECISION>;
+  constexpr auto kPromote = &teachcompute_ext::autocast_promote_boxed<kDevice>;
+  for (const char* op : kLowerOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<kLower>());
+  for (const char* op : kPromoteOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<kPromote>());
+  if constexpr (kDevice == c10::DeviceType::CUDA) {
+    constexpr auto kFloat32 = &teachcompute_ext::autocast_boxed<kDevice, AutocastTo::FLOAT32>;
+    for (const char* op : kFloat32CudaOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<kFloat32>());
   }
 }
 
-TORCH_LIBRARY_IMPL(teachcompute_ext, AutocastCUDA, m) {
-  using teachcompute_ext::autocast_boxed;
-  using teachcompute_ext::AutocastTo;
-  constexpr auto kLower = &autocast_boxed<c10::DeviceType::CUDA, AutocastTo::LOWER_PRECISION>;
-  constexpr auto kFloat32 = &autocast_boxed<c10::DeviceType::CUDA, AutocastTo::FLOAT32>;
-  m.impl("fused_matmul", torch::CppFunction::makeFromBoxedFunction<kLower>());
-  m.impl("fused_linear_forward", torch::CppFunction::makeFromBoxedFunction<kLower>());
-  for (const char* op : {"softmax", "log_softmax", "logsumexp", "vector_sum", "reduce_sum"}) {
-    m.impl(op, torch::CppFunction::makeFromBoxedFunction<kFloat32>());
-  }
-  constexpr auto kPromote = &teachcompute_ext::autocast_promote_boxed<c10::DeviceType::CUDA>;
-  for (const char* op : {"add_rms_norm_forward", "rotary_embedding", "swiglu", "geglu"}) {
-    m.impl(op, torch::CppFunction::makeFromBoxedFunction<kPromote>());
-  }
-}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(teachcompute_ext, AutocastCPU, m) { register_autocast<c10::DeviceType::CPU>(m); }
+
+TORCH_LIBRARY_IMPL(teachcompute_ext, AutocastCUDA, m) { register_autocast<c10::DeviceType::CUDA>(m); }

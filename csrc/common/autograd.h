@@ -20,11 +20,16 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/dynamo/compiled_autograd.h>
 
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace teachcompute_ext {
 
@@ -33,6 +38,10 @@ template <typename Sig>
 c10::TypedOperatorHandle<Sig> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
+
+// The handle of op teachcompute_ext::<name>, typed by its frontend's declaration
+// in ops.h: the signature is written once, there.
+#define TCE_OP(name) ::teachcompute_ext::find_op<decltype(::teachcompute_ext::name)>("teachcompute_ext::" #name)
 
 // Whether a graph must be recorded: no autograd node (nor its saved state) is
 // built otherwise, about 0.5 us per call.
@@ -113,5 +122,215 @@ void reject_forward_ad(const char* op, const Ts&... ts) {
 inline torch::autograd::SavedVariable save_input(const std::optional<at::Tensor>& t) {
   return t.has_value() ? torch::autograd::SavedVariable(*t, /*is_output=*/false) : torch::autograd::SavedVariable();
 }
+
+inline std::optional<at::Tensor> optional(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// ---- FunctionalNode: one backward function for eager and compiled autograd ---------------------
+//
+// Every backward Node of the package derives from FunctionalNode<Derived>, which
+// gives it apply (eager autograd), compiled_args and apply_with_saved (compiled
+// autograd: torch._dynamo.compiled_autograd, and torch.compile of a training step
+// with it on) and release_variables, all from two things Derived writes:
+//
+//   auto state() { return std::tie(x_, dim, ...); }
+//       its SavedVariables and attributes (int64_t, bool, double, std::string,
+//       c10::SymInt, std::optional and std::vector of these), in one order;
+//   static variable_list backward(const variable_list& grads, const std::vector<bool>& needs,
+//                                 const at::Tensor& x, int64_t dim, ...);
+//       the gradients from the incoming ones and the state (each SavedVariable
+//       unpacked into a tensor, undefined for an absent optional), needs[i] saying
+//       whether next edge i wants one (task_should_compute_output).
+//
+// Compiled autograd traces no C++: as torch's generated Nodes do (2.6 and later),
+// apply_with_saved packs the state into IValues and puts one call of the bound
+// functional(grads, packed) into the compiled graph, where Dynamo and AOTAutograd
+// trace the ops it calls (our backward ops through their fake kernels). Eager
+// and compiled backwards run the same static backward: no second copy to drift.
+// The pieces used (CompiledNodeArgs, SwapSavedVariables, PackedArgs,
+// PyCompilerInterface::bind_function / call_function) are the same in torch 2.11
+// and 2.15; the library still holds no Python (the interface is libtorch's).
+
+namespace functional_node_detail {
+
+using torch::autograd::SavedVariable;
+
+// The value backward() receives for a state member: a tensor for a SavedVariable.
+template <typename T>
+struct Unpacked {
+  using type = T;
+};
+template <>
+struct Unpacked<SavedVariable> {
+  using type = at::Tensor;
+};
+
+template <typename Tuple>
+struct UnpackedTuple;
+template <typename... Ts>
+struct UnpackedTuple<std::tuple<Ts&...>> {
+  using type = std::tuple<typename Unpacked<std::remove_const_t<Ts>>::type...>;
+};
+
+// Members swapped for the compiled graph's proxies (tensors and symbolic sizes);
+// the others are constants of the graph, keyed by compiled_args.
+template <typename T>
+constexpr bool kSwapped = std::is_same_v<T, SavedVariable> || std::is_same_v<T, c10::SymInt> ||
+                          std::is_same_v<T, std::vector<c10::SymInt>>;
+
+// How a member travels to the functional: a SavedVariable as an optional tensor.
+template <typename T>
+struct Packed {
+  using type = T;
+};
+template <>
+struct Packed<SavedVariable> {
+  using type = std::optional<at::Tensor>;
+};
+
+}  // namespace functional_node_detail
+
+template <typename Derived>
+struct FunctionalNode : torch::autograd::Node {
+  using variable_list = torch::autograd::variable_list;
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const BackwardDispatch dispatch;
+    auto values = std::apply(
+        [&](auto&... m) {
+          return typename functional_node_detail::UnpackedTuple<decltype(self().state())>::type{
+              unpack_member(dispatch, m)...};
+        },
+        self().state());
+    return call_backward(grads, needs_input_grad(), values);
+  }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::apply([](auto&... m) { (reset_member(m), ...); }, self().state());
+  }
+
+  void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const override {
+    args.collect(std::string(Derived::kFunctional));
+    args.collect(name());
+    std::apply([&](auto&... m) { (collect_member(args, m), ...); }, const_cast<Derived&>(self()).state());
+  }
+
+  variable_list apply_with_saved(const variable_list& grads,
+                                 torch::dynamo::autograd::SwapSavedVariables& saved) override {
+    auto members = self().state();
+    std::apply([&](auto&... m) { (swap_before(saved, m), ...); }, members);
+    torch::dynamo::autograd::PackedArgs packed;
+    std::apply([&](auto&... m) { (pack_member(packed, m), ...); }, members);
+    packed.pack(needs_input_grad());
+    const auto& py = torch::dynamo::autograd::getPyCompilerInterface();
+    // Bound once per process and Node type: the schema depends on the type only.
+    static const std::string fn_name = py->bind_function(saved.get_py_compiler(), Derived::kFunctional,
+                                                         &FunctionalNode::functional, schema());
+    const auto metadata = torch::dynamo::autograd::IValuePacker<
+        std::vector<std::optional<torch::autograd::InputMetadata>>>::pack(torch::dynamo::autograd::
+                                                                               get_input_metadata(next_edges()));
+    auto results = py->call_function(saved.get_py_compiler(), "apply_functional", fn_name, grads, packed.vec(),
+                                     metadata);
+    std::apply([&](auto&... m) { (swap_after(saved, m), ...); }, members);
+    return results;
+  }
+
+ private:
+  using SavedVar = torch::autograd::SavedVariable;
+  template <typename T>
+  using Packed = typename functional_node_detail::Packed<T>::type;
+
+  Derived& self() { return static_cast<Derived&>(*this); }
+  const Derived& self() const { return static_cast<const Derived&>(*this); }
+
+  std::vector<bool> needs_input_grad() const {
+    std::vector<bool> needs(num_outputs());
+    for (size_t i = 0; i < needs.size(); ++i) needs[i] = task_should_compute_output(i);
+    return needs;
+  }
+
+  template <typename Tuple>
+  static variable_list call_backward(const variable_list& grads, const std::vector<bool>& needs, Tuple& values) {
+    return std::apply([&](auto&... v) { return Derived::backward(grads, needs, v...); }, values);
+  }
+
+  // Eager: a saved output is unpacked with this Node (it does not own it); an
+  // input ignores it. Unpacked with the caller's dispatch keys (checkpoint hooks).
+  template <typename T>
+  auto unpack_member(const BackwardDispatch& dispatch, T& m) {
+    if constexpr (std::is_same_v<T, SavedVar>) {
+      return dispatch.unpack(m, getptr());
+    } else {
+      return T(m);
+    }
+  }
+  template <typename T>
+  static void reset_member(T& m) {
+    if constexpr (std::is_same_v<T, SavedVar>) m.reset_data();
+  }
+  template <typename T>
+  void collect_member(torch::dynamo::autograd::CompiledNodeArgs& args, const T& m) const {
+    if constexpr (std::is_same_v<T, SavedVar>) {
+      args.collect(m, /*is_output=*/true);  // unpacked with this Node, as in apply
+    } else {
+      args.collect(m);
+    }
+  }
+  template <typename T>
+  static void swap_before(torch::dynamo::autograd::SwapSavedVariables& saved, T& m) {
+    if constexpr (functional_node_detail::kSwapped<T>) saved.before(m);
+  }
+  template <typename T>
+  static void swap_after(torch::dynamo::autograd::SwapSavedVariables& saved, T& m) {
+    if constexpr (functional_node_detail::kSwapped<T>) saved.after(m);
+  }
+  template <typename T>
+  void pack_member(torch::dynamo::autograd::PackedArgs& packed, T& m) {
+    if constexpr (std::is_same_v<T, SavedVar>) {
+      packed.pack(optional(m.unpack(getptr())));  // the proxy swapped in by swap_before
+    } else {
+      packed.pack(m);
+    }
+  }
+
+  static std::vector<at::TypePtr> schema() {
+    using Members = decltype(std::declval<Derived&>().state());
+    std::vector<at::TypePtr> types;
+    append_types(types, static_cast<Members*>(nullptr));
+    types.push_back(torch::dynamo::autograd::IValuePacker<std::vector<bool>>::packed_type());
+    return types;
+  }
+  template <typename... Ts>
+  static void append_types(std::vector<at::TypePtr>& types, std::tuple<Ts&...>*) {
+    (types.push_back(torch::dynamo::autograd::IValuePacker<Packed<std::remove_const_t<Ts>>>::packed_type()), ...);
+  }
+
+  // The compiled graph's call: the state unpacked in order (a braced list is
+  // evaluated left to right), then the same backward as apply.
+  static variable_list functional(const variable_list& grads, const std::vector<c10::IValue>& args) {
+    torch::dynamo::autograd::PackedArgs packed(args);
+    using Members = decltype(std::declval<Derived&>().state());
+    auto values = unpack_all(packed, static_cast<Members*>(nullptr));
+    const auto needs = packed.unpack<std::vector<bool>>();
+    const BackwardDispatch dispatch;
+    return call_backward(grads, needs, values);
+  }
+  template <typename... Ts>
+  static auto unpack_all(torch::dynamo::autograd::PackedArgs& packed, std::tuple<Ts&...>*) {
+    return typename functional_node_detail::UnpackedTuple<std::tuple<Ts&...>>::type{
+        unpack_packed<std::remove_const_t<Ts>>(packed)...};
+  }
+  template <typename T>
+  static auto unpack_packed(torch::dynamo::autograd::PackedArgs& packed) {
+    if constexpr (std::is_same_v<T, SavedVar>) {
+      return packed.unpack<std::optional<at::Tensor>>().value_or(at::Tensor());
+    } else {
+      return packed.unpack<T>();
+    }
+  }
+};
 
 }  // namespace teachcompute_ext

@@ -8,8 +8,9 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 
-#include <mutex>
 #include <string>
+
+#include <torch/library.h>
 
 #include "common/autograd.h"
 #include "embedding/embedding.h"
@@ -18,44 +19,24 @@
 namespace teachcompute_ext {
 namespace {
 
-using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-using EmbeddingSig = at::Tensor(const at::Tensor&, const at::Tensor&, std::optional<int64_t>);
+// embedding_backward's schema takes a SymInt (the frontend an int64_t): typed by the schema.
 using EmbeddingBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, std::optional<int64_t>);
-using BagSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                   const std::optional<at::Tensor>&, c10::string_view,
-                                                   const std::optional<at::Tensor>&, std::optional<int64_t>, bool);
-using BagBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                           const std::optional<at::Tensor>&, const at::Tensor&,
-                                                           c10::string_view, const std::optional<at::Tensor>&,
-                                                           std::optional<int64_t>, bool);
-
-at::Tensor call_embedding(const at::Tensor& weight, const at::Tensor& indices, std::optional<int64_t> padding_idx) {
-  static auto op = find_op<EmbeddingSig>("teachcompute_ext::embedding");
-  return op.call(weight, indices, padding_idx);
-}
-
-std::tuple<at::Tensor, at::Tensor> call_bag(const at::Tensor& weight, const at::Tensor& indices,
-                                            const std::optional<at::Tensor>& offsets, c10::string_view mode,
-                                            const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,
-                                            bool include_last_offset) {
-  static auto op = find_op<BagSig>("teachcompute_ext::embedding_bag_forward");
-  return op.call(weight, indices, offsets, mode, psw, padding_idx, include_last_offset);
-}
 
 // One next edge: weight.
-struct EmbeddingBackward : Node {
+struct EmbeddingBackward : FunctionalNode<EmbeddingBackward> {
+  static constexpr const char* kFunctional = "tce_EmbeddingBackward";
   SavedVariable indices_;
   c10::SymInt num = 0;  // a SymInt under torch.compile
   std::optional<int64_t> padding_idx;
-  variable_list apply(variable_list&& grads) override {
-    const BackwardDispatch dispatch;
+  auto state() { return std::tie(indices_, num, padding_idx); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& /*needs*/,
+                                const at::Tensor& indices, const c10::SymInt& num,
+                                const std::optional<int64_t>& padding_idx) {
     static auto op = find_op<EmbeddingBackwardSig>("teachcompute_ext::embedding_backward");
-    std::lock_guard<std::mutex> lock(mutex_);
     if (!grads[0].defined()) return {at::Tensor()};
-    const at::Tensor indices = dispatch.unpack(indices_);
     if (backward_needs_graph(grads[0])) {
       // aten's dense backward has its own derivative (a gather of the rows).
       const c10::SymInt pad = !padding_idx.has_value() ? c10::SymInt(-1)
@@ -65,55 +46,46 @@ struct EmbeddingBackward : Node {
     }
     return {op.call(grads[0], indices, num, padding_idx)};
   }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    indices_.reset_data();
-  }
   std::string name() const override { return "EmbeddingBackward"; }
 };
 
 // embedding_bag_forward -> (bags, argmax): next edges weight and
 // per_sample_weights (an empty edge when absent); argmax gets no history.
-struct BagBackward : Node {
+struct BagBackward : FunctionalNode<BagBackward> {
+  static constexpr const char* kFunctional = "tce_EmbeddingBagBackward";
   SavedVariable weight_, indices_, offsets_, argmax_, psw_;
   std::string mode;
   std::optional<int64_t> padding_idx;
   bool include_last_offset = false;
-  variable_list apply(variable_list&& grads) override {
-    const BackwardDispatch dispatch;
-    static auto op = find_op<BagBackwardSig>("teachcompute_ext::embedding_bag_backward");
-    std::lock_guard<std::mutex> lock(mutex_);
+  auto state() { return std::tie(weight_, indices_, offsets_, argmax_, psw_, mode, padding_idx, include_last_offset); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& needs, const at::Tensor& weight,
+                                const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& argmax,
+                                const at::Tensor& psw, const std::string& mode,
+                                const std::optional<int64_t>& padding_idx, bool include_last_offset) {
+    static auto op = TCE_OP(embedding_bag_backward);
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
-    const auto opt = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-    const at::Tensor psw = dispatch.unpack(psw_), weight = dispatch.unpack(weight_);
+    at::Tensor gw, gpsw;
     // The weight gradient does not depend on the weight; the psw gradient does.
     if (backward_needs_graph(grads[0], psw, psw.defined() ? weight : at::Tensor())) {
-      auto [gw, gpsw] = bag_backward_graph(grads[0], weight, dispatch.unpack(indices_), dispatch.unpack(offsets_),
-                                           dispatch.unpack(argmax_), psw);
-      return {task_should_compute_output(0) ? gw : at::Tensor(),
-              psw.defined() && task_should_compute_output(1) ? gpsw : at::Tensor()};
+      std::tie(gw, gpsw) = graph_backward(grads[0], weight, indices, offsets, argmax, psw, mode, padding_idx,
+                                          include_last_offset);
+    } else {
+      std::tie(gw, gpsw) = op.call(grads[0], weight, indices, optional(offsets), argmax, mode, optional(psw),
+                                   padding_idx, include_last_offset);
     }
-    auto [gw, gpsw] = op.call(grads[0], weight, dispatch.unpack(indices_), opt(dispatch.unpack(offsets_)),
-                              dispatch.unpack(argmax_), mode, opt(psw), padding_idx, include_last_offset);
-    return {task_should_compute_output(0) ? gw : at::Tensor(),
-            psw.defined() && task_should_compute_output(1) ? gpsw : at::Tensor()};
-  }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    weight_.reset_data();
-    indices_.reset_data();
-    offsets_.reset_data();
-    argmax_.reset_data();
-    psw_.reset_data();
+    return {needs[0] ? gw : at::Tensor(), psw.defined() && needs[1] ? gpsw : at::Tensor()};
   }
   std::string name() const override { return "EmbeddingBagBackward"; }
 
   // The gradients in aten ops, for a backward that records a graph: each index
   // position's bag (searchsorted in the bag starts), then an index_add of the
   // scaled gradient rows (sum, mean) or a scatter_add at the argmax (max).
-  std::tuple<at::Tensor, at::Tensor> bag_backward_graph(const at::Tensor& g, const at::Tensor& weight,
-                                                        const at::Tensor& indices, const at::Tensor& offsets,
-                                                        const at::Tensor& argmax, const at::Tensor& psw) const {
+  static std::tuple<at::Tensor, at::Tensor> graph_backward(const at::Tensor& g, const at::Tensor& weight,
+                                                           const at::Tensor& indices, const at::Tensor& offsets,
+                                                           const at::Tensor& argmax, const at::Tensor& psw,
+                                                           const std::string& mode,
+                                                           const std::optional<int64_t>& padding_idx,
+                                                           bool include_last_offset) {
     const int64_t num = weight.size(0), dim = weight.size(1), bags = g.size(0);
     at::Tensor gw = at::zeros({num, dim}, g.options());
     at::Tensor gpsw = psw.defined() ? at::zeros_like(psw) : at::Tensor();
@@ -148,15 +120,14 @@ struct BagBackward : Node {
   }
 };
 
-}  // namespace
-
 at::Tensor embedding_autograd(const at::Tensor& weight, const at::Tensor& indices,
                               std::optional<int64_t> padding_idx) {
   reject_forward_ad("embedding", weight);
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    out = call_embedding(weight, indices, padding_idx);
+    static auto op = TCE_OP(embedding);
+    out = op.call(weight, indices, padding_idx);
   }
   if (needs_grad(weight)) {
     auto node = make_node<EmbeddingBackward>();
@@ -179,7 +150,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_autograd(const at::Tens
   at::Tensor out, argmax;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    std::tie(out, argmax) = call_bag(weight, indices, offsets, mode, psw, padding_idx, include_last_offset);
+    static auto op = TCE_OP(embedding_bag_forward);
+    std::tie(out, argmax) = op.call(weight, indices, offsets, mode, psw, padding_idx, include_last_offset);
   }
   if (needs_grad(weight) || needs_grad(psw)) {
     auto node = make_node<BagBackward>();
@@ -197,4 +169,12 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward_autograd(const at::Tens
   return {out, argmax};
 }
 
+}  // namespace
 }  // namespace teachcompute_ext
+
+// The family's autograd kernels (the schemas are in registration.cpp).
+TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
+  using namespace teachcompute_ext;
+  m.impl("embedding", &embedding_autograd);
+  m.impl("embedding_bag_forward", &embedding_bag_forward_autograd);
+}

@@ -11,8 +11,9 @@
 #include <ATen/ops/slice.h>
 
 #include <array>
-#include <mutex>
 #include <string>
+
+#include <torch/library.h>
 
 #include "common/autograd.h"
 #include "ops.h"
@@ -20,46 +21,33 @@
 namespace teachcompute_ext {
 namespace {
 
-using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-
 using OptTensor = std::optional<at::Tensor>;
-using RmsNormSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const OptTensor&, double);
-using AddRmsNormSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                      const OptTensor&, double);
-using RmsNormBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                                               const at::Tensor&, const OptTensor&, std::array<bool, 2>);
-using RotarySig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool);
-using GluBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                                           c10::string_view);
 
 std::tuple<at::Tensor, at::Tensor> call_rms_norm(const at::Tensor& x, const OptTensor& w, double eps) {
-  static auto op = find_op<RmsNormSig>("teachcompute_ext::rms_norm_forward");
+  static auto op = TCE_OP(rms_norm_forward);
   return op.call(x, w, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_add_rms_norm(const at::Tensor& x, const at::Tensor& r,
                                                                  const OptTensor& w, double eps) {
-  static auto op = find_op<AddRmsNormSig>("teachcompute_ext::add_rms_norm_forward");
+  static auto op = TCE_OP(add_rms_norm_forward);
   return op.call(x, r, w, eps);
-}
-
-OptTensor optional(const at::Tensor& t) {
-  return t.defined() ? OptTensor(t) : std::nullopt;
 }
 
 // rms_norm (edges x, weight) and add_rms_norm (edges x, residual, weight; its
 // second output h = x + residual is differentiable too): one fused backward
 // op, which adds h's own gradient into gx (grad_add).
-struct RmsNormBackward : Node {
+struct RmsNormBackward : FunctionalNode<RmsNormBackward> {
+  static constexpr const char* kFunctional = "tce_RmsNormBackward";
   SavedVariable x_, weight_, rstd_;  // x_: the normalized tensor (add_rms_norm: h, an output)
   bool add = false;
   double eps = 0;
-  variable_list apply(variable_list&& grads) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const BackwardDispatch dispatch;
-    static auto op = find_op<RmsNormBackwardSig>("teachcompute_ext::rms_norm_backward");
+  auto state() { return std::tie(x_, weight_, rstd_, add, eps); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& needs, const at::Tensor& x,
+                                const at::Tensor& w, const at::Tensor& rstd, bool add, double eps) {
+    static auto op = TCE_OP(rms_norm_backward);
     const at::Tensor& g = grads[0];
     const at::Tensor gh = add ? grads[1] : at::Tensor();
     const size_t wi = add ? 2 : 1;
@@ -69,10 +57,8 @@ struct RmsNormBackward : Node {
       if (gh.defined()) out[0] = out[1] = gh;
       return out;
     }
-    const at::Tensor x = add ? dispatch.unpack(x_, getptr()) : dispatch.unpack(x_);
-    const at::Tensor w = dispatch.unpack(weight_), rstd = dispatch.unpack(rstd_);
-    const bool want_x = task_should_compute_output(0) || (add && task_should_compute_output(1));
-    const std::array<bool, 2> mask{want_x, w.defined() && task_should_compute_output(wi)};
+    const bool want_x = needs[0] || (add && needs[1]);
+    const std::array<bool, 2> mask{want_x, w.defined() && needs[wi]};
     at::Tensor gx, gw;
     if (backward_needs_graph(g, gh, x, w)) {
       // rstd recomputed from x, so that its own dependence on x is in the graph.
@@ -96,74 +82,61 @@ struct RmsNormBackward : Node {
     if (mask[1]) out[wi] = gw;
     return out;
   }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    x_.reset_data();
-    weight_.reset_data();
-    rstd_.reset_data();
-  }
   std::string name() const override { return add ? "AddRmsNormBackward" : "RmsNormBackward"; }
 };
 
 // rotary_embedding (edges x, cos, sin): x's gradient is the inverse rotation
 // (one op); cos and sin's, rarely asked (they are buffers), by aten ops.
-struct RotaryBackward : Node {
+struct RotaryBackward : FunctionalNode<RotaryBackward> {
+  static constexpr const char* kFunctional = "tce_RotaryEmbeddingBackward";
   SavedVariable x_, cos_, sin_;  // x_ only when cos or sin needs a gradient
   bool interleaved = false;
-  variable_list apply(variable_list&& grads) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const BackwardDispatch dispatch;
-    static auto op = find_op<RotarySig>("teachcompute_ext::rotary_embedding_backward");
+  auto state() { return std::tie(x_, cos_, sin_, interleaved); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& needs, const at::Tensor& x,
+                                const at::Tensor& cos, const at::Tensor& sin, bool interleaved) {
+    static auto op = TCE_OP(rotary_embedding_backward);
     const at::Tensor& g = grads[0];
     variable_list out(3);
     if (!g.defined()) return out;
-    const at::Tensor cos = dispatch.unpack(cos_), sin = dispatch.unpack(sin_);
-    if (task_should_compute_output(0)) {
+    if (needs[0]) {
       if (backward_needs_graph(g, cos, sin)) {
         // The inverse rotation is the rotation by -sin: rotary_embedding itself,
         // through its autograd.
-        static auto rotate = find_op<RotarySig>("teachcompute_ext::rotary_embedding");
+        static auto rotate = TCE_OP(rotary_embedding);
         out[0] = rotate.call(g, cos, sin.neg(), interleaved);
       } else {
         out[0] = op.call(g, cos, sin, interleaved);
       }
     }
-    if (task_should_compute_output(1) || task_should_compute_output(2)) {
-      const at::Tensor x = dispatch.unpack(x_);
+    if (needs[1] || needs[2]) {
       const c10::SymInt h = cos.sym_size(-1);
       // The two members of each pair: (i, i + half), or (2i, 2i + 1) interleaved.
       auto part = [&](const at::Tensor& t, int k) {
         return interleaved ? at::slice_symint(t, -1, k, 2 * h, 2) : t.narrow_symint(-1, k * h, h);
       };
       const at::Tensor x1 = part(x, 0), x2 = part(x, 1), g1 = part(g, 0), g2 = part(g, 1);
-      if (task_should_compute_output(1)) out[1] = (g1 * x1 + g2 * x2).sum_to_size_symint(cos.sym_sizes());
-      if (task_should_compute_output(2)) out[2] = (g2 * x1 - g1 * x2).sum_to_size_symint(sin.sym_sizes());
+      if (needs[1]) out[1] = (g1 * x1 + g2 * x2).sum_to_size_symint(cos.sym_sizes());
+      if (needs[2]) out[2] = (g2 * x1 - g1 * x2).sum_to_size_symint(sin.sym_sizes());
     }
     return out;
-  }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    x_.reset_data();
-    cos_.reset_data();
-    sin_.reset_data();
   }
   std::string name() const override { return "RotaryEmbeddingBackward"; }
 };
 
 // swiglu / geglu (edges gate, up; or gate alone in the one-tensor form): both
 // gradients in one pass of one op.
-struct GluBackward : Node {
+struct GluBackward : FunctionalNode<GluBackward> {
+  static constexpr const char* kFunctional = "tce_GluBackward";
   SavedVariable gate_, up_;
   std::string act;
   bool split = false;
-  variable_list apply(variable_list&& grads) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const BackwardDispatch dispatch;
-    static auto op = find_op<GluBackwardSig>("teachcompute_ext::glu_backward");
+  auto state() { return std::tie(gate_, up_, act, split); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& needs, const at::Tensor& gate,
+                                const at::Tensor& up, const std::string& act, bool split) {
+    static auto op = TCE_OP(glu_backward);
     const at::Tensor& g = grads[0];
     variable_list out(split ? 1 : 2);
     if (!g.defined()) return out;
-    const at::Tensor gate = dispatch.unpack(gate_), up = dispatch.unpack(up_);
     at::Tensor gg, gu;
     if (backward_needs_graph(g, gate, up)) {
       const c10::SymInt half = gate.sym_size(-1) / 2;
@@ -184,14 +157,9 @@ struct GluBackward : Node {
     } else {
       std::tie(gg, gu) = op.call(g, gate, optional(up), act);
     }
-    if (task_should_compute_output(0)) out[0] = gg;
-    if (!split && task_should_compute_output(1)) out[1] = gu;
+    if (needs[0]) out[0] = gg;
+    if (!split && needs[1]) out[1] = gu;
     return out;
-  }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    gate_.reset_data();
-    up_.reset_data();
   }
   std::string name() const override { return act == "silu" ? "SwigluBackward" : "GegluBackward"; }
 };
@@ -215,8 +183,6 @@ at::Tensor glu_autograd(const at::Tensor& gate, const OptTensor& up, const char*
   torch::autograd::set_history(out, node);
   return out;
 }
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_forward_autograd(const at::Tensor& x, const OptTensor& weight,
                                                              double eps) {
@@ -263,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_forward_autograd(con
 at::Tensor rotary_embedding_autograd(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                                      bool interleaved) {
   reject_forward_ad("rotary_embedding", x, cos, sin);
-  static auto op = find_op<RotarySig>("teachcompute_ext::rotary_embedding");
+  static auto op = TCE_OP(rotary_embedding);
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -282,16 +248,17 @@ at::Tensor rotary_embedding_autograd(const at::Tensor& x, const at::Tensor& cos,
 }
 
 at::Tensor swiglu_autograd(const at::Tensor& gate, const OptTensor& up) {
-  static auto op = find_op<at::Tensor(const at::Tensor&, const OptTensor&)>("teachcompute_ext::swiglu");
+  static auto op = TCE_OP(swiglu);
   return glu_autograd(gate, up, "silu", [&] { return op.call(gate, up); });
 }
 
 at::Tensor geglu_autograd(const at::Tensor& gate, const OptTensor& up, c10::string_view approximate) {
-  static auto op =
-      find_op<at::Tensor(const at::Tensor&, const OptTensor&, c10::string_view)>("teachcompute_ext::geglu");
+  static auto op = TCE_OP(geglu);
   return glu_autograd(gate, up, approximate == "tanh" ? "gelu_tanh" : "gelu",
                       [&] { return op.call(gate, up, approximate); });
 }
+
+}  // namespace
 
 at::Tensor rms_norm_composite(const at::Tensor& x, const OptTensor& weight, double eps) {
   return std::get<0>(call_rms_norm(x, weight, eps));
@@ -304,3 +271,13 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm_composite(const at::Tensor& x, c
 }
 
 }  // namespace teachcompute_ext
+
+// The family's autograd kernels (the schemas are in registration.cpp).
+TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
+  using namespace teachcompute_ext;
+  m.impl("rms_norm_forward", &rms_norm_forward_autograd);
+  m.impl("add_rms_norm_forward", &add_rms_norm_forward_autograd);
+  m.impl("rotary_embedding", &rotary_embedding_autograd);
+  m.impl("swiglu", &swiglu_autograd);
+  m.impl("geglu", &geglu_autograd);
+}

@@ -6,9 +6,10 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
-#include <mutex>
 #include <string>
 #include <vector>
+
+#include <torch/library.h>
 
 #include "common/autograd.h"
 #include "ops.h"
@@ -16,19 +17,15 @@
 namespace teachcompute_ext {
 namespace {
 
-using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-at::Tensor vector_sum_redispatch(const at::Tensor& x) {
-  static auto op = find_op<at::Tensor(const at::Tensor&)>("teachcompute_ext::vector_sum");
-  return op.call(x);
-}
-
-struct VectorSumBackward : Node {
+struct VectorSumBackward : FunctionalNode<VectorSumBackward> {
+  static constexpr const char* kFunctional = "tce_VectorSumBackward";
   std::vector<c10::SymInt> sizes;  // SymInts under torch.compile
-  variable_list apply(variable_list&& grads) override {
-    const BackwardDispatch dispatch;
+  auto state() { return std::tie(sizes); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& /*needs*/,
+                                const std::vector<c10::SymInt>& sizes) {
     if (!grads[0].defined()) return {at::Tensor()};
     // A broadcast view of the scalar gradient: nothing of x's size is written.
     return {grads[0].expand_symint(sizes)};
@@ -40,36 +37,23 @@ struct VectorSumBackward : Node {
 // op (softmax_backward / log_softmax_backward) so torch.compile and export
 // see one fused kernel rather than a chain of elementwise ops.
 template <bool kLog>
-struct SoftmaxBackward : Node {
+struct SoftmaxBackward : FunctionalNode<SoftmaxBackward<kLog>> {
+  static constexpr const char* kFunctional = kLog ? "tce_LogSoftmaxBackward" : "tce_SoftmaxBackward";
   SavedVariable result_;
   int64_t dim = 0;
-  variable_list apply(variable_list&& grads) override {
-    const BackwardDispatch dispatch;
-    using Bwd = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t);
-    static auto op =
-        find_op<Bwd>(kLog ? "teachcompute_ext::log_softmax_backward" : "teachcompute_ext::softmax_backward");
-    std::lock_guard<std::mutex> lock(mutex_);
+  auto state() { return std::tie(result_, dim); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& /*needs*/, const at::Tensor& y,
+                                int64_t dim) {
+    static auto op = kLog ? TCE_OP(log_softmax_backward) : TCE_OP(softmax_backward);
     const at::Tensor& g = grads[0];
     if (!g.defined()) return {at::Tensor()};
-    const at::Tensor y = dispatch.unpack(result_, getptr());
     if (backward_needs_graph(g, y)) {
       return {kLog ? g - y.exp() * g.sum(dim, /*keepdim=*/true) : y * (g - (g * y).sum(dim, /*keepdim=*/true))};
     }
     return {op.call(g, y, dim)};
   }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    result_.reset_data();
-  }
   std::string name() const override { return kLog ? "LogSoftmaxBackward" : "SoftmaxBackward"; }
 };
-
-template <bool kLog>
-at::Tensor softmax_call(const at::Tensor& x, int64_t dim) {
-  static auto op = find_op<at::Tensor(const at::Tensor&, int64_t)>(kLog ? "teachcompute_ext::log_softmax"
-                                                                         : "teachcompute_ext::softmax");
-  return op.call(x, dim);
-}
 
 // Reduced dims of x, wrapped and ascending (None or [] means all).
 std::vector<int64_t> reduced_dims(const at::Tensor& x, at::OptionalIntArrayRef dim) {
@@ -95,13 +79,16 @@ at::Tensor unsqueeze_reduced(at::Tensor g, const std::vector<int64_t>& dims, boo
 
 // sum and mean: the gradient is a broadcast view of grad (divided by the count for mean).
 template <bool kMean>
-struct SumMeanBackward : Node {
+struct SumMeanBackward : FunctionalNode<SumMeanBackward<kMean>> {
+  static constexpr const char* kFunctional = kMean ? "tce_ReduceMeanBackward" : "tce_ReduceSumBackward";
   std::vector<c10::SymInt> sizes;
   std::vector<int64_t> dims;
   bool keepdim = false;
   c10::SymInt count = 1;
-  variable_list apply(variable_list&& grads) override {
-    const BackwardDispatch dispatch;
+  auto state() { return std::tie(sizes, dims, keepdim, count); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& /*needs*/,
+                                const std::vector<c10::SymInt>& sizes, const std::vector<int64_t>& dims, bool keepdim,
+                                const c10::SymInt& count) {
     if (!grads[0].defined()) return {at::Tensor()};
     at::Tensor g = unsqueeze_reduced(grads[0], dims, keepdim);
     if (kMean) g = g.div(c10::Scalar(count));
@@ -113,8 +100,7 @@ struct SumMeanBackward : Node {
 template <bool kMean>
 at::Tensor sum_mean_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
   reject_forward_ad(kMean ? "reduce_mean" : "reduce_sum", x);
-  using Sig = at::Tensor(const at::Tensor&, at::OptionalIntArrayRef, bool);
-  static auto op = find_op<Sig>(kMean ? "teachcompute_ext::reduce_mean" : "teachcompute_ext::reduce_sum");
+  static auto op = kMean ? TCE_OP(reduce_mean) : TCE_OP(reduce_sum);
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -137,17 +123,17 @@ at::Tensor sum_mean_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, b
 // max and min: the gradient goes to the returned index; the indices get no
 // history (they are not differentiable).
 template <bool kMax>
-struct MaxMinBackward : Node {
+struct MaxMinBackward : FunctionalNode<MaxMinBackward<kMax>> {
+  static constexpr const char* kFunctional = kMax ? "tce_ReduceMaxBackward" : "tce_ReduceMinBackward";
   std::vector<c10::SymInt> sizes;
   int64_t dim = 0;
   bool keepdim = false;
   SavedVariable indices_;
-  variable_list apply(variable_list&& grads) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const BackwardDispatch dispatch;
+  auto state() { return std::tie(sizes, dim, keepdim, indices_); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& /*needs*/,
+                                const std::vector<c10::SymInt>& sizes, int64_t dim, bool keepdim, at::Tensor idx) {
     if (!grads[0].defined()) return {at::Tensor()};
     if (sizes.empty()) return {grads[0]};
-    at::Tensor idx = dispatch.unpack(indices_);
     at::Tensor g = grads[0];
     if (!keepdim) {
       g = g.unsqueeze(dim);
@@ -161,18 +147,13 @@ struct MaxMinBackward : Node {
     if (at::areAnyTensorSubclassLike({g, idx})) return {gx.scatter(dim, idx, g)};
     return {gx.scatter_(dim, idx, g)};
   }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    indices_.reset_data();
-  }
   std::string name() const override { return kMax ? "ReduceMaxBackward" : "ReduceMinBackward"; }
 };
 
 template <bool kMax>
 std::tuple<at::Tensor, at::Tensor> maxmin_autograd(const at::Tensor& x, int64_t dim, bool keepdim) {
   reject_forward_ad(kMax ? "reduce_max" : "reduce_min", x);
-  using Sig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, bool);
-  static auto op = find_op<Sig>(kMax ? "teachcompute_ext::reduce_max" : "teachcompute_ext::reduce_min");
+  static auto op = kMax ? TCE_OP(reduce_max) : TCE_OP(reduce_min);
   at::Tensor values, indices;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -191,22 +172,18 @@ std::tuple<at::Tensor, at::Tensor> maxmin_autograd(const at::Tensor& x, int64_t 
 }
 
 // logsumexp: d/dx = exp(x - out), as torch's formula.
-struct LogSumExpBackward : Node {
+struct LogSumExpBackward : FunctionalNode<LogSumExpBackward> {
+  static constexpr const char* kFunctional = "tce_LogSumExpBackward";
   SavedVariable self_, result_;
   std::vector<int64_t> dims;
   bool keepdim = false;
-  variable_list apply(variable_list&& grads) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const BackwardDispatch dispatch;
+  auto state() { return std::tie(self_, result_, dims, keepdim); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& /*needs*/, const at::Tensor& x,
+                                const at::Tensor& result, const std::vector<int64_t>& dims, bool keepdim) {
     if (!grads[0].defined()) return {at::Tensor()};
     const at::Tensor g = unsqueeze_reduced(grads[0], dims, keepdim);
-    const at::Tensor out = unsqueeze_reduced(dispatch.unpack(result_, getptr()), dims, keepdim);
-    return {g.mul(dispatch.unpack(self_).sub(out).exp())};
-  }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    self_.reset_data();
-    result_.reset_data();
+    const at::Tensor out = unsqueeze_reduced(result, dims, keepdim);
+    return {g.mul(x.sub(out).exp())};
   }
   std::string name() const override { return "LogSumExpBackward"; }
 };
@@ -217,7 +194,8 @@ at::Tensor softmax_autograd_impl(const at::Tensor& x, int64_t dim) {
   at::Tensor y;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    y = softmax_call<kLog>(x, dim);
+    static auto op = kLog ? TCE_OP(log_softmax) : TCE_OP(softmax);
+    y = op.call(x, dim);
   }
   if (needs_grad(x)) {
     auto node = make_node<SoftmaxBackward<kLog>>();
@@ -229,27 +207,9 @@ at::Tensor softmax_autograd_impl(const at::Tensor& x, int64_t dim) {
   return y;
 }
 
-}  // namespace
-
-at::Tensor reduce_sum_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
-  return sum_mean_autograd<false>(x, dim, keepdim);
-}
-
-at::Tensor reduce_mean_autograd(const at::Tensor& x, at::OptionalIntArrayRef dim, bool keepdim) {
-  return sum_mean_autograd<true>(x, dim, keepdim);
-}
-
-std::tuple<at::Tensor, at::Tensor> reduce_max_autograd(const at::Tensor& x, int64_t dim, bool keepdim) {
-  return maxmin_autograd<true>(x, dim, keepdim);
-}
-
-std::tuple<at::Tensor, at::Tensor> reduce_min_autograd(const at::Tensor& x, int64_t dim, bool keepdim) {
-  return maxmin_autograd<false>(x, dim, keepdim);
-}
-
 at::Tensor logsumexp_autograd(const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
   reject_forward_ad("logsumexp", x);
-  static auto op = find_op<at::Tensor(const at::Tensor&, at::IntArrayRef, bool)>("teachcompute_ext::logsumexp");
+  static auto op = TCE_OP(logsumexp);
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -267,16 +227,13 @@ at::Tensor logsumexp_autograd(const at::Tensor& x, at::IntArrayRef dim, bool kee
   return out;
 }
 
-at::Tensor softmax_autograd(const at::Tensor& x, int64_t dim) { return softmax_autograd_impl<false>(x, dim); }
-
-at::Tensor log_softmax_autograd(const at::Tensor& x, int64_t dim) { return softmax_autograd_impl<true>(x, dim); }
-
 at::Tensor vector_sum_autograd(const at::Tensor& x) {
   reject_forward_ad("vector_sum", x);
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    out = vector_sum_redispatch(x);
+    static auto op = TCE_OP(vector_sum);
+    out = op.call(x);
   }
   if (needs_grad(x)) {
     auto node = make_node<VectorSumBackward>();
@@ -287,4 +244,18 @@ at::Tensor vector_sum_autograd(const at::Tensor& x) {
   return out;
 }
 
+}  // namespace
 }  // namespace teachcompute_ext
+
+// The family's autograd kernels (the schemas are in registration.cpp).
+TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
+  using namespace teachcompute_ext;
+  m.impl("vector_sum", &vector_sum_autograd);
+  m.impl("reduce_sum", &sum_mean_autograd<false>);
+  m.impl("reduce_mean", &sum_mean_autograd<true>);
+  m.impl("reduce_max", &maxmin_autograd<true>);
+  m.impl("reduce_min", &maxmin_autograd<false>);
+  m.impl("logsumexp", &logsumexp_autograd);
+  m.impl("softmax", &softmax_autograd_impl<false>);
+  m.impl("log_softmax", &softmax_autograd_impl<true>);
+}

@@ -10,11 +10,11 @@
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include <torch/csrc/autograd/VariableTypeUtils.h>
+#include <torch/library.h>
 
 #include "common/autograd.h"
 #include "ops.h"
@@ -22,13 +22,8 @@
 namespace teachcompute_ext {
 namespace {
 
-using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-
-using ScatterSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view);
-using OfShapeSig = at::Tensor(c10::SymIntArrayRef, const at::Tensor&, const at::Tensor&, c10::string_view);
-using MaskedSig = at::Tensor(c10::SymIntArrayRef, const at::Tensor&, const at::Tensor&, int64_t, c10::string_view);
 
 void check_differentiable(const char* op, const std::string& reduction) {
   TORCH_CHECK(reduction == "none" || reduction == "add", "teachcompute_ext.", op,
@@ -75,59 +70,57 @@ at::Tensor gather_rows(const at::Tensor& grad, const at::Tensor& rows, int64_t k
 }
 
 // Next edges: data, updates (indices has no gradient).
-struct ScatterNdBackward : Node {
+struct ScatterNdBackward : FunctionalNode<ScatterNdBackward> {
+  static constexpr const char* kFunctional = "tce_ScatterNdBackward";
   SavedVariable indices_;
   std::string reduction;
   std::vector<c10::SymInt> updates_shape;
-  variable_list apply(variable_list&& grads) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const BackwardDispatch dispatch;
+  auto state() { return std::tie(indices_, reduction, updates_shape); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& needs,
+                                const at::Tensor& indices, const std::string& reduction,
+                                const std::vector<c10::SymInt>& updates_shape) {
     check_differentiable("scatter_nd", reduction);
     const at::Tensor& grad = grads[0];
     if (!grad.defined()) return {at::Tensor(), at::Tensor()};
-    const at::Tensor indices = dispatch.unpack(indices_);
     const int64_t k = indices.sym_size(-1).guard_int(__FILE__, __LINE__);
     const at::Tensor rows = rows_of(indices, grad.sym_sizes());
-    const bool want_data = task_should_compute_output(0), want_updates = task_should_compute_output(1);
     at::Tensor grad_data, grad_updates;
     if (reduction == "add") {
-      if (want_data) grad_data = grad;
-      if (want_updates) grad_updates = gather_rows(grad, rows, k, updates_shape, at::Tensor());
+      if (needs[0]) grad_data = grad;
+      if (needs[1]) grad_updates = gather_rows(grad, rows, k, updates_shape, at::Tensor());
     } else {
       const auto gs = grad.sym_sizes();
       const c10::SymInt n_rows = prod(gs, 0, k);
-      if (want_data) {
+      if (needs[0]) {
         const at::Tensor written = at::zeros_symint({n_rows}, grad.options().dtype(at::kBool)).index_fill(0, rows, true);
         grad_data = grad.reshape_symint({n_rows, prod(gs, k, grad.dim())})
                         .masked_fill(written.unsqueeze(1), 0)
                         .reshape_symint(gs);
       }
-      if (want_updates) grad_updates = gather_rows(grad, rows, k, updates_shape, winners(rows, n_rows));
+      if (needs[1]) grad_updates = gather_rows(grad, rows, k, updates_shape, winners(rows, n_rows));
     }
     return {grad_data, grad_updates};
-  }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    indices_.reset_data();
   }
   std::string name() const override { return "ScatterNdBackward"; }
 };
 
 // scatter_nd_of_shape and masked_scatter_nd_of_shape: only updates has a
 // gradient (one next edge).
-struct OfShapeBackward : Node {
+struct OfShapeBackward : FunctionalNode<OfShapeBackward> {
+  static constexpr const char* kFunctional = "tce_ScatterNdOfShapeBackward";
   SavedVariable indices_;
   std::string reduction;
   std::vector<c10::SymInt> updates_shape;
   std::optional<int64_t> masked_value;
-  variable_list apply(variable_list&& grads) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const BackwardDispatch dispatch;
+  auto state() { return std::tie(indices_, reduction, updates_shape, masked_value); }
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& /*needs*/,
+                                const at::Tensor& indices, const std::string& reduction,
+                                const std::vector<c10::SymInt>& updates_shape,
+                                const std::optional<int64_t>& masked_value) {
     const bool masked = masked_value.has_value();
     check_differentiable(masked ? "masked_scatter_nd_of_shape" : "scatter_nd_of_shape", reduction);
     const at::Tensor& grad = grads[0];
     if (!grad.defined()) return {at::Tensor()};
-    const at::Tensor indices = dispatch.unpack(indices_);
     const int64_t k = indices.sym_size(-1).guard_int(__FILE__, __LINE__);
     at::Tensor rows = rows_of(indices, grad.sym_sizes());
     at::Tensor keep;
@@ -143,10 +136,6 @@ struct OfShapeBackward : Node {
       keep = keep.defined() ? win.logical_and(keep) : win;
     }
     return {gather_rows(grad, rows, k, updates_shape, keep)};
-  }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    indices_.reset_data();
   }
   std::string name() const override {
     return masked_value.has_value() ? "MaskedScatterNdOfShapeBackward" : "ScatterNdOfShapeBackward";
@@ -164,12 +153,10 @@ void of_shape_history(at::Tensor& out, const at::Tensor& indices, const at::Tens
   torch::autograd::set_history(out, node);
 }
 
-}  // namespace
-
 at::Tensor scatter_nd_autograd(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
                                c10::string_view reduction) {
   reject_forward_ad("scatter_nd", data, updates);
-  static auto op = find_op<ScatterSig>("teachcompute_ext::scatter_nd");
+  static auto op = TCE_OP(scatter_nd);
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -195,8 +182,7 @@ at::Tensor scatter_nd_autograd(const at::Tensor& data, const at::Tensor& indices
 void scatter_nd_inplace_autograd(const at::Tensor& data, const at::Tensor& indices, const at::Tensor& updates,
                                  c10::string_view reduction) {
   reject_forward_ad("scatter_nd_", data, updates);
-  static auto op = find_op<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view)>(
-      "teachcompute_ext::scatter_nd_");
+  static auto op = TCE_OP(scatter_nd_);
   const bool grad = needs_grad(data) || needs_grad(updates);
   decltype(make_node<ScatterNdBackward>()) node;
   if (grad) {
@@ -218,7 +204,7 @@ void scatter_nd_inplace_autograd(const at::Tensor& data, const at::Tensor& indic
 at::Tensor scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices,
                                         const at::Tensor& updates, c10::string_view reduction) {
   reject_forward_ad("scatter_nd_of_shape", updates);
-  static auto op = find_op<OfShapeSig>("teachcompute_ext::scatter_nd_of_shape");
+  static auto op = TCE_OP(scatter_nd_of_shape);
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -232,7 +218,7 @@ at::Tensor masked_scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const 
                                                const at::Tensor& updates, int64_t masked_value,
                                                c10::string_view reduction) {
   reject_forward_ad("masked_scatter_nd_of_shape", updates);
-  static auto op = find_op<MaskedSig>("teachcompute_ext::masked_scatter_nd_of_shape");
+  static auto op = TCE_OP(masked_scatter_nd_of_shape);
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -242,4 +228,14 @@ at::Tensor masked_scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const 
   return out;
 }
 
+}  // namespace
 }  // namespace teachcompute_ext
+
+// The family's autograd kernels (the schemas are in registration.cpp).
+TORCH_LIBRARY_IMPL(teachcompute_ext, Autograd, m) {
+  using namespace teachcompute_ext;
+  m.impl("scatter_nd", &scatter_nd_autograd);
+  m.impl("scatter_nd_", &scatter_nd_inplace_autograd);
+  m.impl("scatter_nd_of_shape", &scatter_nd_of_shape_autograd);
+  m.impl("masked_scatter_nd_of_shape", &masked_scatter_nd_of_shape_autograd);
+}

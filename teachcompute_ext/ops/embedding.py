@@ -111,6 +111,8 @@ def _check_embedding_backward(grad, indices, num_weights, padding_idx):
     if grad.dim() != indices.dim() + 1 or list(grad.shape[:-1]) != list(indices.shape):
         raise RuntimeError(f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but 'indices' has "
                            f"shape {list(indices.shape)} (expected indices.shape + [embedding_dim])")
+    if num_weights < 0:
+        raise RuntimeError(f"teachcompute_ext.{op}: argument 'num_weights' must be non-negative, got {num_weights}")
     _check_padding(op, padding_idx, num_weights)
 
 

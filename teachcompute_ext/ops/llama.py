@@ -80,7 +80,7 @@ def _check_rms_norm(op, x, weight, eps):
     if x.dim() < 1:
         raise RuntimeError(f"teachcompute_ext.{op}: argument 'x' must have at least 1 dim (got a 0-d tensor)")
     if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"teachcompute_ext.{op}: argument 'eps' must be > 0 (got {eps})")
+        raise ValueError(f"teachcompute_ext.{op}: argument 'eps' must be > 0 (got {eps:g})")  # C++'s printing of a double
     if weight is not None:
         check_float_dtype(op, "weight", weight)
         check_same_device(op, "weight", weight, "x", x)
