@@ -89,6 +89,9 @@ class OpInfo:
     public: bool = True
     inplace: bool = False  # writes its first argument (call it on a copy)
     tol: dict = dataclasses.field(default_factory=dict)  # dtype -> (rtol, atol) over the defaults
+    # small(device, dtype, seed): a few tiny samples, one per mode, for the costly paths (gradgradcheck,
+    # CUDA graphs, host-read tracing, vmap, autocast, ONNX); the first is the op's plain call
+    small: Callable[..., list] = None
 
     @property
     def overload(self):
@@ -192,6 +195,8 @@ def _sum_mean_samples(op):
             Sample((x(37, 300), [1]), name="rows"),
             Sample((x(3, 5000), [-1], True), name="long rows keepdim"),
             Sample((x(500, 70), [0]), name="columns"),
+            Sample((x(9000, 3), [0]), name="tall narrow columns"),
+            Sample((x(2, 50000), [1]), name="long rows split over tasks"),
             Sample((x(20, 30, 40), [0, 2]), name="general"),
             Sample((x(6, 9), None), name="all dims"),
             Sample((x(40, 30).t(), [1]), name="transposed"),
@@ -598,8 +603,9 @@ def _embedding_backward_ref(grad, indices, num_weights, padding_idx=None):
 
 
 def _bag_forward_samples(device, dtype, seed=0):
+    samples = _bag_samples(device, dtype, seed)
     return [Sample(s.args + (None,) * (6 - len(s.args)) + (False,), name=s.name, grad=s.grad)
-            for s in _bag_samples(device, dtype, seed)[:2]]
+            for s in samples if s.name in ("sum offsets", "max 2-D, padding_idx", "per_sample_weights")]
 
 
 def _bag_backward_samples(device, dtype, seed=0):
@@ -614,6 +620,9 @@ def _bag_backward_samples(device, dtype, seed=0):
              None, None, False),
             name="max", grad=False,
         ),
+        Sample((_r(g, 2, 4, dtype=dtype, device=device), w, idx, off, empty, "sum",
+                torch.rand(4, generator=g, dtype=torch.float64).to(device, dtype), None, False),
+               name="per_sample_weights", grad=False),
     ]
 
 
@@ -780,15 +789,19 @@ def _rotary_samples(device, dtype, seed=0):
 
 
 def _rotary_ref(x, cos, sin, interleaved=False):
-    rd = 2 * cos.shape[-1]
-    xr, rest = x[..., :rd], x[..., rd:]
+    """transformers' rotate-half (or GPT-J's pairs), written with elementwise ops and pads only
+    (torch.cat and torch.roll refuse float16 under a bfloat16 autocast): under autocast they give
+    the dtypes torch's elementwise ops give."""
+    h = cos.shape[-1]
+    rd, d = 2 * h, x.shape[-1]
     if interleaved:
-        c2, s2 = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
-        rot = torch.stack((-xr[..., 1::2], xr[..., ::2]), -1).flatten(-2)
-    else:
-        c2, s2 = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
-        rot = torch.cat((-xr[..., rd // 2 :], xr[..., : rd // 2]), -1)
-    return torch.cat((xr * c2 + rot * s2, rest), -1)
+        pairs = x[..., :rd].unflatten(-1, (h, 2))
+        x1, x2 = pairs[..., 0], pairs[..., 1]
+        out = (x1 * cos - x2 * sin).unsqueeze(-1) * torch.tensor([1.0, 0.0], device=x.device, dtype=x.dtype) + (
+            x2 * cos + x1 * sin).unsqueeze(-1) * torch.tensor([0.0, 1.0], device=x.device, dtype=x.dtype)
+        return F.pad(out.flatten(-2), (0, d - rd)) + F.pad(x[..., rd:], (rd, 0))
+    x1, x2 = x[..., :h], x[..., h:rd]
+    return F.pad(x1 * cos - x2 * sin, (0, d - h)) + F.pad(x2 * cos + x1 * sin, (h, d - rd)) + F.pad(x[..., rd:], (rd, 0))
 
 
 def _glu_samples(device, dtype, act=None, seed=0):
@@ -999,6 +1012,65 @@ OPS = [
     OpInfo("glu_backward", "llama", _glu_backward_samples, None, layout="any", public=False, differentiable=False,
            onnx=False),
 ]
+
+# ---- small samples: one per mode, tiny (the costly paths) -----------------------------------------
+def _small(build):
+    """small(device, dtype, seed) from build(r, i) -> [Sample]: r(*shape) floats, i(low, high, *shape) indices."""
+
+    def small(device, dtype, seed=0):
+        g = _gen(100, seed)
+
+        def r(*shape):
+            return _r(g, *shape, dtype=dtype, device=device)
+
+        def i(low, high, *shape):
+            return _i(g, low, high, *shape, device=device)
+
+        return build(r, i)
+
+    return small
+
+
+def _small_offsets(device):
+    return torch.tensor([0, 4, 4, 9], device=device)  # an empty bag and a long last one
+
+
+SMALL = {
+    "vector_sum": _small(lambda r, i: [Sample((r(7, 9),))]),
+    "reduce_sum": _small(lambda r, i: [Sample((r(6, 9), [1]))]),
+    "reduce_mean": _small(lambda r, i: [Sample((r(6, 9), [0], True))]),
+    "reduce_max": _small(lambda r, i: [Sample((r(6, 9), 1))]),
+    "reduce_min": _small(lambda r, i: [Sample((r(6, 9), 0, True))]),
+    "logsumexp": _small(lambda r, i: [Sample((r(6, 9), [1]))]),
+    "softmax": _small(lambda r, i: [Sample((r(6, 9), -1))]),
+    "log_softmax": _small(lambda r, i: [Sample((r(6, 9), 0))]),
+    "scatter_nd": _small(lambda r, i: [Sample((r(10, 4), i(-10, 10, 12, 1), r(12, 4), red), name=red)
+                                       for red in ("none", "add")]),
+    # in place; max has no gradient: forward only
+    "scatter_nd_": _small(lambda r, i: [Sample((r(10, 4), i(-10, 10, 12, 1), r(12, 4), "add"), name="add"),
+                                        Sample((r(10, 4), i(-10, 10, 12, 1), r(12, 4), "max"), name="max",
+                                               grad=False)]),
+    "scatter_nd_of_shape": _small(lambda r, i: [Sample(([5, 3, 4], i(0, 3, 12, 2), r(12, 4), "add"), name="add"),
+                                                Sample(([10, 4], i(0, 10, 12, 1), r(12, 4), "none"), name="none")]),
+    "masked_scatter_nd_of_shape": _small(lambda r, i: [Sample(([10, 4], i(0, 10, 12, 1), r(12, 4), 3))]),
+    "embedding": _small(lambda r, i: [Sample((r(20, 5), i(0, 20, 3, 4), 0))]),
+    "embedding_bag": _small(lambda r, i: [
+        Sample((r(20, 5), i(0, 20, 15), _small_offsets(r(1).device), "mean", None, 1), name="mean"),
+        Sample((r(20, 5), i(0, 20, 4, 3), None, "max"), name="max"),
+        Sample((r(20, 5), i(0, 20, 15), _small_offsets(r(1).device), "sum", r(15)), name="sum-weights")]),
+    "fused_matmul": _small(lambda r, i: [Sample((r(2, 5, 6), r(7, 6), 0.5, False, True))]),
+    "fused_linear": _small(lambda r, i: [Sample((r(5, 8), r(6, 8), r(6), act), name=act) for act in _ACT]),
+    "rms_norm": _small(lambda r, i: [Sample((r(2, 5, 12), r(12)))]),
+    "add_rms_norm": _small(lambda r, i: [Sample((r(5, 12), r(5, 12), r(12)))]),
+    "rotary_embedding": _small(lambda r, i: [Sample((r(2, 5, 3, 8).transpose(1, 2), r(5, 3), r(5, 3), il),
+                                                    name=f"interleaved={il}") for il in (False, True)]),
+    "swiglu": _small(lambda r, i: [Sample((r(4, 9), r(4, 9)), name="two"), Sample((r(4, 18),), name="one-tensor")]),
+    "geglu": _small(lambda r, i: [Sample((r(4, 9), r(4, 9), "tanh"))]),
+}
+for _op in OPS:
+    if _op.public:
+        _op.small = SMALL[_op.name]
+
 
 BY_NAME = {op.name: op for op in OPS}
 PUBLIC = [op for op in OPS if op.public]

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import functools
+
+import op_db
 import teachcompute_ext as tce
 from conftest import CUDA_OK
-
-ACT = {"none": lambda y: y, "relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
-       "silu": F.silu}
 
 CASES = [("cpu", torch.bfloat16), ("cpu", torch.float16)] + [
     pytest.param("cuda", dt, marks=pytest.mark.skipif(not CUDA_OK, reason="no CUDA device or CUDA not compiled"))
@@ -17,60 +17,27 @@ CASES = [("cpu", torch.bfloat16), ("cpu", torch.float16)] + [
 
 
 def _pairs(device):
-    """(name, ours, torch's counterpart, inputs): every op a user calls under autocast."""
-    g = torch.Generator().manual_seed(0)
-
-    def r(*s):
-        return torch.randn(*s, generator=g).to(device)
-
-    x, w, b = r(9, 16), r(12, 16), r(12)
-    a3, b3 = r(2, 9, 16), r(16, 5)
-    idx = torch.randint(0, 12, (4, 3), generator=g).to(device)
+    """(name, ours, torch's counterpart): every public op of the table (tests/op_db.py), each of its
+    small samples in float32 and in both lower-precision dtypes; the counterpart is the table's
+    reference (torch's own ops), which follows torch's autocast policy."""
     pairs = []
-    for act, f in ACT.items():
-        pairs.append((f"fused_linear {act}", lambda x, w, b, act=act: tce.fused_linear(x, w, b, act),
-                      lambda x, w, b, f=f: f(F.linear(x, w, b)), (x, w, b)))
-    pairs += [
-        ("fused_matmul", lambda a, b: tce.fused_matmul(a, b, 0.5), lambda a, b: 0.5 * torch.matmul(a, b), (a3, b3)),
-        ("fused_matmul trans_b", lambda a, b: tce.fused_matmul(a, b, 1.0, False, True),
-         lambda a, b: torch.matmul(a, b.transpose(-1, -2)), (x, w)),
-    ]
-    # The other ops, in float32 and in the autocast's lower precision inputs.
-    for dt in (torch.float32, torch.float16, torch.bfloat16):
-        xd = x.to(dt)
-        pairs += [
-            (f"softmax {dt}", lambda t: tce.softmax(t, 1), lambda t: torch.softmax(t, 1), (xd,)),
-            (f"log_softmax {dt}", lambda t: tce.log_softmax(t, 1), lambda t: torch.log_softmax(t, 1), (xd,)),
-            (f"logsumexp {dt}", lambda t: tce.logsumexp(t, [1]), lambda t: torch.logsumexp(t, [1]), (xd,)),
-            (f"reduce_sum {dt}", lambda t: tce.reduce_sum(t, [0]), lambda t: torch.sum(t, [0]), (xd,)),
-            (f"vector_sum {dt}", tce.vector_sum, torch.sum, (xd,)),
-            (f"reduce_mean {dt}", lambda t: tce.reduce_mean(t, [1]), lambda t: torch.mean(t, [1]), (xd,)),
-            (f"reduce_max {dt}", lambda t: tce.reduce_max(t, 1)[0], lambda t: torch.max(t, 1)[0], (xd,)),
-            (f"embedding {dt}", lambda wt: tce.embedding(wt, idx), lambda wt: F.embedding(idx, wt), (w.to(dt),)),
-            (f"embedding_bag {dt}", lambda wt: tce.embedding_bag(wt, idx, None, "sum"),
-             lambda wt: F.embedding_bag(idx, wt, mode="sum"), (w.to(dt),)),
-            (f"rms_norm {dt}", lambda t, wt: tce.rms_norm(t, wt), lambda t, wt: F.rms_norm(t, (16,), wt, 1e-6),
-             (xd, r(16).to(dt))),
-            (f"add_rms_norm {dt}", lambda t, u, wt: tce.add_rms_norm(t, u, wt)[0],
-             lambda t, u, wt: F.rms_norm(t + u, (16,), wt, 1e-6), (xd, xd.flip(0), r(16).to(dt))),
-            (f"rotary_embedding {dt}", lambda t, c, s: tce.rotary_embedding(t, c, s),
-             # the rotation by halves, joined by pads: torch.cat's autocast refuses float16 under bfloat16
-             lambda t, c, s: (F.pad(t[:, :8] * c - t[:, 8:] * s, (0, 8)) + F.pad(t[:, 8:] * c + t[:, :8] * s, (8, 0))),
-             (xd, r(9, 8).to(dt), r(9, 8).to(dt))),
-            (f"swiglu {dt}", tce.swiglu, lambda g, u: F.silu(g) * u, (xd, xd.flip(1))),
-            (f"geglu {dt}", tce.geglu, lambda g, u: F.gelu(g) * u, (xd, xd.flip(1))),
-        ]
+    for op in op_db.PUBLIC:
+        for dt in (torch.float32, torch.float16, torch.bfloat16):
+            for sample in op.small(device, dt, 0):
+                pairs.append((f"{op.name} {sample.name} {dt}", functools.partial(op_db.call, op, sample),
+                              functools.partial(op_db.call, op, sample, op.ref)))
     return pairs
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
 def test_each_op_follows_torchs_autocast_policy(device, dtype):
-    for name, ours, theirs, args in _pairs(device):
+    for name, ours, theirs in _pairs(device):
         with torch.autocast(device, dtype=dtype):
-            out, ref = ours(*args), theirs(*args)
-        assert out.dtype == ref.dtype, f"{name}: {out.dtype} under autocast, torch's counterpart gives {ref.dtype}"
-        tol = 2e-2 if ref.dtype in (torch.float16, torch.bfloat16) else 1e-5
-        torch.testing.assert_close(out.double(), ref.double(), rtol=tol, atol=tol, msg=name)
+            outs, refs = op_db.outputs(ours()), op_db.outputs(theirs())
+        for out, ref in zip(outs, refs):
+            assert out.dtype == ref.dtype, f"{name}: {out.dtype} under autocast, torch's counterpart gives {ref.dtype}"
+            tol = 3e-2 if ref.dtype in (torch.float16, torch.bfloat16) else 1e-5
+            torch.testing.assert_close(out.double(), ref.double(), rtol=tol, atol=tol, msg=name)
 
 
 @pytest.mark.parametrize("device,dtype", CASES)

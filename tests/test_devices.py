@@ -18,6 +18,7 @@ import textwrap
 import pytest
 import torch
 
+import op_db
 import teachcompute_ext  # noqa: F401
 from conftest import CUDA_OK
 
@@ -26,91 +27,79 @@ CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 
 
 def _cases():
-    """(op, name in messages, args builder, {position: argument name}) for every op with several tensors."""
-    g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    w, idx, off = r(10, 4), torch.tensor([1, 2, 3, 1]), torch.tensor([0, 2])
-    yield ops.softmax_backward.default, "softmax_backward", lambda: [r(3, 5), r(3, 5).softmax(1), 1], {0: "grad",
-                                                                                                      1: "out"}
-    for op, name in ((ops.scatter_nd.default, "scatter_nd"), (ops.scatter_nd_.default, "scatter_nd_")):
-        yield op, name, lambda: [r(5, 3), torch.tensor([[1], [3]]), r(2, 3), "add"], {0: "data", 1: "indices",
-                                                                                    2: "updates"}
-    yield (ops.scatter_nd_of_shape.default, "scatter_nd_of_shape",
-           lambda: [[5, 3], torch.tensor([[1], [3]]), r(2, 3), "add"], {1: "indices", 2: "updates"})
-    yield (ops.masked_scatter_nd_of_shape.default, "masked_scatter_nd_of_shape",
-           lambda: [[5, 3], torch.tensor([[1], [3]]), r(2, 3), 3, "add"], {1: "indices", 2: "updates"})
-    yield ops.embedding.default, "embedding", lambda: [w, idx, None], {0: "weight", 1: "indices"}
-    yield (ops.embedding_backward.default, "embedding_backward", lambda: [r(4, 4), idx, 10, None],
-           {0: "grad", 1: "indices"})
-    yield (ops.embedding_bag_forward.default, "embedding_bag",
-           lambda: [w, idx, off, "sum", r(4), None, False], {0: "weight", 1: "indices", 2: "offsets",
-                                                            4: "per_sample_weights"})
-    yield (ops.embedding_bag_backward.default, "embedding_bag_backward",
-           lambda: [r(2, 4), w, idx, off, torch.full((2, 4), 1), "max", None, None, False],
-           {0: "grad", 1: "weight", 2: "indices", 3: "offsets", 4: "max_indices"})
-    yield (ops.embedding_bag_backward.default, "embedding_bag_backward",
-           lambda: [r(2, 4), w, idx, off, torch.empty(0, dtype=torch.long), "sum", r(4), None, False],
-           {6: "per_sample_weights"})
-    yield ops.fused_matmul.default, "fused_matmul", lambda: [r(3, 4), r(4, 5), 1.0, False, False], {0: "a", 1: "b"}
-    yield (ops.fused_linear_forward.default, "fused_linear", lambda: [r(3, 4), r(5, 4), r(5), "gelu", True],
-           {0: "x", 1: "weight", 2: "bias"})
-    yield (ops.fused_linear_backward.default, "fused_linear_backward",
-           lambda: [r(3, 5), r(3, 4), r(5, 4), r(3, 5), "gelu", True, [True, True, True]],
-           {0: "grad", 1: "x", 2: "weight", 3: "aux"})
-    yield ops.rms_norm_forward.default, "rms_norm", lambda: [r(3, 4), r(4), 1e-6], {0: "x", 1: "weight"}
-    yield (ops.add_rms_norm_forward.default, "add_rms_norm", lambda: [r(3, 4), r(3, 4), r(4), 1e-6],
-           {0: "x", 1: "residual", 2: "weight"})
-    yield (ops.rms_norm_backward.default, "rms_norm_backward",
-           lambda: [r(3, 4), r(3, 4), r(4), r(3).abs(), r(3, 4), [True, True]],
-           {0: "grad", 1: "x", 2: "weight", 3: "rstd", 4: "grad_add"})
-    yield (ops.rotary_embedding.default, "rotary_embedding", lambda: [r(2, 3, 8), r(3, 2), r(3, 2), False],
-           {0: "x", 1: "cos", 2: "sin"})
-    yield (ops.rotary_embedding_backward.default, "rotary_embedding_backward",
-           lambda: [r(2, 3, 8), r(3, 2), r(3, 2), False], {0: "grad", 1: "cos", 2: "sin"})
-    yield ops.swiglu.default, "swiglu", lambda: [r(3, 4), r(3, 4)], {0: "gate", 1: "up"}
-    yield ops.geglu.default, "geglu", lambda: [r(3, 4), r(3, 4), "none"], {0: "gate", 1: "up"}
-    yield (ops.glu_backward.default, "glu_backward", lambda: [r(3, 4), r(3, 4), r(3, 4), "silu"],
-           {0: "grad", 1: "gate", 2: "up"})
+    """(op, name in messages, args builder, position, argument name): every tensor argument of
+    every op of the table (tests/op_db.py), in the first sample where it is a tensor."""
+    for info in op_db.OPS:
+        if info.layout == "composite":
+            continue  # decomposed into its *_forward op, which has an entry of its own
+        samples = info.samples("cpu", torch.float32)
+        for pos, arg in info.tensor_args().items():
+            # a list argument of tensors is not a tensor argument; the samples pass every argument by position
+            def mixes(s):  # arg pos is a tensor, and another tensor argument is there to disagree with
+                tensors = [i for i, a in enumerate(s.args) if isinstance(a, torch.Tensor)]
+                return pos in tensors and len(tensors) > 1 and s.args[pos].numel() > 0
+
+            sample = next((s for s in samples if mixes(s)), None)
+            if sample is None:
+                continue
+            yield pytest.param(info.overload, info.error_name, sample, pos, arg, id=f"{info.name}-{arg}")
 
 
-CASES = [pytest.param(op, name, build, pos, arg, id=f"{name}-{arg}")
-         for op, name, build, positions in _cases() for pos, arg in positions.items()]
+def _full_args(op, sample):
+    """The sample's arguments, completed with the schema's defaults (redispatch takes no defaults)."""
+    args = list(sample.args)
+    for a in op._schema.arguments[len(args):]:
+        args.append(a.default_value if a.has_default_value() else None)
+    return args
+
+
+CASES = list(_cases())
 
 
 def _message(name):
     return rf"teachcompute_ext\.{name}: Expected all tensors to be on the same device, but found at least two devices"
 
 
-@pytest.mark.parametrize("op,name,build,pos,arg", CASES)
-def test_every_tensor_argument_on_another_device_is_refused_by_the_frontend(op, name, build, pos, arg):
-    args = build()
+@pytest.mark.parametrize("op,name,sample,pos,arg", CASES)
+def test_every_tensor_argument_on_another_device_is_refused_by_the_frontend(op, name, sample, pos, arg):
+    args = _full_args(op, sample)
     args[pos] = args[pos].to("meta")
     with pytest.raises(RuntimeError, match=_message(name)) as err:
         op.redispatch(CPU_KEYS, *args)
     assert "is on meta" in str(err.value) and "is on cpu" in str(err.value)
 
 
-@pytest.mark.parametrize("op,name,build,pos,arg", CASES)
-def test_the_fake_kernels_refuse_the_same_mixes(op, name, build, pos, arg):
-    args = build()
+@pytest.mark.parametrize("op,name,sample,pos,arg", CASES)
+def test_the_fake_kernels_refuse_the_same_mixes(op, name, sample, pos, arg):
+    args = _full_args(op, sample)
     args[pos] = args[pos].to("meta")
     with pytest.raises(RuntimeError, match=_message(name)):
         op(*args)
 
 
 def test_the_same_args_on_one_device_are_accepted():
-    for op, name, build, positions in _cases():
-        args = build()
-        op.redispatch(CPU_KEYS, *args)  # no error
+    for case in CASES:
+        op, name, sample, pos, arg = case.values
+        op.redispatch(CPU_KEYS, *_full_args(op, sample))  # no error
+
+
+def test_every_tensor_argument_of_every_op_is_covered():
+    covered = {(c.values[1], c.values[4]) for c in CASES}
+    for info in op_db.OPS:
+        if info.layout == "composite":
+            continue  # its *_forward op's arguments are the same
+        if len(info.tensor_args()) > 1:
+            for arg in info.tensor_args().values():
+                assert (info.error_name, arg) in covered, (info.name, arg)
 
 
 needs_cuda = pytest.mark.skipif(not CUDA_OK, reason="no CUDA device or CUDA not compiled")
 
 
 @needs_cuda
-@pytest.mark.parametrize("op,name,build,pos,arg", CASES)
-def test_cuda_tensors_beside_a_cpu_argument_are_refused(op, name, build, pos, arg):
-    args = [a.cuda() if isinstance(a, torch.Tensor) and i != pos else a for i, a in enumerate(build())]
+@pytest.mark.parametrize("op,name,sample,pos,arg", CASES)
+def test_cuda_tensors_beside_a_cpu_argument_are_refused(op, name, sample, pos, arg):
+    args = [a.cuda() if isinstance(a, torch.Tensor) and i != pos else a for i, a in enumerate(_full_args(op, sample))]
     with pytest.raises(RuntimeError, match=_message(name)):
         op(*args)
     torch.cuda.synchronize()  # the context is intact

@@ -5,6 +5,7 @@ checked against torch in the other test files)."""
 import pytest
 import torch
 
+import op_db
 import teachcompute_ext
 
 onnx = pytest.importorskip("onnx")
@@ -531,3 +532,37 @@ def test_llama_block_dynamic_batch_and_sequence():
     assert dims[0].dim_param and dims[1].dim_param  # symbolic, not 3 and 7
     for b, s in ((2, 5), (5, 33)):
         check(sess, model, (torch.randn(b, s, 32), torch.randn(b, s, 32)), rtol=1e-4, atol=1e-4)
+
+
+# ---- every op of the table ---------------------------------------------------------------------
+ONNX_CASES = [(op, k) for op in op_db.PUBLIC if op.onnx for k in range(len(op.small("cpu", torch.float32)))]
+
+
+@pytest.mark.parametrize("op,k", ONNX_CASES, ids=lambda v: v.name if hasattr(v, "name") else str(v))
+def test_every_op_of_the_table(op, k):
+    """Each small sample of the op table (tests/op_db.py), exported on one draw of its inputs and run
+    by onnxruntime on another (the in-place op through teachcompute_ext.onnx.export)."""
+    def tensors(seed):
+        return [a for a in op.small("cpu", torch.float32, seed)[k].args if isinstance(a, torch.Tensor)]
+
+    template = op.small("cpu", torch.float32, 0)[k]
+    where = [i for i, a in enumerate(template.args) if isinstance(a, torch.Tensor)]
+
+    def fn(m, *ts):
+        args = list(template.args)
+        for i, x in zip(where, ts):
+            args[i] = x
+        return op_db.call(op, op_db.Sample(tuple(args)))
+
+    model = Fn(fn)
+    if op.inplace:
+        program = teachcompute_ext.onnx.export(model.eval(), tuple(tensors(0)))
+        sess = session(program.model_proto)
+    else:
+        _, sess = export(model, tuple(tensors(0)))
+    check(sess, model, tuple(tensors(1)), rtol=1e-4, atol=1e-4)
+
+
+def test_every_op_of_the_table_has_a_translation():
+    assert {op.name for op in op_db.PUBLIC if op.onnx} <= set(k.name().split("::")[1].split(".")[0]
+                                                              for k in TABLE) | {"scatter_nd_"}

@@ -22,6 +22,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+import op_db
 import teachcompute_ext as t
 from conftest import CUDA_OK
 from test_users_paths import TinyModel, _free_port, _train
@@ -32,63 +33,27 @@ cuda_only = pytest.mark.skipif(not CUDA_OK, reason="no CUDA device or CUDA not c
 
 
 # ---- every op, forward and backward, on small inputs ------------------------------------------
-# name -> (fn(*inputs) -> output(s), make(generator) -> CPU inputs, differentiable).
-# The floating inputs of a differentiable case are the leaves the backward differentiates.
-def _idx(g, n, low, high, k=1):
-    return torch.randint(low, high, (n, k), generator=g)
+# name -> (fn(*tensors) -> output(s), make(seed) -> the CPU tensors, differentiable): each of the
+# op table's small samples (tests/op_db.py), its tensors the arguments and the rest fixed. The
+# floating inputs of a differentiable case are the leaves the backward differentiates.
+def _case(op, k):
+    template = op.small("cpu", torch.float32)[k]
+    where = [i for i, a in enumerate(template.args) if isinstance(a, torch.Tensor)]
+
+    def fn(*tensors):
+        args = list(template.args)
+        for i, x in zip(where, tensors):
+            args[i] = x
+        return op_db.call(op, op_db.Sample(tuple(args)))
+
+    def make(seed):
+        return [a for a in op.small("cpu", torch.float32, seed)[k].args if isinstance(a, torch.Tensor)]
+
+    return fn, make, op.differentiable and template.grad
 
 
-def _rand(g, *shape):
-    return torch.randn(*shape, generator=g)
-
-
-_OFFSETS = torch.tensor([0, 4, 4, 9])  # an empty bag and a long last one
-CASES = {
-    "vector_sum": (t.vector_sum, lambda g: [_rand(g, 7, 9)], True),
-    "reduce_sum": (lambda x: t.reduce_sum(x, [1]), lambda g: [_rand(g, 6, 9)], True),
-    "reduce_mean": (lambda x: t.reduce_mean(x, [0], True), lambda g: [_rand(g, 6, 9)], True),
-    "reduce_max": (lambda x: t.reduce_max(x, 1), lambda g: [_rand(g, 6, 9)], True),
-    "reduce_min": (lambda x: t.reduce_min(x, 0, True), lambda g: [_rand(g, 6, 9)], True),
-    "logsumexp": (lambda x: t.logsumexp(x, [1]), lambda g: [_rand(g, 6, 9)], True),
-    "softmax": (lambda x: t.softmax(x, -1), lambda g: [_rand(g, 6, 9)], True),
-    "log_softmax": (lambda x: t.log_softmax(x, 0), lambda g: [_rand(g, 6, 9)], True),
-    "scatter_nd-none": (lambda d, i, u: t.scatter_nd(d, i, u, "none"),
-                        lambda g: [_rand(g, 10, 4), _idx(g, 12, -10, 10), _rand(g, 12, 4)], True),
-    "scatter_nd-add": (lambda d, i, u: t.scatter_nd(d, i, u, "add"),
-                       lambda g: [_rand(g, 10, 4), _idx(g, 12, -10, 10), _rand(g, 12, 4)], True),
-    # in place, and max has no gradient: forward only
-    "scatter_nd_-max": (lambda d, i, u: t.scatter_nd_(d.clone(), i, u, "max"),
-                        lambda g: [_rand(g, 10, 4), _idx(g, 12, -10, 10), _rand(g, 12, 4)], False),
-    "scatter_nd_of_shape-add": (lambda i, u: t.scatter_nd_of_shape([5, 3, 4], i, u, "add"),
-                                lambda g: [_idx(g, 12, 0, 3, k=2), _rand(g, 12, 4)], True),
-    "scatter_nd_of_shape-none": (lambda i, u: t.scatter_nd_of_shape([10, 4], i, u, "none"),
-                                 lambda g: [_idx(g, 12, 0, 10), _rand(g, 12, 4)], True),
-    "masked_scatter_nd_of_shape": (lambda i, u: t.masked_scatter_nd_of_shape([10, 4], i, u, 3),
-                                   lambda g: [_idx(g, 12, 0, 10), _rand(g, 12, 4)], True),
-    "embedding": (lambda w, i: t.embedding(w, i, 0),
-                  lambda g: [_rand(g, 20, 5), torch.randint(0, 20, (3, 4), generator=g)], True),
-    "embedding_bag-mean": (lambda w, i, o: t.embedding_bag(w, i, o, "mean", None, 1),
-                           lambda g: [_rand(g, 20, 5), torch.randint(0, 20, (15,), generator=g), _OFFSETS], True),
-    "embedding_bag-max": (lambda w, i: t.embedding_bag(w, i, None, "max"),
-                          lambda g: [_rand(g, 20, 5), torch.randint(0, 20, (4, 3), generator=g)], True),
-    "embedding_bag-sum-weights": (lambda w, i, o, p: t.embedding_bag(w, i, o, "sum", p),
-                                  lambda g: [_rand(g, 20, 5), torch.randint(0, 20, (15,), generator=g), _OFFSETS,
-                                             _rand(g, 15)], True),
-    "fused_matmul": (lambda a, b: t.fused_matmul(a, b, 0.5, False, True),
-                     lambda g: [_rand(g, 2, 5, 6), _rand(g, 7, 6)], True),
-    **{f"fused_linear-{act}": ((lambda x, w, b, act=act: t.fused_linear(x, w, b, act)),
-                               lambda g: [_rand(g, 5, 8), _rand(g, 6, 8), _rand(g, 6)], True)
-       for act in ("none", "relu", "gelu", "gelu_tanh", "silu")},
-    "rms_norm": (lambda x, w: t.rms_norm(x, w), lambda g: [_rand(g, 2, 5, 12), _rand(g, 12)], True),
-    "add_rms_norm": (lambda x, r, w: t.add_rms_norm(x, r, w), lambda g: [_rand(g, 5, 12), _rand(g, 5, 12),
-                                                                       _rand(g, 12)], True),
-    **{f"rotary_embedding-{il}": ((lambda x, c, s, il=il: t.rotary_embedding(x.transpose(1, 2), c, s, il)),
-                                  lambda g: [_rand(g, 2, 5, 3, 8), _rand(g, 5, 3), _rand(g, 5, 3)], True)
-       for il in (False, True)},
-    "swiglu": (t.swiglu, lambda g: [_rand(g, 4, 9), _rand(g, 4, 9)], True),
-    "swiglu-one-tensor": (t.swiglu, lambda g: [_rand(g, 4, 18)], True),
-    "geglu": (lambda a, b: t.geglu(a, b, "tanh"), lambda g: [_rand(g, 4, 9), _rand(g, 4, 9)], True),
-}
+CASES = {f"{op.name}-{s.name}" if s.name else op.name: _case(op, k)
+         for op in op_db.PUBLIC for k, s in enumerate(op.small("cpu", torch.float32))}
 
 
 @pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[2]])
@@ -98,7 +63,7 @@ def test_double_backward_gradgradcheck(name):
     # The fused backward ops have no derivative: their second-order terms were
     # silently dropped (softmax, rms_norm, swiglu...) or raised (fused_linear).
     fn, make, _ = CASES[name]
-    xs = [x.double() if x.is_floating_point() else x for x in make(torch.Generator().manual_seed(3))]
+    xs = [x.double() if x.is_floating_point() else x for x in make(3)]
     where = [i for i, x in enumerate(xs) if x.is_floating_point()]
 
     def f(*leaves):
@@ -129,7 +94,7 @@ def _graph_backward_matches_fused_backward(f, leaves):
 
 def _inputs(name, device, seed):
     _, make, differentiable = CASES[name]
-    xs = [x.to(device) for x in make(torch.Generator().manual_seed(seed))]
+    xs = [x.to(device) for x in make(seed)]
     return [x.requires_grad_() if differentiable and x.is_floating_point() else x for x in xs]
 
 
@@ -503,18 +468,6 @@ def test_fsdp2_two_cpu_processes_match_a_single_process(tmp_path):
 
 
 # ---- stride tags: Inductor hands each op the layout it really needs --------------------------
-LAYOUT_TAGS = {torch.Tag.flexible_layout, torch.Tag.needs_contiguous_strides}
-COMPOSITES = {"embedding_bag", "fused_linear", "rms_norm", "add_rms_norm"}  # decomposed before Inductor
-
-
-def test_every_op_states_its_layout_contract():
-    for name in ops:
-        if name in COMPOSITES:
-            continue
-        tags = set(getattr(ops, name).default.tags)
-        assert len(tags & LAYOUT_TAGS) == 1, f"{name}: tags {tags}"
-
-
 def _arg_layouts(code, name):
     """(sizes, strides) of each buffer the generated code passes to teachcompute_ext.<name>: read
     from the empty_strided_cpu(...) that allocates it, or from the reinterpret_tensor(...) around it.
@@ -624,7 +577,7 @@ def test_forward_mode_ad_is_refused_not_dropped(name):
     import torch.autograd.forward_ad as fwAD
 
     fn, make, _ = CASES[name]
-    xs = make(torch.Generator().manual_seed(4))
+    xs = make(4)
     i = next(k for k, x in enumerate(xs) if x.is_floating_point())
     with fwAD.dual_level():
         args = list(xs)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import op_db
 import teachcompute_ext  # noqa: F401
 from conftest import DEVICES
 
@@ -683,3 +684,34 @@ def test_swiglu_geglu_and_backward(in_dims, device):
     ref = vmap(lambda dd, a, b: ops.glu_backward(dd, a, b, "silu"))(d, gf, uf)
     _close(got[0], ref[0])
     _close(got[1], ref[1])
+
+
+# ---------------------------------------------------------------------------- every op of the table
+def _table_samples(op, seed):
+    make = op.small if op.small is not None else op.samples
+    return [s for s in make("cpu", F64, seed) if all(a.numel() > 0 for a in s.args if isinstance(a, torch.Tensor))]
+
+
+VMAP_CASES = [(op, k) for op in op_db.OPS for k in range(len(_table_samples(op, 0)))]
+
+
+@pytest.mark.parametrize("op,k", VMAP_CASES, ids=lambda v: v.name if hasattr(v, "name") else str(v))
+def test_vmap_over_every_op_of_the_table_is_the_op_per_sample(op, k):
+    """vmap over a batch of 3 samples (every tensor argument batched, indices too) equals the op
+    called on each sample: every op and backward op has a batching rule, one call for the batch."""
+    samples = [_table_samples(op, seed)[k] for seed in range(3)]
+    where = [i for i, a in enumerate(samples[0].args) if isinstance(a, torch.Tensor)]
+
+    def fn(*tensors):
+        args = list(samples[0].args)
+        for i, t in zip(where, tensors):
+            args[i] = t
+        return op_db.call(op, op_db.Sample(tuple(args), samples[0].kwargs))
+
+    batched = [torch.stack([s.args[i] for s in samples]) for i in where]
+    got = vmap(fn)(*batched)
+    want = [fn(*[s.args[i] for i in where]) for s in samples]
+    got = got if isinstance(got, tuple) else (got,)
+    want = [w if isinstance(w, tuple) else (w,) for w in want]
+    for j, g in enumerate(got):
+        torch.testing.assert_close(g, torch.stack([w[j] for w in want]), rtol=1e-12, atol=1e-12)

@@ -173,6 +173,22 @@ struct UnpackedTuple<std::tuple<Ts&...>> {
   using type = std::tuple<typename Unpacked<std::remove_const_t<Ts>>::type...>;
 };
 
+// What apply passes: the unpacked tensors, the attributes by reference (no copy per call).
+template <typename T>
+struct Borrowed {
+  using type = const T&;
+};
+template <>
+struct Borrowed<SavedVariable> {
+  using type = at::Tensor;
+};
+template <typename Tuple>
+struct BorrowedTuple;
+template <typename... Ts>
+struct BorrowedTuple<std::tuple<Ts&...>> {
+  using type = std::tuple<typename Borrowed<std::remove_const_t<Ts>>::type...>;
+};
+
 // Members swapped for the compiled graph's proxies (tensors and symbolic sizes);
 // the others are constants of the graph, keyed by compiled_args.
 template <typename T>
@@ -198,12 +214,13 @@ struct FunctionalNode : torch::autograd::Node {
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
     const BackwardDispatch dispatch;
+    auto members = self().state();
     auto values = std::apply(
         [&](auto&... m) {
-          return typename functional_node_detail::UnpackedTuple<decltype(self().state())>::type{
+          return typename functional_node_detail::BorrowedTuple<decltype(members)>::type{
               unpack_member(dispatch, m)...};
         },
-        self().state());
+        members);
     return call_backward(grads, needs_input_grad(), values);
   }
 
@@ -260,11 +277,11 @@ struct FunctionalNode : torch::autograd::Node {
   // Eager: a saved output is unpacked with this Node (it does not own it); an
   // input ignores it. Unpacked with the caller's dispatch keys (checkpoint hooks).
   template <typename T>
-  auto unpack_member(const BackwardDispatch& dispatch, T& m) {
+  decltype(auto) unpack_member(const BackwardDispatch& dispatch, T& m) {
     if constexpr (std::is_same_v<T, SavedVar>) {
       return dispatch.unpack(m, getptr());
     } else {
-      return T(m);
+      return static_cast<const T&>(m);
     }
   }
   template <typename T>

@@ -24,6 +24,36 @@ constexpr int64_t kPassTaskWork = 32768;
 // elements, one task) gains nothing from smaller tasks.
 constexpr int64_t kExpTaskWork = 8192;
 
+// The grains below came with their kernels and were not re-measured when
+// they moved here (no figure of their own yet); each says what it covers and
+// how it relates to the two measured ones.
+
+// Indices checked (or turned into rows) per task: a compare and a store each,
+// the cheapest work there is, so four times kPassTaskWork's elements would
+// be fairer; embedding's checks use 8K, scatter's destination rows 4K.
+constexpr int64_t kIndexTaskItems = 8192;
+constexpr int64_t kScatterRowTaskItems = 4096;
+
+// Bytes of table rows copied per task by the embedding gather: 64 KB, the
+// bytes of kPassTaskWork / 2 float32 elements (a copy has no flops at all).
+constexpr int64_t kCopyTaskBytes = 65536;
+
+// Weighted row sums per task (embedding_bag sum/mean forward, fused_linear's
+// epilogue on rows of the GEMM output): a multiply-add per element, half of
+// kPassTaskWork.
+constexpr int64_t kRowSumTaskWork = 16384;
+
+// Bags (or sorted index positions) per task when planning embedding_bag:
+// a handful of integer operations each.
+constexpr int64_t kBagPlanTaskItems = 256;
+
+// Columns per task in the serial-over-rows passes (embedding_bag max
+// backward: each column's writes stay in bag order) and reductions of
+// partial sums down columns (fused_linear's bias gradient: 4K partial sums
+// per task; rms_norm's weight gradient: kPassTaskWork of them).
+constexpr int64_t kColumnTaskItems = 16;
+constexpr int64_t kPartialSumTaskWork = 4096;
+
 // Items per task so that each holds about task_work elements.
 inline int64_t grain_for(int64_t work_per_item, int64_t task_work) {
   return std::max<int64_t>(1, task_work / std::max<int64_t>(1, work_per_item));

@@ -16,6 +16,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/grain.h"
 #include "embedding/embedding.h"
 #include "scatter_nd/scatter_rows.h"
 
@@ -43,7 +44,7 @@ Buf checked_rows(const char* op, const at::Tensor& indices, int64_t num) {
   Buf rows(n);
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "embedding_rows", [&] {
     const index_t* p = idx.const_data_ptr<index_t>();
-    at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, n, kIndexTaskItems, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const int64_t v = static_cast<int64_t>(p[i]);
         TORCH_CHECK_INDEX(v >= 0 && v < num, "teachcompute_ext.", op, ": index ", v,
@@ -132,7 +133,7 @@ BagPlan plan_bags(const char* op, const at::Tensor& weight, const at::Tensor& in
     const int64_t first = begin[0];
     p.order.n = begin[bags] - first;
     for (int64_t b = 0; b <= bags; ++b) p.bounds[b] = begin[b] - first;
-    at::parallel_for(0, bags, 256, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, bags, kBagPlanTaskItems, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         for (int64_t i = begin[b]; i < begin[b + 1]; ++i) {
           p.order[i - first] = i;
@@ -165,7 +166,7 @@ std::vector<double> bag_scales(const BagPlan& p, BagMode mode, const std::option
     scale.assign(q, q + w.numel());
   } else if (mode == BagMode::MEAN) {
     scale.assign(p.rows.size(), 0.0);
-    at::parallel_for(0, static_cast<int64_t>(p.bounds.size()) - 1, 256, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, static_cast<int64_t>(p.bounds.size()) - 1, kBagPlanTaskItems, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t cnt = p.bounds[b + 1] - p.bounds[b];
         for (int64_t j = p.bounds[b]; j < p.bounds[b + 1]; ++j) scale[p.order[j]] = 1.0 / static_cast<double>(cnt);
@@ -189,7 +190,7 @@ void embedding_kernel(const at::Tensor& weight, const at::Tensor& indices, at::T
   char* dst = static_cast<char*>(out.mutable_data_ptr());
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "embedding", [&] {
     const index_t* rows = idx.const_data_ptr<index_t>();
-    at::parallel_for(0, n, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, bytes)), [&](int64_t b, int64_t e) {
+    at::parallel_for(0, n, grain_for(bytes, kCopyTaskBytes), [&](int64_t b, int64_t e) {
       check_index_range("embedding", rows, b, e, num);
       for (int64_t i = b; i < e; ++i) std::memcpy(dst + i * bytes, src + static_cast<int64_t>(rows[i]) * bytes, bytes);
     });
@@ -241,7 +242,7 @@ void embedding_bag_kernel(const BagInputs& in, at::Tensor& out, at::Tensor& argm
       const scalar_t* pp = pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr;
       scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
       const int64_t per_bag = bags > 0 ? (begin[bags] - begin[0]) / bags + 1 : 1;
-      at::parallel_for(0, bags, std::max<int64_t>(1, 16384 / (per_bag * dim + 1)), [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, bags, grain_for(per_bag * dim + 1, kRowSumTaskWork), [&](int64_t b0, int64_t b1) {
         if (check) check_index_range<int64_t>(op, rows_ptr, begin[b0], begin[b1], num);
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t cnt = begin[b + 1] - begin[b];
@@ -268,7 +269,7 @@ void embedding_bag_kernel(const BagInputs& in, at::Tensor& out, at::Tensor& argm
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
     int64_t* ap = argmax.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, bags, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, bags, 1, [&](int64_t b0, int64_t b1) {  // a bag of rows each: heavy enough alone
       std::vector<A> best(dim);
       for (int64_t b = b0; b < b1; ++b) {
         int64_t* arg = ap + b * dim;
@@ -307,7 +308,7 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& g, con
       const int64_t num = gw.size(0);
       scalar_t* wp = gw.mutable_data_ptr<scalar_t>();
       // Columns split across threads: each (row, column) has one writer, bags in order.
-      at::parallel_for(0, dim, 16, [&](int64_t c0, int64_t c1) {
+      at::parallel_for(0, dim, kColumnTaskItems, [&](int64_t c0, int64_t c1) {
         for (int64_t b = 0; b < bags; ++b) {
           for (int64_t c = c0; c < c1; ++c) {
             const int64_t r = ap[b * dim + c];
@@ -332,7 +333,7 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& g, con
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       const scalar_t* wp = weight.const_data_ptr<scalar_t>();
       scalar_t* out = gpsw.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, p.order.size(), 256, [&](int64_t j0, int64_t j1) {
+      at::parallel_for(0, p.order.size(), kBagPlanTaskItems, [&](int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t i = p.order[j];
           const scalar_t* a = gp + p.bag_of[i] * dim;

@@ -201,7 +201,7 @@ void backward_typed(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   // The partials added in group order, columns split across threads.
   A* gwp = gw.mutable_data_ptr<A>();
   constexpr int64_t L = Vectorized<A>::size();
-  at::parallel_for(0, (D + L - 1) / L, std::max<int64_t>(1, 32768 / (groups * L)), [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, (D + L - 1) / L, grain_for(groups * L, kPassTaskWork), [&](int64_t c0, int64_t c1) {
     for (int64_t cv = c0; cv < c1; ++cv) {
       const int64_t j = cv * L, c = std::min(L, D - j);
       Vectorized<A> s(0);

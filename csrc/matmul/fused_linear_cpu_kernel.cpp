@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/grain.h"
 #include "common/vec_activation.h"
 #include "common/vec_io.h"
 #include "matmul/matmul.h"
@@ -187,7 +188,7 @@ void fused_linear_kernel(const at::Tensor& x, const at::Tensor& weight, const at
         at::mm_out(out, x2, w.t());
       }
       if (!epilogue) return;
-      at::parallel_for(0, M, std::max<int64_t>(1, 16384 / N), [&](int64_t r0, int64_t r1) {
+      at::parallel_for(0, M, grain_for(N, kRowSumTaskWork), [&](int64_t r0, int64_t r1) {
         forward<scalar_t>(y + r0 * N, N, p ? p + r0 * N : nullptr, N, bp, r1 - r0, N, act);
       });
       return;
@@ -265,7 +266,7 @@ void fused_linear_backward_kernel(const at::Tensor& grad, const at::Tensor& x, c
       using acc = acc_t<scalar_t>;
       const acc* pp = partial.const_data_ptr<acc>();
       scalar_t* gb = bw.gb.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, s.n, 4096 / blocks + 1, [&](int64_t c0, int64_t c1) {
+      at::parallel_for(0, s.n, grain_for(blocks, kPartialSumTaskWork) + 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           acc sum = pp[c];
           for (int64_t blk = 1; blk < blocks; ++blk) sum += pp[blk * s.n + c];

@@ -20,6 +20,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/grain.h"
 #include "common/vec_io.h"
 #include "scatter_nd/scatter_nd.h"
 #include "scatter_nd/scatter_rows.h"
@@ -287,7 +288,7 @@ template <typename index_t>
 std::vector<int64_t> destination_rows(const char* op, const index_t* idx, const ScatterShape& s,
                                       at::IntArrayRef shape, const int64_t* masked_value) {
   std::vector<int64_t> rows(s.n_updates);
-  at::parallel_for(0, s.n_updates, 4096, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, s.n_updates, kScatterRowTaskItems, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const index_t* t = idx + i * s.k;
       if (masked_value != nullptr && static_cast<int64_t>(t[0]) == *masked_value) {

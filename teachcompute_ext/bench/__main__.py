@@ -17,7 +17,6 @@ speedup-<device>.png and pct_of_bound-<device>.png.
     python -m teachcompute_ext.bench --sweep      # every op over a grid of sizes (sweep.py)
 """
 import argparse
-import glob
 import json
 import os
 import sys
@@ -102,22 +101,6 @@ def parser(description, default_out, families):
     return p
 
 
-def load_docs(out_dir, families, sweep=False):
-    """The JSON documents of the named families in out_dir, device by device in
-    the order of families: the report's ("results"), or with sweep=True the
-    sweep's ("kind": "sweep", "points")."""
-    docs = []
-    for path in glob.glob(os.path.join(out_dir, "sweep-*.json" if sweep else "*.json")):
-        with open(path) as f:
-            doc = json.load(f)
-        if not isinstance(doc, dict) or "family" not in doc:
-            continue
-        if (doc.get("kind") == "sweep" and doc["family"] in families) if sweep else ("results" in doc):
-            docs.append(doc)
-    order = {name: i for i, name in enumerate(families)}
-    return sorted(docs, key=lambda d: (d["environment"]["device"], order.get(d["family"], len(order)), d["family"]))
-
-
 def set_options(args):
     harness.OPTIONS = harness.Options(
         allocator="default" if args.cold_allocator else harness.keep_allocator_warm(),
@@ -165,7 +148,7 @@ def main(argv=None, default_out="bench-out", families=None, description=None):
         return sweep.main(args, args.family or list(families), Progress())
     start = time.perf_counter()
     if args.replot:
-        docs = load_docs(args.out, families)
+        docs = harness.load_docs(args.out, families)
         if not docs:
             print(f"no benchmark JSON in {args.out}", file=sys.stderr)
             return 1

@@ -16,6 +16,7 @@ teachcompute_ext/bench/__init__.py for the registry.
 from __future__ import annotations
 
 import datetime
+import glob
 import json
 import os
 import platform
@@ -28,6 +29,11 @@ from typing import Callable, Optional
 import torch
 
 import teachcompute_ext
+
+# The line between the sweep's two targets: from 20 us up, at least as fast as
+# torch (ratio >= 1); below, where call overhead dominates, no more than 1 us
+# slower (forward) and no slower (forward+backward).
+SMALL_US = 20.0
 
 
 @dataclass
@@ -440,18 +446,20 @@ def run_family(family, cases, device, quick, out_dir, progress=None, rounds=None
     return results, bound, path
 
 
-def family_main(doc, run, name=None):
-    """Command line of a family module run on its own, with the report's options.
-
-    name defaults to the module's file name without a "bench_" prefix."""
-    import sys
-
-    from .__main__ import main
-
-    if name is None:
-        file = getattr(sys.modules.get(run.__module__), "__file__", None) or "family"
-        name = os.path.splitext(os.path.basename(file))[0].removeprefix("bench_")
-    sys.exit(main(families={name: run}, description=doc))
+def load_docs(out_dir, families, sweep=False):
+    """The JSON documents of the named families in out_dir, device by device in
+    the order of families: the report's ("results"), or with sweep=True the
+    sweep's ("kind": "sweep", "points")."""
+    docs = []
+    for path in glob.glob(os.path.join(out_dir, "sweep-*.json" if sweep else "*.json")):
+        with open(path) as f:
+            doc = json.load(f)
+        if not isinstance(doc, dict) or "family" not in doc:
+            continue
+        if (doc.get("kind") == "sweep" and doc["family"] in families) if sweep else ("results" in doc):
+            docs.append(doc)
+    order = {name: i for i, name in enumerate(families)}
+    return sorted(docs, key=lambda d: (d["environment"]["device"], order.get(d["family"], len(order)), d["family"]))
 
 
 def cuda_peak_bytes(fn):

@@ -9,6 +9,7 @@ and torch.compile.
 
     python -m teachcompute_ext.bench --family llama [--device cpu|cuda] [--quick] [--out DIR]
 """
+import contextlib
 import importlib
 import os
 import sys
@@ -274,6 +275,21 @@ def _models():
         return None
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """File descriptor 2 on /dev/null (native code's writes), Python's sys.stderr untouched."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
 def peak_memory(fn, device):
     """Bytes allocated at the peak of fn() beyond what was allocated before: the CUDA
     allocator's statistics; on the CPU (which keeps none) the running sum of the
@@ -282,7 +298,11 @@ def peak_memory(fn, device):
         return harness.cuda_peak_bytes(fn)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    # Kineto writes its own log lines to the process's stderr (USDT profiler_start /
+    # profiler_stop, and an "ERROR ... gpuGetDeviceCount failed" on a machine with no
+    # GPU, where nothing went wrong): the report's stderr is its progress, so the
+    # profiler's file descriptor 2 goes to /dev/null while it runs.
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # The raw events: prof.events() folds each allocation made inside an op into that op's
     # total and keeps only the frees made outside one, which leaves no order to replay.

@@ -3,7 +3,7 @@
 baseline, and each case's percentage of the bound measured in the same run."""
 import os
 
-from .harness import COMPILED
+from .harness import COMPILED, SMALL_US
 
 # Baselines by role: the first one of a case is torch eager, the compiled one
 # is harness.COMPILED, the rest are other libraries or other torch ops.
@@ -166,8 +166,6 @@ def plot_sweep(doc, path):
     import math
 
     from matplotlib.lines import Line2D
-
-    from .sweep import SMALL_US
 
     plt = _pyplot()
     points = doc["points"]

@@ -17,7 +17,6 @@ and prints, per op and pass, the worst ratio where torch's call takes
 SMALL_US or more, and the worst difference ours - torch in microseconds
 below that.
 """
-import glob
 import json
 import os
 import sys
@@ -26,10 +25,7 @@ import types
 
 from . import harness
 
-# Issue 12's line between the two targets: from 20 us up, at least as fast as
-# torch (ratio >= 1); below, where call overhead dominates, no more than 1 us
-# slower (forward) and no slower (forward+backward).
-SMALL_US = 20.0
+SMALL_US = harness.SMALL_US
 
 # Timing per point. Full: up to 9 rounds, stopping after 4 once stable within
 # 3% or after 2 s, so that the whole CPU sweep fits in about 10 minutes on 2
@@ -178,7 +174,7 @@ def run_family(name, module, device, quick, out_dir, progress=None):
 def main(args, names, progress):
     """--sweep: measures (or, with --replot, reloads) and plots; returns the exit status."""
     from . import family, plots
-    from .__main__ import load_docs
+    from .harness import load_docs
 
     start = time.perf_counter()
     if args.replot:

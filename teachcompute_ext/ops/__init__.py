@@ -3,23 +3,19 @@
 
 Importing this package registers the fake kernels and vmap rules of every op, so
 torch.compile, torch.export and torch.func work as soon as `import teachcompute_ext`
-has run.
+has run. The public functions are not listed here: each family module makes its own
+with ``public(name, doc)`` (ops/_common.py), which records it, and ``__all__`` is what
+the families recorded. A new family is one more name in FAMILIES.
 """
-from .reduce import (
-    log_softmax,
-    logsumexp,
-    reduce_max,
-    reduce_mean,
-    reduce_min,
-    reduce_sum,
-    softmax,
-    vector_sum,
-)
 
-from .embedding import embedding, embedding_bag
-from .matmul import fused_linear, fused_matmul
-from .llama import add_rms_norm, geglu, rms_norm, rotary_embedding, swiglu
-from .scatter_nd import masked_scatter_nd_of_shape, scatter_nd, scatter_nd_, scatter_nd_of_shape
+import importlib
 
-__all__ = ["fused_matmul", "fused_linear", "embedding", "embedding_bag", "scatter_nd", "scatter_nd_", "scatter_nd_of_shape", "masked_scatter_nd_of_shape", "vector_sum", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "logsumexp", "softmax",
-           "log_softmax", "rms_norm", "add_rms_norm", "rotary_embedding", "swiglu", "geglu"]
+from ._common import PUBLIC
+
+FAMILIES = ("reduce", "scatter_nd", "embedding", "matmul", "llama")
+
+for _family in FAMILIES:
+    importlib.import_module(f".{_family}", __name__)
+
+globals().update(PUBLIC)
+__all__ = list(PUBLIC)

@@ -52,8 +52,13 @@ except ImportError:  # built without Python's headers: torch.ops' entry points s
     _fastcall = None
 
 
+# name -> public function, in the order the families made them: teachcompute_ext.ops.__all__.
+PUBLIC = {}
+
+
 def public(name, doc):
-    """The public function of op teachcompute_ext::<name>, with no Python frame in front.
+    """The public function of op teachcompute_ext::<name>, with no Python frame in front;
+    recorded in PUBLIC, which makes it part of teachcompute_ext's API.
 
     _fastcall's function parses the arguments itself and calls the op through the
     dispatcher (csrc/python/fastcall.cpp); what it does not parse (keywords, tensor
@@ -92,6 +97,7 @@ def public(name, doc):
         original = entry
     else:
         original = fn
+    PUBLIC[name] = fn
 
     @torch.compiler.substitute_in_graph(original)
     def traced(*args, **kwargs):
