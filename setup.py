@@ -14,6 +14,7 @@ Environment:
     TEACHCOMPUTE_EXT_CPP_TESTS=1 also build the GoogleTest suite in the same tree
                                 (build/py<ver>-<type>; run it with ctest --test-dir there)
 """
+
 import os
 import shutil
 import subprocess
@@ -55,7 +56,13 @@ class CMakeBuild(build_ext):
         cpp_tests = os.environ.get("TEACHCOMPUTE_EXT_CPP_TESTS", "0") == "1"
         cmake = _cmake_executable()
         configure = [
-            cmake, "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
+            cmake,
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build_dir),
+            "-G",
+            "Ninja",
             f"-DCMAKE_BUILD_TYPE={build_type}",
             f"-DPython3_EXECUTABLE={sys.executable}",
             f"-DTORCH_CMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
@@ -68,8 +75,10 @@ class CMakeBuild(build_ext):
         if ext.name.endswith("_fastcall"):
             marker = build_dir / "fastcall_module.txt"
             if not marker.exists():
-                print("teachcompute_ext: _fastcall is not part of this build (no Python headers); "
-                      "the ops' public functions will be torch.ops' entry points")
+                print(
+                    "teachcompute_ext: _fastcall is not part of this build (no Python headers); "
+                    "the ops' public functions will be torch.ops' entry points"
+                )
                 return
             cmake_target, built = "tce_fastcall", build_dir / marker.read_text().strip()
         else:

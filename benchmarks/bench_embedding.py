@@ -5,6 +5,7 @@
 The cases live in teachcompute_ext/bench/embedding.py; this is benchmarks/run.py
 restricted to that family (same options, JSON into benchmarks/results/).
 """
+
 import sys
 
 import run

@@ -9,6 +9,7 @@ torch.compile, forward and forward+backward.
 The cases live in teachcompute_ext/bench/llama.py; this is benchmarks/run.py
 restricted to that family (same options, JSON into benchmarks/results/).
 """
+
 import sys
 
 import run

@@ -7,6 +7,7 @@ forward and forward+backward; fused_matmul against alpha * torch.matmul.
 The cases live in teachcompute_ext/bench/matmul.py; this is benchmarks/run.py
 restricted to that family (same options, JSON into benchmarks/results/).
 """
+
 import sys
 
 import run

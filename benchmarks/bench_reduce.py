@@ -7,6 +7,7 @@ log_softmax (forward, and forward+backward).
 The cases live in teachcompute_ext/bench/reduce.py; this is benchmarks/run.py
 restricted to that family (same options, JSON into benchmarks/results/).
 """
+
 import sys
 
 import run

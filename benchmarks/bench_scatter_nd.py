@@ -6,6 +6,7 @@ onnxruntime's ScatterND when installed), same process.
 The cases live in teachcompute_ext/bench/scatter_nd.py; this is benchmarks/run.py
 restricted to that family (same options, JSON into benchmarks/results/).
 """
+
 import sys
 
 import run

@@ -9,6 +9,7 @@ The harness and the cases live in the package (teachcompute_ext/bench/) so that
 the report also runs from an installed wheel; this folder keeps the scripts and
 the results.
 """
+
 import os
 import sys
 

@@ -12,12 +12,11 @@
 
 extern "C" __attribute__((visibility("default"))) const char* teachcompute_ext_build_info() {
   // A flat "key=value;..." string: trivially parsed, no JSON library in C++.
-  return "torch=" TCE_STR(TORCH_VERSION_MAJOR) "." TCE_STR(TORCH_VERSION_MINOR) "." TCE_STR(
-      TORCH_VERSION_PATCH)
+  return "torch=" TCE_STR(TORCH_VERSION_MAJOR) "." TCE_STR(TORCH_VERSION_MINOR) "." TCE_STR(TORCH_VERSION_PATCH)
 #ifdef TEACHCOMPUTE_EXT_WITH_CUDA
       ";backends=CPU,CUDA;cuda=" TCE_STR(CUDART_VERSION)
 #else
       ";backends=CPU;cuda="
 #endif
-      ;
+          ;
 }

@@ -50,8 +50,7 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad
                                                           const std::optional<at::Tensor>& offsets,
                                                           const at::Tensor& max_indices, c10::string_view mode,
                                                           const std::optional<at::Tensor>& psw,
-                                                          std::optional<int64_t> padding_idx,
-                                                          bool include_last_offset);
+                                                          std::optional<int64_t> padding_idx, bool include_last_offset);
 // CompositeImplicitAutograd: embedding_bag_forward's first output.
 at::Tensor embedding_bag_composite(const at::Tensor& weight, const at::Tensor& indices,
                                    const std::optional<at::Tensor>& offsets, c10::string_view mode,

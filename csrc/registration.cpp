@@ -34,11 +34,9 @@ TORCH_LIBRARY(teachcompute_ext, m) {
   // Mean over dims (torch.mean); NaN over an empty dim.
   m.def("reduce_mean(Tensor x, int[1]? dim=None, bool keepdim=False) -> Tensor", kAnyStrides);
   // Max along one dim and the index of its first occurrence (torch.max(x, dim)); NaN wins.
-  m.def("reduce_max(Tensor x, int dim, bool keepdim=False) -> (Tensor values, Tensor indices)",
-        kAnyStrides);
+  m.def("reduce_max(Tensor x, int dim, bool keepdim=False) -> (Tensor values, Tensor indices)", kAnyStrides);
   // Min along one dim and the index of its first occurrence (torch.min(x, dim)); NaN wins.
-  m.def("reduce_min(Tensor x, int dim, bool keepdim=False) -> (Tensor values, Tensor indices)",
-        kAnyStrides);
+  m.def("reduce_min(Tensor x, int dim, bool keepdim=False) -> (Tensor values, Tensor indices)", kAnyStrides);
   // log(sum(exp(x))) over dims (torch.logsumexp), one online pass.
   m.def("logsumexp(Tensor x, int[1] dim, bool keepdim=False) -> Tensor", kAnyStrides);
   // softmax of x along dim (torch.softmax); one pass for max and sum, one for the output.
@@ -52,11 +50,9 @@ TORCH_LIBRARY(teachcompute_ext, m) {
 
   // ---- scatter_nd -----------------------------------------------------------
   // ONNX ScatterND (opset 18) on a copy of data; reduction: none, add, mul, max, min.
-  m.def("scatter_nd(Tensor data, Tensor indices, Tensor updates, str reduction=\"none\") -> Tensor",
-        kContiguous);
+  m.def("scatter_nd(Tensor data, Tensor indices, Tensor updates, str reduction=\"none\") -> Tensor", kContiguous);
   // The same, in place on data.
-  m.def("scatter_nd_(Tensor(a!) data, Tensor indices, Tensor updates, str reduction=\"none\") -> ()",
-        kAnyStrides);
+  m.def("scatter_nd_(Tensor(a!) data, Tensor indices, Tensor updates, str reduction=\"none\") -> ()", kAnyStrides);
   // ScatterND into zeros of `shape`: the backward of a gather or an embedding.
   m.def("scatter_nd_of_shape(SymInt[] shape, Tensor indices, Tensor updates, str reduction=\"add\") -> Tensor",
         kContiguous);
@@ -95,11 +91,11 @@ TORCH_LIBRARY(teachcompute_ext, m) {
         kAnyStrides);
   // act(x @ weight.T + bias), act in none, relu, gelu, gelu_tanh, silu (F.linear then the activation;
   // a 1-D weight as F.linear's: no out_features dim, a 0-d bias).
-  m.def("fused_linear(Tensor x, Tensor weight, Tensor? bias=None, str activation=\"none\") -> Tensor",
-        kComposite);
+  m.def("fused_linear(Tensor x, Tensor weight, Tensor? bias=None, str activation=\"none\") -> Tensor", kComposite);
   // fused_linear and its pre-activation (empty unless save_pre and the activation's backward needs it).
-  m.def("fused_linear_forward(Tensor x, Tensor weight, Tensor? bias, str activation, bool save_pre) -> (Tensor, Tensor)",
-        kAnyStrides);
+  m.def(
+      "fused_linear_forward(Tensor x, Tensor weight, Tensor? bias, str activation, bool save_pre) -> (Tensor, Tensor)",
+      kAnyStrides);
   // Gradients of fused_linear for x, weight, bias from grad and aux (the pre-activation, or the
   // output for relu); grad * act' and the bias sums fused in one pass. Masked-out ones are empty.
   m.def(
@@ -184,16 +180,11 @@ void register_frontends(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) {
-  register_frontends(m);
-}
+TORCH_LIBRARY_IMPL(teachcompute_ext, CPU, m) { register_frontends(m); }
 
 #ifdef TEACHCOMPUTE_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(teachcompute_ext, CUDA, m) {
-  register_frontends(m);
-}
+TORCH_LIBRARY_IMPL(teachcompute_ext, CUDA, m) { register_frontends(m); }
 #endif
-
 
 // Autocast: torch's policy for each op's counterpart (common/autocast.h says which).
 namespace {

@@ -1,18 +1,19 @@
 """teachcompute_ext: fast PyTorch custom operators in C++ and CUDA, written to teach.
 
-    import teachcompute_ext
-    teachcompute_ext.vector_sum(x)              # functional API
-    torch.ops.teachcompute_ext.vector_sum(x)    # the same op through the dispatcher
-    teachcompute_ext.compiled_backends()        # ('CPU',) or ('CPU', 'CUDA')
+import teachcompute_ext
+teachcompute_ext.vector_sum(x)              # functional API
+torch.ops.teachcompute_ext.vector_sum(x)    # the same op through the dispatcher
+teachcompute_ext.compiled_backends()        # ('CPU',) or ('CPU', 'CUDA')
 """
-from ._version import __version__
+
 from ._loader import load as _load
+from ._version import __version__
 
 _BUILD_INFO = _load()
 
+from . import nn  # noqa: E402,F401  (drop-in modules)
 from .ops import *  # noqa: E402,F401,F403  (wrappers, fake kernels, autograd)
 from .ops import __all__ as _ops_all  # noqa: E402
-from . import nn  # noqa: E402,F401  (drop-in modules)
 
 
 def compiled_backends():

@@ -5,6 +5,7 @@ TORCH_LIBRARY static initializers, which register the schemas and kernels under
 torch.ops.teachcompute_ext. It also exports a C function describing what it was
 built with, read here through ctypes to refuse a library built for another torch.
 """
+
 import ctypes
 import glob
 import os
@@ -23,9 +24,7 @@ def _library_path():
     here = os.path.dirname(os.path.abspath(__file__))
     candidates = sorted(glob.glob(os.path.join(here, "_C*.so")))
     if not candidates:
-        raise ImportError(
-            f"teachcompute_ext: the compiled library (_C*.so) is missing from {here}; " + REBUILD_HINT
-        )
+        raise ImportError(f"teachcompute_ext: the compiled library (_C*.so) is missing from {here}; " + REBUILD_HINT)
     return candidates[0]
 
 

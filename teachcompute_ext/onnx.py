@@ -21,6 +21,7 @@ embedding_bag_backward, rms_norm_backward, rotary_embedding_backward and
 glu_backward. They only appear in a graph that computes gradients, and
 torch.onnx exports inference graphs.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,13 +34,20 @@ try:
     from onnxscript import ir
     from onnxscript import opset18 as op
 except ImportError as e:  # an optional dependency: the ops themselves do not need it
-    raise ImportError("teachcompute_ext.onnx needs onnxscript, as torch.onnx.export(dynamo=True) does: "
-                      "pip install onnxscript") from e
+    raise ImportError(
+        "teachcompute_ext.onnx needs onnxscript, as torch.onnx.export(dynamo=True) does: pip install onnxscript"
+    ) from e
 
 _ops = torch.ops.teachcompute_ext
 _HALF = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
-_INTEGER = (ir.DataType.BOOL, ir.DataType.UINT8, ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32,
-            ir.DataType.INT64)
+_INTEGER = (
+    ir.DataType.BOOL,
+    ir.DataType.UINT8,
+    ir.DataType.INT8,
+    ir.DataType.INT16,
+    ir.DataType.INT32,
+    ir.DataType.INT64,
+)
 
 __all__ = ["custom_translation_table", "export", "functionalize_scatter_nd_"]
 
@@ -207,12 +215,12 @@ def _zeros(shape, dtype, value=0.0):
 
 
 def scatter_nd_of_shape(shape: Sequence[int], indices, updates, reduction: str = "add"):
-    return _scatter(_zeros(_shape_tensor(shape), updates.dtype), shape[0], _int64(indices), indices.shape, updates,
-                    reduction)
+    return _scatter(
+        _zeros(_shape_tensor(shape), updates.dtype), shape[0], _int64(indices), indices.shape, updates, reduction
+    )
 
 
-def masked_scatter_nd_of_shape(shape: Sequence[int], indices, updates, masked_value: int,
-                               reduction: str = "add"):
+def masked_scatter_nd_of_shape(shape: Sequence[int], indices, updates, masked_value: int, reduction: str = "add"):
     idx = _int64(indices)
     masked = op.Equal(idx, _ints([masked_value]))  # [..., 1], compared before any wrapping
     if reduction != "none":
@@ -226,8 +234,12 @@ def masked_scatter_nd_of_shape(shape: Sequence[int], indices, updates, masked_va
             keep = op.Unsqueeze(keep, _ints(range(r, r + len(shape) - 1)))
         # half updates in float32, rounded once at the end (as _scatter does)
         upd = op.Where(keep, _up(updates), _const(0.0, _acc_dtype(updates)))
-        return _down(_scatter(_zeros(_shape_tensor(shape), _acc_dtype(updates)), shape[0], zero_rows, indices.shape,
-                              upd, reduction), updates)
+        return _down(
+            _scatter(
+                _zeros(_shape_tensor(shape), _acc_dtype(updates)), shape[0], zero_rows, indices.shape, upd, reduction
+            ),
+            updates,
+        )
     # reduction="none": the last write wins, so a zero would overwrite; masked updates go
     # to one extra row past the end, sliced off. Negative indices are wrapped first so that
     # -1 keeps meaning the last real row.
@@ -299,15 +311,16 @@ def _bag_offsets(weight, idx, offsets, mode, psw, keep, include_last_offset):
     starts = op.Slice(off, _ints([0]), _ints([-1])) if include_last_offset else off
     bags = op.Shape(starts)
     # Empty trailing bags start at n: one more slot than there are indices.
-    marks = op.ScatterElements(_zeros(op.Add(n, _ints([1])), i64), starts,
-                               op.Expand(_ints([1]), bags), axis=0, reduction="add")
+    marks = op.ScatterElements(
+        _zeros(op.Add(n, _ints([1])), i64), starts, op.Expand(_ints([1]), bags), axis=0, reduction="add"
+    )
     seg = op.Sub(op.CumSum(op.Slice(marks, _ints([0]), n), _const(0, i64)), _ints([1]))
     seg2 = op.Unsqueeze(seg, _ints([-1]))  # ScatterND index: [n, 1]
     position = op.Range(_const(0, i64), op.Size(idx), _const(1, i64))
     valid = keep
     if include_last_offset:
         # Indices at or past the last offset belong to no bag.
-        in_range = op.Less(position, op.Slice(off, _ints([-1]), _ints([2 ** 62])))
+        in_range = op.Less(position, op.Slice(off, _ints([-1]), _ints([2**62])))
         valid = in_range if valid is None else op.And(valid, in_range)
     g = op.Gather(weight, idx, axis=0)  # [n, dim]
     out_shape = op.Concat(bags, op.Shape(weight, start=1, end=2), axis=0)
@@ -341,8 +354,15 @@ def _bag_offsets(weight, idx, offsets, mode, psw, keep, include_last_offset):
     return op.Div(total, op.Max(count, _const(1.0, dtype))), None
 
 
-def embedding_bag_forward(weight, indices, offsets=None, mode: str = "mean", per_sample_weights=None,
-                          padding_idx: Optional[int] = None, include_last_offset: bool = False):
+def embedding_bag_forward(
+    weight,
+    indices,
+    offsets=None,
+    mode: str = "mean",
+    per_sample_weights=None,
+    padding_idx: Optional[int] = None,
+    include_last_offset: bool = False,
+):
     idx = _int64(indices)
     keep = op.Not(op.Equal(idx, _padding(weight, padding_idx))) if padding_idx is not None else None
     # Half tables are summed in float32 and rounded once, as our kernels (onnxruntime's
@@ -358,10 +378,16 @@ def embedding_bag_forward(weight, indices, offsets=None, mode: str = "mean", per
     return out, rows
 
 
-def embedding_bag(weight, indices, offsets=None, mode: str = "mean", per_sample_weights=None,
-                  padding_idx: Optional[int] = None, include_last_offset: bool = False):
-    out, _ = embedding_bag_forward(weight, indices, offsets, mode, per_sample_weights, padding_idx,
-                                   include_last_offset)
+def embedding_bag(
+    weight,
+    indices,
+    offsets=None,
+    mode: str = "mean",
+    per_sample_weights=None,
+    padding_idx: Optional[int] = None,
+    include_last_offset: bool = False,
+):
+    out, _ = embedding_bag_forward(weight, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset)
     return out
 
 
@@ -396,8 +422,9 @@ def _gelu(x, dtype):
 
 
 def _gelu_tanh(x, dtype):
-    inner = op.Mul(_const(math.sqrt(2.0 / math.pi), dtype),
-                   op.Add(x, op.Mul(_const(0.044715, dtype), op.Mul(op.Mul(x, x), x))))
+    inner = op.Mul(
+        _const(math.sqrt(2.0 / math.pi), dtype), op.Add(x, op.Mul(_const(0.044715, dtype), op.Mul(op.Mul(x, x), x)))
+    )
     return op.Mul(op.Mul(_const(0.5, dtype), x), op.Add(_const(1.0, dtype), op.Tanh(inner)))
 
 
@@ -425,8 +452,10 @@ def fused_linear(x, weight, bias=None, activation: str = "none"):
         return _gelu_tanh(y, dtype)
     if activation == "silu":
         return op.Mul(y, op.Sigmoid(y))
-    raise ValueError(f"teachcompute_ext.onnx: unknown activation '{activation}' for argument 'activation' "
-                     "(expected one of none, relu, gelu, gelu_tanh, silu)")
+    raise ValueError(
+        f"teachcompute_ext.onnx: unknown activation '{activation}' for argument 'activation' "
+        "(expected one of none, relu, gelu, gelu_tanh, silu)"
+    )
 
 
 # ---- llama: rms_norm, add_rms_norm, rotary_embedding, swiglu, geglu ---------------------------
@@ -507,7 +536,7 @@ def rotary_embedding(x, cos, sin, interleaved: bool = False):
     if isinstance(head_dim, int) and isinstance(half_n, int) and head_dim == 2 * half_n:
         return rot
     # rotary_dim < head_dim: the last head_dim - rotary_dim lanes pass through unchanged.
-    rest = op.Slice(x, rd, _ints([2 ** 62]), last)
+    rest = op.Slice(x, rd, _ints([2**62]), last)
     return op.Concat(rot, rest, axis=-1)
 
 
@@ -525,8 +554,10 @@ def swiglu(gate, up=None):
 
 def geglu(gate, up=None, approximate: str = "none"):
     if approximate not in ("none", "tanh"):
-        raise ValueError(f"teachcompute_ext.onnx: unknown approximation '{approximate}' for argument "
-                         "'approximate' of geglu (expected none or tanh)")
+        raise ValueError(
+            f"teachcompute_ext.onnx: unknown approximation '{approximate}' for argument "
+            "'approximate' of geglu (expected none or tanh)"
+        )
     return _glu(gate, up, _gelu if approximate == "none" else _gelu_tanh)
 
 
@@ -554,11 +585,13 @@ def functionalize_scatter_nd_(program: torch.export.ExportedProgram) -> torch.ex
             if views:
                 raise NotImplementedError(
                     "teachcompute_ext.onnx: scatter_nd_ on a view (a slice or a strided view of another "
-                    "tensor) cannot be exported; call scatter_nd on the whole tensor instead")
+                    "tensor) cannot be exported; call scatter_nd on the whole tensor instead"
+                )
             data = kw["_all_bases"][kw["_data_base_index"]]
         with graph.inserting_before(node):
             functional = graph.call_function(
-                _ops.scatter_nd.default, (data, kw["indices"], kw["updates"], kw.get("reduction", "none")))
+                _ops.scatter_nd.default, (data, kw["indices"], kw["updates"], kw.get("reduction", "none"))
+            )
         functional.meta.update({k: v for k, v in node.meta.items() if k != "val"})
         # The node returns (None, the written copy of data): index 1 is the new data.
         for user in list(node.users):
@@ -580,25 +613,37 @@ def export(model, args=(), kwargs=None, *, dynamic_shapes=None, strict=False, **
     hands the program to torch.onnx. ``onnx_kwargs`` go to ``torch.onnx.export``."""
     program = torch.export.export(model, tuple(args), kwargs, dynamic_shapes=dynamic_shapes, strict=strict)
     program = functionalize_scatter_nd_(program.run_decompositions({}))
-    return torch.onnx.export(program, dynamo=True, custom_translation_table=custom_translation_table,
-                             **onnx_kwargs)
+    return torch.onnx.export(program, dynamo=True, custom_translation_table=custom_translation_table, **onnx_kwargs)
 
 
 def _table():
     table = {}
     functions = {
-        "vector_sum": vector_sum, "reduce_sum": reduce_sum, "reduce_mean": reduce_mean,
-        "reduce_max": reduce_max, "reduce_min": reduce_min, "logsumexp": logsumexp,
-        "softmax": softmax, "log_softmax": log_softmax,
-        "scatter_nd": scatter_nd, "scatter_nd_of_shape": scatter_nd_of_shape,
+        "vector_sum": vector_sum,
+        "reduce_sum": reduce_sum,
+        "reduce_mean": reduce_mean,
+        "reduce_max": reduce_max,
+        "reduce_min": reduce_min,
+        "logsumexp": logsumexp,
+        "softmax": softmax,
+        "log_softmax": log_softmax,
+        "scatter_nd": scatter_nd,
+        "scatter_nd_of_shape": scatter_nd_of_shape,
         "masked_scatter_nd_of_shape": masked_scatter_nd_of_shape,
-        "embedding": embedding, "embedding_bag": embedding_bag, "embedding_bag_forward": embedding_bag_forward,
-        "fused_matmul": fused_matmul, "fused_linear": fused_linear,
-        "rms_norm_forward": rms_norm_forward, "add_rms_norm_forward": add_rms_norm_forward,
-        "rotary_embedding": rotary_embedding, "swiglu": swiglu, "geglu": geglu,
+        "embedding": embedding,
+        "embedding_bag": embedding_bag,
+        "embedding_bag_forward": embedding_bag_forward,
+        "fused_matmul": fused_matmul,
+        "fused_linear": fused_linear,
+        "rms_norm_forward": rms_norm_forward,
+        "add_rms_norm_forward": add_rms_norm_forward,
+        "rotary_embedding": rotary_embedding,
+        "swiglu": swiglu,
+        "geglu": geglu,
         # Composite ops: a graph holds their *_forward op, unless the exporter keeps them
         # whole because this table names them.
-        "rms_norm": rms_norm, "add_rms_norm": add_rms_norm,
+        "rms_norm": rms_norm,
+        "add_rms_norm": add_rms_norm,
     }
     for name, fn in functions.items():
         table[getattr(_ops, name).default] = fn

@@ -14,7 +14,9 @@ def pytest_configure(config):
     if os.environ.get("TEACHCOMPUTE_EXT_REQUIRE_CUDA") == "1" and not CUDA_OK:
         raise pytest.UsageError(
             "TEACHCOMPUTE_EXT_REQUIRE_CUDA=1 but no CUDA test can run: torch.cuda.is_available()="
-            f"{torch.cuda.is_available()}, compiled backends {teachcompute_ext.compiled_backends()}")
+            f"{torch.cuda.is_available()}, compiled backends {teachcompute_ext.compiled_backends()}"
+        )
+
 
 DEVICES = [
     "cpu",

@@ -73,8 +73,13 @@ for op in op_db.OPS:
             if op.name in ("reduce_max", "reduce_min"):
                 out, want = out[0], want[0]  # the values; the indices are checked against torch's in test_reduce
             checks.append((name, close(op, out, want, dtype)))
-            if op.public and op.differentiable and sample.grad and dtype.is_floating_point and all(
-                    a.numel() > 0 for a in sample.args if isinstance(a, torch.Tensor)):
+            if (
+                op.public
+                and op.differentiable
+                and sample.grad
+                and dtype.is_floating_point
+                and all(a.numel() > 0 for a in sample.args if isinstance(a, torch.Tensor))
+            ):
                 got = gradients(op, sample)
                 ref = gradients(op, to_cpu64(sample))
                 ok = all((g is None) == (r is None) and (g is None or close(op, g, r, dtype)) for g, r in zip(got, ref))

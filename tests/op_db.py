@@ -393,8 +393,10 @@ def _masked_samples(device, dtype, seed=0):
     g = _gen(9, seed)
     x = _reduce_shapes(g, dtype, device)
     return [
-        Sample(([50, 16], _i(g, 0, 50, 300, 1, device=device), x(300, 16), 3, "none" if dtype == torch.bool else "add"),
-               name="add"),
+        Sample(
+            ([50, 16], _i(g, 0, 50, 300, 1, device=device), x(300, 16), 3, "none" if dtype == torch.bool else "add"),
+            name="add",
+        ),
         Sample(([10, 4], _i(g, -1, 10, 12, 1, device=device), x(12, 4), -1, "none"), name="none, padding -1"),
     ]
 
@@ -510,8 +512,10 @@ def _bag_samples(device, dtype, seed=0):
     psw = torch.rand(90, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     out += [
         Sample((w, idx, off, "sum", psw), name="per_sample_weights"),
-        Sample((w, idx, torch.tensor(_OFFSETS[:-1] + [90], device=device), "mean", None, None, True),
-               name="include_last_offset"),
+        Sample(
+            (w, idx, torch.tensor(_OFFSETS[:-1] + [90], device=device), "mean", None, None, True),
+            name="include_last_offset",
+        ),
         Sample((w, idx[:0], torch.zeros(3, dtype=torch.long, device=device), "sum"), name="empty bags"),
     ]
     return out
@@ -604,8 +608,11 @@ def _embedding_backward_ref(grad, indices, num_weights, padding_idx=None):
 
 def _bag_forward_samples(device, dtype, seed=0):
     samples = _bag_samples(device, dtype, seed)
-    return [Sample(s.args + (None,) * (6 - len(s.args)) + (False,), name=s.name, grad=s.grad)
-            for s in samples if s.name in ("sum offsets", "max 2-D, padding_idx", "per_sample_weights")]
+    return [
+        Sample(s.args + (None,) * (6 - len(s.args)) + (False,), name=s.name, grad=s.grad)
+        for s in samples
+        if s.name in ("sum offsets", "max 2-D, padding_idx", "per_sample_weights")
+    ]
 
 
 def _bag_backward_samples(device, dtype, seed=0):
@@ -616,13 +623,35 @@ def _bag_backward_samples(device, dtype, seed=0):
     return [
         Sample((_r(g, 2, 4, dtype=dtype, device=device), w, idx, off, empty, "sum", None, None, False), grad=False),
         Sample(
-            (_r(g, 2, 4, dtype=dtype, device=device), w, idx, off, torch.full((2, 4), 1, device=device), "max",
-             None, None, False),
-            name="max", grad=False,
+            (
+                _r(g, 2, 4, dtype=dtype, device=device),
+                w,
+                idx,
+                off,
+                torch.full((2, 4), 1, device=device),
+                "max",
+                None,
+                None,
+                False,
+            ),
+            name="max",
+            grad=False,
         ),
-        Sample((_r(g, 2, 4, dtype=dtype, device=device), w, idx, off, empty, "sum",
-                torch.rand(4, generator=g, dtype=torch.float64).to(device, dtype), None, False),
-               name="per_sample_weights", grad=False),
+        Sample(
+            (
+                _r(g, 2, 4, dtype=dtype, device=device),
+                w,
+                idx,
+                off,
+                empty,
+                "sum",
+                torch.rand(4, generator=g, dtype=torch.float64).to(device, dtype),
+                None,
+                False,
+            ),
+            name="per_sample_weights",
+            grad=False,
+        ),
     ]
 
 
@@ -714,8 +743,11 @@ def _linear_bad(device):
 
 
 def _linear_forward_samples(device, dtype, seed=0):
-    return [Sample(s.args + (True,), name=s.name) for s in _linear_samples(device, dtype, seed) if s.args[2] is not None
-            and s.args[1].dim() == 2][:3]
+    return [
+        Sample(s.args + (True,), name=s.name)
+        for s in _linear_samples(device, dtype, seed)
+        if s.args[2] is not None and s.args[1].dim() == 2
+    ][:3]
 
 
 def _linear_backward_samples(device, dtype, seed=0):
@@ -726,8 +758,11 @@ def _linear_backward_samples(device, dtype, seed=0):
 
     return [
         Sample((r(3, 5), r(3, 4), r(5, 4), r(3, 5), "gelu", True, [True, True, True]), grad=False),
-        Sample((r(3, 5), r(3, 4), r(5, 4), torch.empty(0, dtype=dtype, device=device), "none", False,
-                [True, True, False]), name="none", grad=False),
+        Sample(
+            (r(3, 5), r(3, 4), r(5, 4), torch.empty(0, dtype=dtype, device=device), "none", False, [True, True, False]),
+            name="none",
+            grad=False,
+        ),
     ]
 
 
@@ -776,14 +811,26 @@ def _rotary_samples(device, dtype, seed=0):
     for il in (False, True):
         q = _r(g, 2, 5, 3, 64, dtype=dtype, device=device).transpose(1, 2)  # [b, h, s, d] read through strides
         ang = _r(g, 5, 24)
-        out.append(Sample((q, ang.cos().to(device, dtype), ang.sin().to(device, dtype), il),
-                          name=f"partial rotary, interleaved={il}"))
+        out.append(
+            Sample(
+                (q, ang.cos().to(device, dtype), ang.sin().to(device, dtype), il),
+                name=f"partial rotary, interleaved={il}",
+            )
+        )
     ang = _r(g, 3, 4)
     out += [
-        Sample((_r(g, 2, 3, 8, dtype=dtype, device=device), ang.cos().to(device, dtype),
-                ang.sin().to(device, dtype)), name="full rotary"),
-        Sample((_r(g, 0, 8, dtype=dtype, device=device), _r(g, 0, 4, dtype=dtype, device=device),
-                _r(g, 0, 4, dtype=dtype, device=device)), name="empty"),
+        Sample(
+            (_r(g, 2, 3, 8, dtype=dtype, device=device), ang.cos().to(device, dtype), ang.sin().to(device, dtype)),
+            name="full rotary",
+        ),
+        Sample(
+            (
+                _r(g, 0, 8, dtype=dtype, device=device),
+                _r(g, 0, 4, dtype=dtype, device=device),
+                _r(g, 0, 4, dtype=dtype, device=device),
+            ),
+            name="empty",
+        ),
     ]
     return out
 
@@ -798,10 +845,13 @@ def _rotary_ref(x, cos, sin, interleaved=False):
         pairs = x[..., :rd].unflatten(-1, (h, 2))
         x1, x2 = pairs[..., 0], pairs[..., 1]
         out = (x1 * cos - x2 * sin).unsqueeze(-1) * torch.tensor([1.0, 0.0], device=x.device, dtype=x.dtype) + (
-            x2 * cos + x1 * sin).unsqueeze(-1) * torch.tensor([0.0, 1.0], device=x.device, dtype=x.dtype)
+            x2 * cos + x1 * sin
+        ).unsqueeze(-1) * torch.tensor([0.0, 1.0], device=x.device, dtype=x.dtype)
         return F.pad(out.flatten(-2), (0, d - rd)) + F.pad(x[..., rd:], (rd, 0))
     x1, x2 = x[..., :h], x[..., h:rd]
-    return F.pad(x1 * cos - x2 * sin, (0, d - h)) + F.pad(x2 * cos + x1 * sin, (h, d - rd)) + F.pad(x[..., rd:], (rd, 0))
+    return (
+        F.pad(x1 * cos - x2 * sin, (0, d - h)) + F.pad(x2 * cos + x1 * sin, (h, d - rd)) + F.pad(x[..., rd:], (rd, 0))
+    )
 
 
 def _glu_samples(device, dtype, act=None, seed=0):
@@ -835,7 +885,9 @@ def _geglu_ref(gate, up=None, approximate="none"):
 def _llama_bad_rms(device):
     x, w = torch.randn(4, 8, device=device), torch.randn(8, device=device)
     return [
-        Bad((x, torch.randn(7, device=device)), RuntimeError, r"teachcompute_ext.rms_norm: argument 'weight' has shape"),
+        Bad(
+            (x, torch.randn(7, device=device)), RuntimeError, r"teachcompute_ext.rms_norm: argument 'weight' has shape"
+        ),
         Bad((x, w, 0.0), ValueError, r"teachcompute_ext.rms_norm: argument 'eps' must be > 0"),
         Bad((x.long(),), TypeError, r"teachcompute_ext.rms_norm: unsupported dtype torch.int64 for argument 'x'"),
         Bad((torch.tensor(1.0, device=device),), RuntimeError, r"teachcompute_ext.rms_norm: argument 'x' must have"),
@@ -845,8 +897,11 @@ def _llama_bad_rms(device):
 def _llama_bad_add_rms(device):
     x, w = torch.randn(4, 8, device=device), torch.randn(8, device=device)
     return [
-        Bad((x, torch.randn(4, 7, device=device), w), RuntimeError,
-            r"teachcompute_ext.add_rms_norm: argument 'residual' has shape"),
+        Bad(
+            (x, torch.randn(4, 7, device=device), w),
+            RuntimeError,
+            r"teachcompute_ext.add_rms_norm: argument 'residual' has shape",
+        ),
         Bad((x, x.double(), w), TypeError, r"teachcompute_ext.add_rms_norm: argument 'residual' has dtype"),
         Bad((x, x, w, 0.0), ValueError, r"teachcompute_ext.add_rms_norm: argument 'eps'"),
     ]
@@ -856,10 +911,16 @@ def _llama_bad_rotary(device):
     x = torch.randn(4, 8, device=device)
     c = torch.randn(4, 2, device=device)
     return [
-        Bad((x, torch.randn(4, 5, device=device), torch.randn(4, 5, device=device)), RuntimeError,
-            r"teachcompute_ext.rotary_embedding: rotary_dim 10 .* larger than head_dim 8"),
-        Bad((x, torch.randn(3, 2, device=device), torch.randn(3, 2, device=device)), RuntimeError,
-            r"teachcompute_ext.rotary_embedding: argument 'cos' has shape \[3, 2\], which cannot broadcast"),
+        Bad(
+            (x, torch.randn(4, 5, device=device), torch.randn(4, 5, device=device)),
+            RuntimeError,
+            r"teachcompute_ext.rotary_embedding: rotary_dim 10 .* larger than head_dim 8",
+        ),
+        Bad(
+            (x, torch.randn(3, 2, device=device), torch.randn(3, 2, device=device)),
+            RuntimeError,
+            r"teachcompute_ext.rotary_embedding: argument 'cos' has shape \[3, 2\], which cannot broadcast",
+        ),
         Bad((x, c, c[:, :1]), RuntimeError, r"teachcompute_ext.rotary_embedding: argument 'sin' has shape"),
         Bad((x, c.double(), c.double()), TypeError, r"teachcompute_ext.rotary_embedding: argument 'cos' has dtype"),
     ]
@@ -870,11 +931,17 @@ def _llama_bad_glu(name):
         x = torch.randn(4, 8, device=device)
         extra = () if name == "swiglu" else ("none",)
         out = [
-            Bad((x, torch.randn(4, 7, device=device)) + extra, RuntimeError,
-                rf"teachcompute_ext.{name}: argument 'up' has shape"),
+            Bad(
+                (x, torch.randn(4, 7, device=device)) + extra,
+                RuntimeError,
+                rf"teachcompute_ext.{name}: argument 'up' has shape",
+            ),
             Bad((x, x.double()) + extra, TypeError, rf"teachcompute_ext.{name}: argument 'up' has dtype"),
-            Bad((torch.randn(4, 7, device=device), None) + extra, RuntimeError,
-                rf"teachcompute_ext.{name}: argument 'gate' has an odd last dim 7"),
+            Bad(
+                (torch.randn(4, 7, device=device), None) + extra,
+                RuntimeError,
+                rf"teachcompute_ext.{name}: argument 'gate' has an odd last dim 7",
+            ),
         ]
         if name == "geglu":
             out.append(Bad((x, x, "fast"), ValueError, r"teachcompute_ext.geglu: unknown value 'fast'"))
@@ -888,7 +955,9 @@ def _rms_forward_samples(device, dtype, seed=0):
 
 
 def _add_rms_forward_samples(device, dtype, seed=0):
-    return [Sample(s.args + (1e-6,) * (4 - len(s.args)), name=s.name) for s in _add_rms_samples(device, dtype, seed)[:2]]
+    return [
+        Sample(s.args + (1e-6,) * (4 - len(s.args)), name=s.name) for s in _add_rms_samples(device, dtype, seed)[:2]
+    ]
 
 
 def _rms_backward_samples(device, dtype, seed=0):
@@ -906,8 +975,10 @@ def _rms_backward_samples(device, dtype, seed=0):
 
 
 def _rotary_backward_samples(device, dtype, seed=0):
-    return [Sample((s.args[0].contiguous(),) + s.args[1:], name=s.name, grad=False)
-            for s in _rotary_samples(device, dtype, seed)[:2]]
+    return [
+        Sample((s.args[0].contiguous(),) + s.args[1:], name=s.name, grad=False)
+        for s in _rotary_samples(device, dtype, seed)[:2]
+    ]
 
 
 def _rotary_backward_ref(grad, cos, sin, interleaved):
@@ -920,9 +991,9 @@ def _glu_backward_samples(device, dtype, seed=0):
     def r(*s):
         return _r(g, *s, dtype=dtype, device=device)
 
-    return [
-        Sample((r(3, 4), r(3, 4), r(3, 4), act), name=act, grad=False) for act in ("silu", "gelu", "gelu_tanh")
-    ] + [Sample((r(3, 4), r(3, 8), None, "silu"), name="one tensor", grad=False)]
+    return [Sample((r(3, 4), r(3, 4), r(3, 4), act), name=act, grad=False) for act in ("silu", "gelu", "gelu_tanh")] + [
+        Sample((r(3, 4), r(3, 8), None, "silu"), name="one tensor", grad=False)
+    ]
 
 
 def _reduce_tol(dtype):
@@ -939,79 +1010,305 @@ _MATMUL_TOL = {torch.float32: (1e-3, 1e-3), torch.float16: (2e-2, 5e-2), torch.b
 
 OPS = [
     # ---- reduce
-    OpInfo("vector_sum", "reduce", _vector_sum_samples, torch.sum, FLOAT + INTS, autocast="float32", layout="any",
-           bad=lambda d: [Bad((torch.ones(3, dtype=torch.complex64, device=d),), TypeError,
-                              r"teachcompute_ext.vector_sum: unsupported dtype torch.complex64 for argument 'x'")],
-           tol=_reduce_tol(None)),
-    OpInfo("reduce_sum", "reduce", _sum_mean_samples("reduce_sum"), _sum_ref, FLOAT + INTS, autocast="float32",
-           layout="any", bad=_reduce_bad("reduce_sum", True), tol=_reduce_tol(None)),
-    OpInfo("reduce_mean", "reduce", _sum_mean_samples("reduce_mean"), _mean_ref, layout="any",
-           bad=_reduce_bad("reduce_mean", True)),
-    OpInfo("reduce_max", "reduce", _maxmin_samples, _max_ref("max"), FLOAT + INTS, layout="any",
-           bad=_reduce_bad("reduce_max", False)),
-    OpInfo("reduce_min", "reduce", _maxmin_samples, _max_ref("min"), FLOAT + INTS, layout="any",
-           bad=_reduce_bad("reduce_min", False)),
-    OpInfo("logsumexp", "reduce", _logsumexp_samples, torch.logsumexp, autocast="float32", layout="any",
-           bad=_reduce_bad("logsumexp", True), tol={torch.float32: (1e-4, 1e-4), **_half_tol()}),
-    OpInfo("softmax", "reduce", _softmax_samples, torch.softmax, autocast="float32", bad=_softmax_bad("softmax"),
-           tol=_half_tol()),
-    OpInfo("log_softmax", "reduce", _softmax_samples, torch.log_softmax, autocast="float32",
-           bad=_softmax_bad("log_softmax"), tol={torch.float16: (2e-2, 5e-2), torch.bfloat16: (4e-2, 2e-1)}),
-    OpInfo("softmax_backward", "reduce", _softmax_backward_samples(False),
-           lambda g, y, d: y * (g - (g * y).sum(d, keepdim=True)), public=False, differentiable=False, onnx=False,
-           bad=_softmax_backward_bad("softmax_backward"), tol=_half_tol()),
-    OpInfo("log_softmax_backward", "reduce", _softmax_backward_samples(True),
-           lambda g, y, d: g - y.exp() * g.sum(d, keepdim=True), public=False, differentiable=False, onnx=False,
-           bad=_softmax_backward_bad("log_softmax_backward"), tol={torch.bfloat16: (4e-2, 1e-1),
-                                                                    torch.float16: (2e-2, 2e-2)}),
+    OpInfo(
+        "vector_sum",
+        "reduce",
+        _vector_sum_samples,
+        torch.sum,
+        FLOAT + INTS,
+        autocast="float32",
+        layout="any",
+        bad=lambda d: [
+            Bad(
+                (torch.ones(3, dtype=torch.complex64, device=d),),
+                TypeError,
+                r"teachcompute_ext.vector_sum: unsupported dtype torch.complex64 for argument 'x'",
+            )
+        ],
+        tol=_reduce_tol(None),
+    ),
+    OpInfo(
+        "reduce_sum",
+        "reduce",
+        _sum_mean_samples("reduce_sum"),
+        _sum_ref,
+        FLOAT + INTS,
+        autocast="float32",
+        layout="any",
+        bad=_reduce_bad("reduce_sum", True),
+        tol=_reduce_tol(None),
+    ),
+    OpInfo(
+        "reduce_mean",
+        "reduce",
+        _sum_mean_samples("reduce_mean"),
+        _mean_ref,
+        layout="any",
+        bad=_reduce_bad("reduce_mean", True),
+    ),
+    OpInfo(
+        "reduce_max",
+        "reduce",
+        _maxmin_samples,
+        _max_ref("max"),
+        FLOAT + INTS,
+        layout="any",
+        bad=_reduce_bad("reduce_max", False),
+    ),
+    OpInfo(
+        "reduce_min",
+        "reduce",
+        _maxmin_samples,
+        _max_ref("min"),
+        FLOAT + INTS,
+        layout="any",
+        bad=_reduce_bad("reduce_min", False),
+    ),
+    OpInfo(
+        "logsumexp",
+        "reduce",
+        _logsumexp_samples,
+        torch.logsumexp,
+        autocast="float32",
+        layout="any",
+        bad=_reduce_bad("logsumexp", True),
+        tol={torch.float32: (1e-4, 1e-4), **_half_tol()},
+    ),
+    OpInfo(
+        "softmax",
+        "reduce",
+        _softmax_samples,
+        torch.softmax,
+        autocast="float32",
+        bad=_softmax_bad("softmax"),
+        tol=_half_tol(),
+    ),
+    OpInfo(
+        "log_softmax",
+        "reduce",
+        _softmax_samples,
+        torch.log_softmax,
+        autocast="float32",
+        bad=_softmax_bad("log_softmax"),
+        tol={torch.float16: (2e-2, 5e-2), torch.bfloat16: (4e-2, 2e-1)},
+    ),
+    OpInfo(
+        "softmax_backward",
+        "reduce",
+        _softmax_backward_samples(False),
+        lambda g, y, d: y * (g - (g * y).sum(d, keepdim=True)),
+        public=False,
+        differentiable=False,
+        onnx=False,
+        bad=_softmax_backward_bad("softmax_backward"),
+        tol=_half_tol(),
+    ),
+    OpInfo(
+        "log_softmax_backward",
+        "reduce",
+        _softmax_backward_samples(True),
+        lambda g, y, d: g - y.exp() * g.sum(d, keepdim=True),
+        public=False,
+        differentiable=False,
+        onnx=False,
+        bad=_softmax_backward_bad("log_softmax_backward"),
+        tol={torch.bfloat16: (4e-2, 1e-1), torch.float16: (2e-2, 2e-2)},
+    ),
     # ---- scatter_nd
-    OpInfo("scatter_nd", "scatter_nd", _scatter_samples, _scatter_nd_ref, FLOAT + INTS, bad=_scatter_bad("scatter_nd"),
-           tol=_half_tol()),
-    OpInfo("scatter_nd_", "scatter_nd", _scatter_samples, _scatter_nd_ref, FLOAT + INTS, layout="any", inplace=True,
-           bad=_scatter_bad("scatter_nd_"), tol=_half_tol()),
-    OpInfo("scatter_nd_of_shape", "scatter_nd", _of_shape_samples, _of_shape_ref, FLOAT + INTS, bad=_of_shape_bad,
-           tol={torch.float16: (2e-2, 5e-2), torch.bfloat16: (3e-2, 2e-1)}),
-    OpInfo("masked_scatter_nd_of_shape", "scatter_nd", _masked_samples, _masked_ref, FLOAT + INTS, bad=_masked_bad,
-           tol={torch.float16: (2e-2, 5e-2), torch.bfloat16: (3e-2, 2e-1)}),
+    OpInfo(
+        "scatter_nd",
+        "scatter_nd",
+        _scatter_samples,
+        _scatter_nd_ref,
+        FLOAT + INTS,
+        bad=_scatter_bad("scatter_nd"),
+        tol=_half_tol(),
+    ),
+    OpInfo(
+        "scatter_nd_",
+        "scatter_nd",
+        _scatter_samples,
+        _scatter_nd_ref,
+        FLOAT + INTS,
+        layout="any",
+        inplace=True,
+        bad=_scatter_bad("scatter_nd_"),
+        tol=_half_tol(),
+    ),
+    OpInfo(
+        "scatter_nd_of_shape",
+        "scatter_nd",
+        _of_shape_samples,
+        _of_shape_ref,
+        FLOAT + INTS,
+        bad=_of_shape_bad,
+        tol={torch.float16: (2e-2, 5e-2), torch.bfloat16: (3e-2, 2e-1)},
+    ),
+    OpInfo(
+        "masked_scatter_nd_of_shape",
+        "scatter_nd",
+        _masked_samples,
+        _masked_ref,
+        FLOAT + INTS,
+        bad=_masked_bad,
+        tol={torch.float16: (2e-2, 5e-2), torch.bfloat16: (3e-2, 2e-1)},
+    ),
     # ---- embedding
     OpInfo("embedding", "embedding", _embedding_samples, _embedding_ref, bad=_embedding_bad),
     OpInfo("embedding_bag", "embedding", _bag_samples, _bag_ref, layout="composite", bad=_bag_bad, tol=_half_tol()),
-    OpInfo("embedding_backward", "embedding", _embedding_backward_samples, _embedding_backward_ref, public=False,
-           differentiable=False, onnx=False, tol=_half_tol(),
-           bad=lambda d: [Bad((torch.ones(3, 4, device=d), torch.tensor([0, 1, 2], device=d), -1, None), RuntimeError,
-                              r"teachcompute_ext.embedding_backward: argument 'num_weights' must be non-negative")]),
+    OpInfo(
+        "embedding_backward",
+        "embedding",
+        _embedding_backward_samples,
+        _embedding_backward_ref,
+        public=False,
+        differentiable=False,
+        onnx=False,
+        tol=_half_tol(),
+        bad=lambda d: [
+            Bad(
+                (torch.ones(3, 4, device=d), torch.tensor([0, 1, 2], device=d), -1, None),
+                RuntimeError,
+                r"teachcompute_ext.embedding_backward: argument 'num_weights' must be non-negative",
+            )
+        ],
+    ),
     OpInfo("embedding_bag_forward", "embedding", _bag_forward_samples, None, public=False, onnx=False),
-    OpInfo("embedding_bag_backward", "embedding", _bag_backward_samples, None, public=False, differentiable=False,
-           onnx=False),
+    OpInfo(
+        "embedding_bag_backward",
+        "embedding",
+        _bag_backward_samples,
+        None,
+        public=False,
+        differentiable=False,
+        onnx=False,
+    ),
     # ---- matmul
-    OpInfo("fused_matmul", "matmul", _matmul_samples, _matmul_ref, autocast="lower", layout="any", bad=_matmul_bad,
-           tol=_MATMUL_TOL),
-    OpInfo("fused_linear", "matmul", _linear_samples, _linear_ref, autocast="lower", layout="composite",
-           bad=_linear_bad, tol=_MATMUL_TOL),
-    OpInfo("fused_linear_forward", "matmul", _linear_forward_samples, None, autocast="lower", layout="any",
-           public=False, onnx=False),
-    OpInfo("fused_linear_backward", "matmul", _linear_backward_samples, None, public=False, differentiable=False,
-           onnx=False),
+    OpInfo(
+        "fused_matmul",
+        "matmul",
+        _matmul_samples,
+        _matmul_ref,
+        autocast="lower",
+        layout="any",
+        bad=_matmul_bad,
+        tol=_MATMUL_TOL,
+    ),
+    OpInfo(
+        "fused_linear",
+        "matmul",
+        _linear_samples,
+        _linear_ref,
+        autocast="lower",
+        layout="composite",
+        bad=_linear_bad,
+        tol=_MATMUL_TOL,
+    ),
+    OpInfo(
+        "fused_linear_forward",
+        "matmul",
+        _linear_forward_samples,
+        None,
+        autocast="lower",
+        layout="any",
+        public=False,
+        onnx=False,
+    ),
+    OpInfo(
+        "fused_linear_backward",
+        "matmul",
+        _linear_backward_samples,
+        None,
+        public=False,
+        differentiable=False,
+        onnx=False,
+    ),
     # ---- llama
     OpInfo("rms_norm", "llama", _rms_samples, _rms_ref, layout="composite", bad=_llama_bad_rms, tol=_LLAMA_TOL),
-    OpInfo("add_rms_norm", "llama", _add_rms_samples, _add_rms_ref, autocast="promote", layout="composite",
-           bad=_llama_bad_add_rms, tol=_LLAMA_TOL),
+    OpInfo(
+        "add_rms_norm",
+        "llama",
+        _add_rms_samples,
+        _add_rms_ref,
+        autocast="promote",
+        layout="composite",
+        bad=_llama_bad_add_rms,
+        tol=_LLAMA_TOL,
+    ),
     OpInfo("rms_norm_forward", "llama", _rms_forward_samples, None, layout="any", public=False, onnx=False),
-    OpInfo("add_rms_norm_forward", "llama", _add_rms_forward_samples, None, autocast="promote", layout="any",
-           public=False, onnx=False),
-    OpInfo("rms_norm_backward", "llama", _rms_backward_samples, None, layout="any", public=False,
-           differentiable=False, onnx=False),
-    OpInfo("rotary_embedding", "llama", _rotary_samples, _rotary_ref, autocast="promote", layout="any",
-           bad=_llama_bad_rotary, tol=_LLAMA_TOL),
-    OpInfo("rotary_embedding_backward", "llama", _rotary_backward_samples, _rotary_backward_ref, layout="any",
-           public=False, differentiable=False, onnx=False, tol=_LLAMA_TOL),
-    OpInfo("swiglu", "llama", lambda d, t, seed=0: _glu_samples(d, t, None, seed), _swiglu_ref, autocast="promote", layout="any", bad=_llama_bad_glu("swiglu"),
-           tol=_LLAMA_TOL),
-    OpInfo("geglu", "llama", lambda d, t, seed=0: _glu_samples(d, t, "none", seed) + _glu_samples(d, t, "tanh", seed)[:2], _geglu_ref,
-           autocast="promote", layout="any", bad=_llama_bad_glu("geglu"), tol=_LLAMA_TOL),
-    OpInfo("glu_backward", "llama", _glu_backward_samples, None, layout="any", public=False, differentiable=False,
-           onnx=False),
+    OpInfo(
+        "add_rms_norm_forward",
+        "llama",
+        _add_rms_forward_samples,
+        None,
+        autocast="promote",
+        layout="any",
+        public=False,
+        onnx=False,
+    ),
+    OpInfo(
+        "rms_norm_backward",
+        "llama",
+        _rms_backward_samples,
+        None,
+        layout="any",
+        public=False,
+        differentiable=False,
+        onnx=False,
+    ),
+    OpInfo(
+        "rotary_embedding",
+        "llama",
+        _rotary_samples,
+        _rotary_ref,
+        autocast="promote",
+        layout="any",
+        bad=_llama_bad_rotary,
+        tol=_LLAMA_TOL,
+    ),
+    OpInfo(
+        "rotary_embedding_backward",
+        "llama",
+        _rotary_backward_samples,
+        _rotary_backward_ref,
+        layout="any",
+        public=False,
+        differentiable=False,
+        onnx=False,
+        tol=_LLAMA_TOL,
+    ),
+    OpInfo(
+        "swiglu",
+        "llama",
+        lambda d, t, seed=0: _glu_samples(d, t, None, seed),
+        _swiglu_ref,
+        autocast="promote",
+        layout="any",
+        bad=_llama_bad_glu("swiglu"),
+        tol=_LLAMA_TOL,
+    ),
+    OpInfo(
+        "geglu",
+        "llama",
+        lambda d, t, seed=0: _glu_samples(d, t, "none", seed) + _glu_samples(d, t, "tanh", seed)[:2],
+        _geglu_ref,
+        autocast="promote",
+        layout="any",
+        bad=_llama_bad_glu("geglu"),
+        tol=_LLAMA_TOL,
+    ),
+    OpInfo(
+        "glu_backward",
+        "llama",
+        _glu_backward_samples,
+        None,
+        layout="any",
+        public=False,
+        differentiable=False,
+        onnx=False,
+    ),
 ]
+
 
 # ---- small samples: one per mode, tiny (the costly paths) -----------------------------------------
 def _small(build):
@@ -1044,26 +1341,41 @@ SMALL = {
     "logsumexp": _small(lambda r, i: [Sample((r(6, 9), [1]))]),
     "softmax": _small(lambda r, i: [Sample((r(6, 9), -1))]),
     "log_softmax": _small(lambda r, i: [Sample((r(6, 9), 0))]),
-    "scatter_nd": _small(lambda r, i: [Sample((r(10, 4), i(-10, 10, 12, 1), r(12, 4), red), name=red)
-                                       for red in ("none", "add")]),
+    "scatter_nd": _small(
+        lambda r, i: [Sample((r(10, 4), i(-10, 10, 12, 1), r(12, 4), red), name=red) for red in ("none", "add")]
+    ),
     # in place; max has no gradient: forward only
-    "scatter_nd_": _small(lambda r, i: [Sample((r(10, 4), i(-10, 10, 12, 1), r(12, 4), "add"), name="add"),
-                                        Sample((r(10, 4), i(-10, 10, 12, 1), r(12, 4), "max"), name="max",
-                                               grad=False)]),
-    "scatter_nd_of_shape": _small(lambda r, i: [Sample(([5, 3, 4], i(0, 3, 12, 2), r(12, 4), "add"), name="add"),
-                                                Sample(([10, 4], i(0, 10, 12, 1), r(12, 4), "none"), name="none")]),
+    "scatter_nd_": _small(
+        lambda r, i: [
+            Sample((r(10, 4), i(-10, 10, 12, 1), r(12, 4), "add"), name="add"),
+            Sample((r(10, 4), i(-10, 10, 12, 1), r(12, 4), "max"), name="max", grad=False),
+        ]
+    ),
+    "scatter_nd_of_shape": _small(
+        lambda r, i: [
+            Sample(([5, 3, 4], i(0, 3, 12, 2), r(12, 4), "add"), name="add"),
+            Sample(([10, 4], i(0, 10, 12, 1), r(12, 4), "none"), name="none"),
+        ]
+    ),
     "masked_scatter_nd_of_shape": _small(lambda r, i: [Sample(([10, 4], i(0, 10, 12, 1), r(12, 4), 3))]),
     "embedding": _small(lambda r, i: [Sample((r(20, 5), i(0, 20, 3, 4), 0))]),
-    "embedding_bag": _small(lambda r, i: [
-        Sample((r(20, 5), i(0, 20, 15), _small_offsets(r(1).device), "mean", None, 1), name="mean"),
-        Sample((r(20, 5), i(0, 20, 4, 3), None, "max"), name="max"),
-        Sample((r(20, 5), i(0, 20, 15), _small_offsets(r(1).device), "sum", r(15)), name="sum-weights")]),
+    "embedding_bag": _small(
+        lambda r, i: [
+            Sample((r(20, 5), i(0, 20, 15), _small_offsets(r(1).device), "mean", None, 1), name="mean"),
+            Sample((r(20, 5), i(0, 20, 4, 3), None, "max"), name="max"),
+            Sample((r(20, 5), i(0, 20, 15), _small_offsets(r(1).device), "sum", r(15)), name="sum-weights"),
+        ]
+    ),
     "fused_matmul": _small(lambda r, i: [Sample((r(2, 5, 6), r(7, 6), 0.5, False, True))]),
     "fused_linear": _small(lambda r, i: [Sample((r(5, 8), r(6, 8), r(6), act), name=act) for act in _ACT]),
     "rms_norm": _small(lambda r, i: [Sample((r(2, 5, 12), r(12)))]),
     "add_rms_norm": _small(lambda r, i: [Sample((r(5, 12), r(5, 12), r(12)))]),
-    "rotary_embedding": _small(lambda r, i: [Sample((r(2, 5, 3, 8).transpose(1, 2), r(5, 3), r(5, 3), il),
-                                                    name=f"interleaved={il}") for il in (False, True)]),
+    "rotary_embedding": _small(
+        lambda r, i: [
+            Sample((r(2, 5, 3, 8).transpose(1, 2), r(5, 3), r(5, 3), il), name=f"interleaved={il}")
+            for il in (False, True)
+        ]
+    ),
     "swiglu": _small(lambda r, i: [Sample((r(4, 9), r(4, 9)), name="two"), Sample((r(4, 18),), name="one-tensor")]),
     "geglu": _small(lambda r, i: [Sample((r(4, 9), r(4, 9), "tanh"))]),
 }
@@ -1080,8 +1392,11 @@ DIFFERENTIABLE = [op for op in PUBLIC if op.differentiable]
 
 def differentiable_samples(op, device="cpu", dtype=torch.float64, seed=0):
     """The samples of op whose floating tensors all get gradients (non-empty ones)."""
-    return [s for s in op.samples(device, dtype, seed) if s.grad and all(
-        a.numel() > 0 for a in s.args if isinstance(a, torch.Tensor))]
+    return [
+        s
+        for s in op.samples(device, dtype, seed)
+        if s.grad and all(a.numel() > 0 for a in s.args if isinstance(a, torch.Tensor))
+    ]
 
 
 def call(op, sample, fn=None):

@@ -1,19 +1,22 @@
 """Autocast: under torch.autocast each op gives the dtype and the values of its
 torch counterpart under the same autocast (CPU bfloat16 and float16; CUDA
 float16 and bfloat16 when a GPU is there). The policy is in csrc/common/autocast.h."""
+
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-import functools
+import teachcompute_ext as tce
 
 import op_db
-import teachcompute_ext as tce
 from conftest import CUDA_OK
 
 CASES = [("cpu", torch.bfloat16), ("cpu", torch.float16)] + [
     pytest.param("cuda", dt, marks=pytest.mark.skipif(not CUDA_OK, reason="no CUDA device or CUDA not compiled"))
-    for dt in (torch.float16, torch.bfloat16)]
+    for dt in (torch.float16, torch.bfloat16)
+]
 
 
 def _pairs(device):
@@ -24,8 +27,13 @@ def _pairs(device):
     for op in op_db.PUBLIC:
         for dt in (torch.float32, torch.float16, torch.bfloat16):
             for sample in op.small(device, dt, 0):
-                pairs.append((f"{op.name} {sample.name} {dt}", functools.partial(op_db.call, op, sample),
-                              functools.partial(op_db.call, op, sample, op.ref)))
+                pairs.append(
+                    (
+                        f"{op.name} {sample.name} {dt}",
+                        functools.partial(op_db.call, op, sample),
+                        functools.partial(op_db.call, op, sample, op.ref),
+                    )
+                )
     return pairs
 
 
@@ -52,8 +60,11 @@ def test_mixed_dtypes_promote_under_autocast_as_torchs_elementwise_ops(device, d
     c, s = torch.randn(9, 8, generator=g).to(device), torch.randn(9, 8, generator=g).to(device)
     w = torch.randn(16, generator=g).to(device)
     pairs = [
-        ("rotary_embedding", lambda: tce.rotary_embedding(lo, c, s),
-         lambda: torch.cat([lo[:, :8] * c - lo[:, 8:] * s, lo[:, 8:] * c + lo[:, :8] * s], -1)),
+        (
+            "rotary_embedding",
+            lambda: tce.rotary_embedding(lo, c, s),
+            lambda: torch.cat([lo[:, :8] * c - lo[:, 8:] * s, lo[:, 8:] * c + lo[:, :8] * s], -1),
+        ),
         ("add_rms_norm", lambda: tce.add_rms_norm(lo, hi, w)[0], lambda: F.rms_norm(lo + hi, (16,), w, 1e-6)),
         ("swiglu", lambda: tce.swiglu(lo, hi), lambda: F.silu(lo) * hi),
         ("geglu", lambda: tce.geglu(hi, lo, "tanh"), lambda: F.gelu(hi, approximate="tanh") * lo),

@@ -1,6 +1,7 @@
 """The benchmark report (python -m teachcompute_ext.bench): a tiny --quick run
 writes the JSON and the plots, a wrong result is reported and never timed, and
 the torch.compile baseline is really compiled."""
+
 import json
 import os
 
@@ -27,8 +28,16 @@ def _png(path):
 def test_quick_report_writes_json_and_plots(tmp_path, capsys):
     # One or two small cases of each family: the whole path, in a few seconds.
     # --cold-allocator: leave this pytest process's malloc settings alone.
-    argv = ["--quick", "--device", "cpu", "--out", str(tmp_path), "--cold-allocator",
-            "--op", r"^(vector_sum|embedding|scatter_nd_ none \(unique\)|fused_matmul trans_b|rms_norm)$"]
+    argv = [
+        "--quick",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+        "--cold-allocator",
+        "--op",
+        r"^(vector_sum|embedding|scatter_nd_ none \(unique\)|fused_matmul trans_b|rms_norm)$",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for family in FAMILIES:
@@ -65,10 +74,19 @@ def _wrong_family(calls):
             calls["ours"] += 1
             return torch.softmax(x, 0) + 1e-3
 
-        cases = [harness.Case(op="wrong_softmax", shape="1000", dtype=torch.float32, device=device,
-                              ours=ours, baselines={"torch.softmax": lambda: torch.softmax(x, 0)},
-                              bytes_moved=8000)]
+        cases = [
+            harness.Case(
+                op="wrong_softmax",
+                shape="1000",
+                dtype=torch.float32,
+                device=device,
+                ours=ours,
+                baselines={"torch.softmax": lambda: torch.softmax(x, 0)},
+                bytes_moved=8000,
+            )
+        ]
         return harness.run_family("wrong", cases, device, quick, out_dir, progress)
+
     return run
 
 
@@ -86,10 +104,14 @@ def test_wrong_result_is_reported_not_timed(tmp_path, capsys):
 
 def test_baseline_that_disagrees_is_not_timed_and_is_not_our_error():
     x = torch.randn(256, 64)
-    case = harness.Case(op="softmax", shape="256x64", dtype=torch.float32, device="cpu",
-                        ours=lambda: torch.softmax(x, -1),
-                        baselines={"torch.softmax": lambda: torch.softmax(x, -1),
-                                   "broken": lambda: torch.softmax(x, 0)})
+    case = harness.Case(
+        op="softmax",
+        shape="256x64",
+        dtype=torch.float32,
+        device="cpu",
+        ours=lambda: torch.softmax(x, -1),
+        baselines={"torch.softmax": lambda: torch.softmax(x, -1), "broken": lambda: torch.softmax(x, 0)},
+    )
     (row,) = harness.run_cases([case], rounds=2, min_batch_s=1e-3)
     assert "error" not in row  # CI fails on "error": only our own results may set it
     assert "relative error" in row["baselines"]["broken"]["disagrees"]
@@ -104,10 +126,17 @@ def test_compiled_baseline_is_compiled():
     harness.OPTIONS.compile = True
     torch._dynamo.reset()
     x = torch.randn(64, 128)
-    case = harness.Case(op="softmax", shape="64x128", dtype=torch.float32, device="cpu",
-                        ours=lambda: torch.softmax(x, -1),
-                        baselines={"torch.softmax": lambda: torch.softmax(x, -1),
-                                   **harness.compiled_baseline(lambda t, d: torch.softmax(t, d), x, -1)})
+    case = harness.Case(
+        op="softmax",
+        shape="64x128",
+        dtype=torch.float32,
+        device="cpu",
+        ours=lambda: torch.softmax(x, -1),
+        baselines={
+            "torch.softmax": lambda: torch.softmax(x, -1),
+            **harness.compiled_baseline(lambda t, d: torch.softmax(t, d), x, -1),
+        },
+    )
     (row,) = harness.run_cases([case], rounds=2, min_batch_s=1e-3)
     assert row["baselines"][harness.COMPILED]["ratio"] > 0
     # Dynamo saw one frame and compiled it: the column times compiled code, not eager torch.
@@ -117,8 +146,17 @@ def test_compiled_baseline_is_compiled():
 
 def test_quick_sweep_writes_points_summary_and_plot(tmp_path, capsys):
     # One family's quick sweep through the command line, in a few seconds.
-    argv = ["--sweep", "--quick", "--device", "cpu", "--family", "scatter_nd", "--out", str(tmp_path),
-            "--cold-allocator"]
+    argv = [
+        "--sweep",
+        "--quick",
+        "--device",
+        "cpu",
+        "--family",
+        "scatter_nd",
+        "--out",
+        str(tmp_path),
+        "--cold-allocator",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     with open(tmp_path / "sweep-scatter_nd-cpu.json") as f:
@@ -163,11 +201,31 @@ def test_sweep_wrong_result_is_reported_not_timed(tmp_path):
         calls["ours"] += 1
         return torch.softmax(x, 0) * 1.01
 
-    module = types.SimpleNamespace(SWEEP_SIZE="elements", sweep_cases=lambda device, quick: [
-        sweep.point("wrong_softmax", "fwd", {"n": 64}, 64, dtype=torch.float32, device=device, ours=ours,
-                    baselines={"torch": lambda: torch.softmax(x, 0)}),
-        sweep.point("right_softmax", "fwd", {"n": 64}, 64, dtype=torch.float32, device=device,
-                    ours=lambda: torch.softmax(x, 0), baselines={"torch": lambda: torch.softmax(x, 0)})])
+    module = types.SimpleNamespace(
+        SWEEP_SIZE="elements",
+        sweep_cases=lambda device, quick: [
+            sweep.point(
+                "wrong_softmax",
+                "fwd",
+                {"n": 64},
+                64,
+                dtype=torch.float32,
+                device=device,
+                ours=ours,
+                baselines={"torch": lambda: torch.softmax(x, 0)},
+            ),
+            sweep.point(
+                "right_softmax",
+                "fwd",
+                {"n": 64},
+                64,
+                dtype=torch.float32,
+                device=device,
+                ours=lambda: torch.softmax(x, 0),
+                baselines={"torch": lambda: torch.softmax(x, 0)},
+            ),
+        ],
+    )
     doc, path = sweep.run_family("fake", module, "cpu", True, str(tmp_path))
     wrong, right = doc["points"]
     assert "relative error" in wrong["error"] and "ours_us" not in wrong and calls["ours"] == 1
@@ -180,13 +238,23 @@ def test_sweep_summary_splits_at_20_us():
     from teachcompute_ext.bench import sweep
 
     def pt(size, ours, theirs, pass_="fwd"):
-        return {"op": "op", "pass": pass_, "shape": f"n={size}", "params": {"n": size}, "size": size,
-                "dtype": "float32", "ours_us": ours, "torch_us": theirs, "ratio": theirs / ours}
+        return {
+            "op": "op",
+            "pass": pass_,
+            "shape": f"n={size}",
+            "params": {"n": size},
+            "size": size,
+            "dtype": "float32",
+            "ours_us": ours,
+            "torch_us": theirs,
+            "ratio": theirs / ours,
+        }
 
     # Small: worst is the largest ours - torch (+3 us at size 10), not the
     # smallest ratio (size 1). Large: worst ratio 0.5 at size 1000.
-    (s,) = sweep.summarize([pt(1, 2.0, 1.0), pt(10, 13.0, 10.0), pt(100, 20.0, 25.0), pt(1000, 80.0, 40.0),
-                            pt(10000, 100.0, 300.0)])
+    (s,) = sweep.summarize(
+        [pt(1, 2.0, 1.0), pt(10, 13.0, 10.0), pt(100, 20.0, 25.0), pt(1000, 80.0, 40.0), pt(10000, 100.0, 300.0)]
+    )
     assert s["worst_small_diff_us"] == pytest.approx(3.0) and s["worst_small_at"]["size"] == 10
     assert s["worst_ratio"] == pytest.approx(0.5) and s["worst_ratio_at"]["size"] == 1000
     assert s["points"] == 5 and s["errors"] == 0
@@ -207,13 +275,15 @@ def test_check_near_exact_accepts_what_is_no_worse_than_torch():
     exact = torch.ones(100, dtype=torch.float64)
     theirs = torch.full((100,), 1.05)  # torch itself 5% off, past bfloat16's 1e-2
     harness.check_near_exact(torch.full((100,), 1.02), theirs, lambda: exact, torch.bfloat16)
-    harness.check_near_exact((theirs, torch.full((100,), 0.98)), (theirs, theirs), lambda: (exact, exact),
-                             torch.bfloat16)
+    harness.check_near_exact(
+        (theirs, torch.full((100,), 0.98)), (theirs, theirs), lambda: (exact, exact), torch.bfloat16
+    )
     with pytest.raises(AssertionError, match="float64"):
         harness.check_near_exact(torch.full((100,), 1.2), theirs, lambda: exact, torch.bfloat16)
     with pytest.raises(AssertionError):  # a tuple is checked item by item
-        harness.check_near_exact((theirs, torch.full((100,), 1.2)), (theirs, theirs), lambda: (exact, exact),
-                                 torch.bfloat16)
+        harness.check_near_exact(
+            (theirs, torch.full((100,), 1.2)), (theirs, theirs), lambda: (exact, exact), torch.bfloat16
+        )
 
 
 def test_peak_memory_on_the_cpu_follows_allocations_and_frees():

@@ -10,6 +10,7 @@ arguments beside CUDA tensors are refused, and the values only the device reads
 the argument, as torch's own CUDA index ops do (checked in a subprocess, since
 such an assert loses the process's CUDA context).
 """
+
 import os
 import subprocess
 import sys
@@ -18,8 +19,9 @@ import textwrap
 import pytest
 import torch
 
-import op_db
 import teachcompute_ext  # noqa: F401
+
+import op_db
 from conftest import CUDA_OK
 
 ops = torch.ops.teachcompute_ext
@@ -48,7 +50,7 @@ def _cases():
 def _full_args(op, sample):
     """The sample's arguments, completed with the schema's defaults (redispatch takes no defaults)."""
     args = list(sample.args)
-    for a in op._schema.arguments[len(args):]:
+    for a in op._schema.arguments[len(args) :]:
         args.append(a.default_value if a.has_default_value() else None)
     return args
 
@@ -107,34 +109,50 @@ def test_cuda_tensors_beside_a_cpu_argument_are_refused(op, name, sample, pos, a
 
 # ---- values only the device reads: CPU exceptions, CUDA device-side asserts -------------------------
 BAD_VALUES = {
-    "scatter_nd index": ("t.scatter_nd(torch.zeros(5, 3, device=d), torch.tensor([[1], [7]], device=d), "
-                         "torch.ones(2, 3, device=d), 'add')",
-                         "teachcompute_ext.scatter_nd: index 7 out of range for dim 0 of size 5"),
-    "scatter_nd_of_shape index": ("t.scatter_nd_of_shape([5, 3], torch.tensor([[-6]], device=d), "
-                                  "torch.ones(1, 3, device=d))",
-                                  "teachcompute_ext.scatter_nd_of_shape: index -6 out of range for dim 0 of size 5"),
-    "embedding negative index": ("t.embedding(torch.randn(10, 4, device=d), torch.tensor([1, -1], device=d))",
-                                 "teachcompute_ext.embedding: index -1 out of range for argument 'indices'"),
-    "embedding_backward index": ("torch.ops.teachcompute_ext.embedding_backward(torch.ones(2, 4, device=d), "
-                                 "torch.tensor([1, 10], device=d), 10)",
-                                 "teachcompute_ext.embedding_backward: index 10 out of range for argument 'indices'"),
-    "embedding_bag index": ("t.embedding_bag(torch.randn(10, 4, device=d), torch.tensor([1, 12], device=d), "
-                            "torch.tensor([0], device=d), 'sum')",
-                            "teachcompute_ext.embedding_bag: index 12 out of range for argument 'indices'"),
-    "embedding_bag negative offset": ("t.embedding_bag(torch.randn(10, 4, device=d), torch.tensor([1, 2, 3], "
-                                      "device=d), torch.tensor([0, -2], device=d), 'sum')",
-                                      "teachcompute_ext.embedding_bag: 'offsets' must be non-decreasing"),
-    "embedding_bag decreasing offsets": ("t.embedding_bag(torch.randn(10, 4, device=d), torch.tensor([1, 2, 3], "
-                                         "device=d), torch.tensor([0, 2, 1], device=d), 'mean')",
-                                         "teachcompute_ext.embedding_bag: 'offsets' must be non-decreasing"),
-    "embedding_bag offset past the end": ("t.embedding_bag(torch.randn(10, 4, device=d), torch.tensor([1, 2], "
-                                          "device=d), torch.tensor([0, 5], device=d), 'sum')",
-                                          "teachcompute_ext.embedding_bag: offsets[1] = 5 is past the end"),
+    "scatter_nd index": (
+        "t.scatter_nd(torch.zeros(5, 3, device=d), torch.tensor([[1], [7]], device=d), "
+        "torch.ones(2, 3, device=d), 'add')",
+        "teachcompute_ext.scatter_nd: index 7 out of range for dim 0 of size 5",
+    ),
+    "scatter_nd_of_shape index": (
+        "t.scatter_nd_of_shape([5, 3], torch.tensor([[-6]], device=d), torch.ones(1, 3, device=d))",
+        "teachcompute_ext.scatter_nd_of_shape: index -6 out of range for dim 0 of size 5",
+    ),
+    "embedding negative index": (
+        "t.embedding(torch.randn(10, 4, device=d), torch.tensor([1, -1], device=d))",
+        "teachcompute_ext.embedding: index -1 out of range for argument 'indices'",
+    ),
+    "embedding_backward index": (
+        "torch.ops.teachcompute_ext.embedding_backward(torch.ones(2, 4, device=d), "
+        "torch.tensor([1, 10], device=d), 10)",
+        "teachcompute_ext.embedding_backward: index 10 out of range for argument 'indices'",
+    ),
+    "embedding_bag index": (
+        "t.embedding_bag(torch.randn(10, 4, device=d), torch.tensor([1, 12], device=d), "
+        "torch.tensor([0], device=d), 'sum')",
+        "teachcompute_ext.embedding_bag: index 12 out of range for argument 'indices'",
+    ),
+    "embedding_bag negative offset": (
+        "t.embedding_bag(torch.randn(10, 4, device=d), torch.tensor([1, 2, 3], "
+        "device=d), torch.tensor([0, -2], device=d), 'sum')",
+        "teachcompute_ext.embedding_bag: 'offsets' must be non-decreasing",
+    ),
+    "embedding_bag decreasing offsets": (
+        "t.embedding_bag(torch.randn(10, 4, device=d), torch.tensor([1, 2, 3], "
+        "device=d), torch.tensor([0, 2, 1], device=d), 'mean')",
+        "teachcompute_ext.embedding_bag: 'offsets' must be non-decreasing",
+    ),
+    "embedding_bag offset past the end": (
+        "t.embedding_bag(torch.randn(10, 4, device=d), torch.tensor([1, 2], "
+        "device=d), torch.tensor([0, 5], device=d), 'sum')",
+        "teachcompute_ext.embedding_bag: offsets[1] = 5 is past the end",
+    ),
     "embedding_bag_backward decreasing offsets": (
         "torch.ops.teachcompute_ext.embedding_bag_backward(torch.ones(3, 4, device=d), torch.randn(10, 4, device=d), "
         "torch.tensor([1, 2, 3], device=d), torch.tensor([0, 2, 1], device=d), torch.empty(0, dtype=torch.long, "
         "device=d), 'sum', None, None, False)",
-        "teachcompute_ext.embedding_bag_backward: 'offsets' must be non-decreasing"),
+        "teachcompute_ext.embedding_bag_backward: 'offsets' must be non-decreasing",
+    ),
 }
 
 

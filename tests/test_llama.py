@@ -3,16 +3,22 @@ Each against a float64 reference of torch's own formula on fresh random inputs,
 forward and backward, every dtype, odd widths, non-contiguous and empty inputs,
 gradcheck, opcheck, torch.compile(fullgraph=True, dynamic=True), torch.func, and
 every bad input of the issue."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import teachcompute_ext as t
+
 from conftest import DEVICES, FLOAT_DTYPES, assert_func_grad_matches_autograd
 
 ops = torch.ops.teachcompute_ext
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10),
-       torch.float16: dict(rtol=2e-3, atol=2e-3), torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2)}
+TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
+}
 # Widths that are and are not a multiple of the vector width (16 float32 lanes here).
 WIDTHS = [1, 7, 33, 96, 300, 1000, 4096]
 
@@ -30,6 +36,7 @@ def _close(ours, ref, dtype):
 
 
 # ---- rms_norm / add_rms_norm -----------------------------------------------------------
+
 
 def _ref_rms_norm(x, w, eps):
     x64 = x.double()
@@ -169,6 +176,7 @@ def test_norms_empty_inputs(device):
 
 
 # ---- rotary_embedding ----------------------------------------------------------------------
+
 
 def _rotate_half(x):
     a, b = x.chunk(2, dim=-1)
@@ -329,12 +337,12 @@ def test_glu_gradcheck_non_contiguous_empty(name, device):
 
 # ---- every op: opcheck, compile, torch.func ------------------------------------------------
 
+
 def _op_samples(device, dtype=torch.float32):
     x, r = _rand(4, 3, 24, dtype=dtype, device=device), _rand(4, 3, 24, dtype=dtype, device=device)
     w = _rand(24, dtype=dtype, device=device)
     cos, sin = _tables(3, 8, dtype, device)
-    rstd = torch.rsqrt(x.double().pow(2).mean(-1) + 1e-6).to(torch.float64 if dtype == torch.float64 else
-                                                               torch.float32)
+    rstd = torch.rsqrt(x.double().pow(2).mean(-1) + 1e-6).to(torch.float64 if dtype == torch.float64 else torch.float32)
     return [
         (ops.rms_norm, (x, w, 1e-6)),
         (ops.rms_norm, (x, None, 1e-5)),
@@ -359,8 +367,9 @@ def _op_samples(device, dtype=torch.float32):
 def test_llama_opcheck(dtype, device):
     for op, args in _op_samples(device, dtype):
         grad = op not in (ops.rms_norm_backward, ops.rotary_embedding_backward, ops.glu_backward)
-        args = tuple(a.clone().requires_grad_(grad and a.is_floating_point()) if isinstance(a, torch.Tensor) else a
-                     for a in args)
+        args = tuple(
+            a.clone().requires_grad_(grad and a.is_floating_point()) if isinstance(a, torch.Tensor) else a for a in args
+        )
         torch.library.opcheck(op, args)
 
 
@@ -375,8 +384,11 @@ def test_llama_torch_compile_fullgraph_dynamic(device):
     torch._dynamo.reset()
     cf = torch.compile(block, fullgraph=True, dynamic=True)
     for n in (3, 5):
-        args = [_rand(2, n, 16, device=device, grad=True), _rand(2, n, 16, device=device, grad=True),
-                _rand(16, device=device, grad=True)] + list(_tables(n, 4, torch.float32, device))
+        args = [
+            _rand(2, n, 16, device=device, grad=True),
+            _rand(2, n, 16, device=device, grad=True),
+            _rand(16, device=device, grad=True),
+        ] + list(_tables(n, 4, torch.float32, device))
         want = block(*args)
         got = cf(*args)
         torch.testing.assert_close(got, want)
@@ -399,6 +411,7 @@ def test_torch_func_grad_matches_autograd():
 
 # ---- bad input ------------------------------------------------------------------------------
 
+
 def test_bad_input_names_the_op_and_argument():
     x, w = torch.randn(4, 8), torch.randn(8)
     cos, sin = _tables(4, 2, torch.float32, "cpu")
@@ -412,15 +425,27 @@ def test_bad_input_names_the_op_and_argument():
         (lambda: t.add_rms_norm(x, torch.randn(4, 7), w), RuntimeError, "add_rms_norm: argument 'residual' has shape"),
         (lambda: t.add_rms_norm(x, x.double(), w), TypeError, "add_rms_norm: argument 'residual' has dtype"),
         (lambda: t.add_rms_norm(x, x, w, 0.0), ValueError, "add_rms_norm: argument 'eps'"),
-        (lambda: t.rotary_embedding(x, torch.randn(4, 5), torch.randn(4, 5)), RuntimeError,
-         "rotary_embedding: rotary_dim 10 .* larger than head_dim 8"),
-        (lambda: t.rotary_embedding(x, torch.randn(3, 2), torch.randn(3, 2)), RuntimeError,
-         r"rotary_embedding: argument 'cos' has shape \[3, 2\], which cannot broadcast"),
+        (
+            lambda: t.rotary_embedding(x, torch.randn(4, 5), torch.randn(4, 5)),
+            RuntimeError,
+            "rotary_embedding: rotary_dim 10 .* larger than head_dim 8",
+        ),
+        (
+            lambda: t.rotary_embedding(x, torch.randn(3, 2), torch.randn(3, 2)),
+            RuntimeError,
+            r"rotary_embedding: argument 'cos' has shape \[3, 2\], which cannot broadcast",
+        ),
         (lambda: t.rotary_embedding(x, cos, sin[:, :1]), RuntimeError, "rotary_embedding: argument 'sin' has shape"),
-        (lambda: t.rotary_embedding(x, cos.double(), sin.double()), TypeError,
-         "rotary_embedding: argument 'cos' has dtype torch.float64"),
-        (lambda: t.rotary_embedding(x, cos[None, None], sin[None, None]), RuntimeError,
-         "argument 'cos' .* at most 2 dims"),
+        (
+            lambda: t.rotary_embedding(x, cos.double(), sin.double()),
+            TypeError,
+            "rotary_embedding: argument 'cos' has dtype torch.float64",
+        ),
+        (
+            lambda: t.rotary_embedding(x, cos[None, None], sin[None, None]),
+            RuntimeError,
+            "argument 'cos' .* at most 2 dims",
+        ),
         (lambda: t.swiglu(x, torch.randn(4, 7)), RuntimeError, "swiglu: argument 'up' has shape"),
         (lambda: t.swiglu(x, x.double()), TypeError, "swiglu: argument 'up' has dtype"),
         (lambda: t.swiglu(torch.randn(4, 7)), RuntimeError, "swiglu: argument 'gate' has an odd last dim 7"),

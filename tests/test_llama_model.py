@@ -2,6 +2,7 @@
 on every path a user's model takes (eager and autograd, torch.compile, torch.export,
 ONNX, DDP), and the modules it is made of (nn.RMSNorm, nn.GatedMLP,
 nn.RotaryEmbedding) against torch's and transformers' formulas."""
+
 import os
 import socket
 
@@ -17,8 +18,13 @@ from teachcompute_ext.models import ALL, PIECES, LlamaConfig, LlamaForCausalLM
 from teachcompute_ext.models.llama import IGNORE_INDEX, rotate_half
 
 # the ops each piece of `fused` runs (a backward op counts as its forward's)
-PIECE_OPS = {"embedding": {"embedding"}, "rms_norm": {"rms_norm", "add_rms_norm"}, "rotary": {"rotary_embedding"},
-             "mlp": {"swiglu"}, "loss": {"log_softmax"}}
+PIECE_OPS = {
+    "embedding": {"embedding"},
+    "rms_norm": {"rms_norm", "add_rms_norm"},
+    "rotary": {"rotary_embedding"},
+    "mlp": {"swiglu"},
+    "loss": {"log_softmax"},
+}
 
 
 class OpsCalled(TorchDispatchMode):
@@ -43,9 +49,18 @@ def random_config(seed, **overrides):
     kv = pick(1, 2)
     heads = kv * pick(1, 2)
     head_dim = pick(4, 6, 8)
-    fields = dict(vocab_size=pick(13, 40), hidden_size=heads * head_dim, num_heads=heads, num_kv_heads=kv,
-                  intermediate_size=pick(8, 20, 36), num_layers=pick(1, 2), max_position=32,
-                  rope_theta=pick(10000.0, 500.0), rms_eps=pick(1e-6, 1e-5), tie_embeddings=pick(False, True))
+    fields = dict(
+        vocab_size=pick(13, 40),
+        hidden_size=heads * head_dim,
+        num_heads=heads,
+        num_kv_heads=kv,
+        intermediate_size=pick(8, 20, 36),
+        num_layers=pick(1, 2),
+        max_position=32,
+        rope_theta=pick(10000.0, 500.0),
+        rms_eps=pick(1e-6, 1e-5),
+        tie_embeddings=pick(False, True),
+    )
     fields.update(overrides)
     return LlamaConfig(**fields)
 
@@ -156,8 +171,9 @@ def test_state_dicts_load_across_fused_sets_and_positions():
 
 # ---- (c), (d), (e): compile, export, ONNX --------------------------------------------------------
 def small_config():
-    return LlamaConfig(vocab_size=32, hidden_size=16, num_heads=4, num_kv_heads=2, intermediate_size=24,
-                       num_layers=1, max_position=64)
+    return LlamaConfig(
+        vocab_size=32, hidden_size=16, num_heads=4, num_kv_heads=2, intermediate_size=24, num_layers=1, max_position=64
+    )
 
 
 # The inductor caches are off, as in test_users_paths.py: a warm cache hides a specialization.
@@ -190,11 +206,18 @@ def test_torch_export_dynamic_batch_and_seq_matches_eager():
     model, _ = model_and_twin(config)
     model.eval()
     ids, _ = batch(config, 2, 5)
-    dims = {"input_ids": {0: torch.export.Dim("batch", min=1, max=64),
-                          1: torch.export.Dim("seq", min=2, max=config.max_position)}}
+    dims = {
+        "input_ids": {
+            0: torch.export.Dim("batch", min=1, max=64),
+            1: torch.export.Dim("seq", min=2, max=config.max_position),
+        }
+    }
     ep = torch.export.export(model, (ids,), dynamic_shapes=dims)
-    called = {n.target.name().split("::")[1].split(".")[0].removesuffix("_forward") for n in ep.graph.nodes
-              if n.op == "call_function" and hasattr(n.target, "name") and "teachcompute_ext" in n.target.name()}
+    called = {
+        n.target.name().split("::")[1].split(".")[0].removesuffix("_forward")
+        for n in ep.graph.nodes
+        if n.op == "call_function" and hasattr(n.target, "name") and "teachcompute_ext" in n.target.name()
+    }
     assert {"embedding", "rms_norm", "add_rms_norm", "rotary_embedding", "swiglu"} <= called, called
     for b, s in ((1, 2), (3, 9), (4, config.max_position)):
         ids, _ = batch(config, b, s, seed=s)
@@ -211,8 +234,12 @@ def test_onnx_export_runs_in_onnxruntime():
     model, _ = model_and_twin(config)
     model.eval()
     ids, _ = batch(config, 2, 5)
-    dims = {"input_ids": {0: torch.export.Dim("batch", min=1, max=64),
-                          1: torch.export.Dim("seq", min=2, max=config.max_position)}}
+    dims = {
+        "input_ids": {
+            0: torch.export.Dim("batch", min=1, max=64),
+            1: torch.export.Dim("seq", min=2, max=config.max_position),
+        }
+    }
     proto = teachcompute_ext.onnx.export(model, (ids,), dynamic_shapes=dims, verbose=False).model_proto
     onnx.checker.check_model(proto)
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
@@ -277,8 +304,9 @@ def test_ddp_two_cpu_processes_match_a_single_process(tmp_path):
 
 # ---- (g): the modules -----------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape,eps,affine", [(12, None, True), ((12,), 1e-5, True), (12, None, False),
-                                              ((3, 12), 1e-6, True)])
+@pytest.mark.parametrize(
+    "shape,eps,affine", [(12, None, True), ((12,), 1e-5, True), (12, None, False), ((3, 12), 1e-6, True)]
+)
 def test_rms_norm_is_a_drop_in_for_torch(dtype, shape, eps, affine):
     torch.manual_seed(0)
     ours = teachcompute_ext.nn.RMSNorm(shape, eps=eps, elementwise_affine=affine, dtype=dtype)
@@ -356,8 +384,9 @@ def rotary_reference(x, positions, base, rotary_dim, interleaved):
 def test_rotary_embedding_matches_the_transformers_formula(dtype, layout, rotary_dim, interleaved, positions):
     torch.manual_seed(0)
     b, h, s, d = 2, 3, 7, 10
-    rope = teachcompute_ext.nn.RotaryEmbedding(d, 32, base=500.0, rotary_dim=rotary_dim, interleaved=interleaved,
-                                               dtype=dtype)
+    rope = teachcompute_ext.nn.RotaryEmbedding(
+        d, 32, base=500.0, rotary_dim=rotary_dim, interleaved=interleaved, dtype=dtype
+    )
     assert rope.cos.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert not rope.state_dict()  # non-persistent tables
     if layout == "bhsd":
@@ -372,16 +401,22 @@ def test_rotary_embedding_matches_the_transformers_formula(dtype, layout, rotary
         out = rope(view, position_ids)
     copies = {e.name for e in prof.events()} & {"aten::copy_", "aten::clone", "aten::contiguous"}
     assert not copies, f"the input or the tables were copied: {copies}"
-    ref = rotary_reference(view, torch.arange(s) if position_ids is None else position_ids, 500.0,
-                           rotary_dim or d, interleaved)
+    ref = rotary_reference(
+        view, torch.arange(s) if position_ids is None else position_ids, 500.0, rotary_dim or d, interleaved
+    )
     torch.testing.assert_close(out, ref.to(dtype))
     # gradient: the rotation is orthogonal, so its backward is the inverse rotation
     xg = view.detach().requires_grad_()
     g = torch.randn_like(out)
     (got,) = torch.autograd.grad(rope(xg, position_ids), xg, g)
     xr = view.detach().to(torch.float64).requires_grad_()
-    (want,) = torch.autograd.grad(rotary_reference(xr, torch.arange(s) if position_ids is None else position_ids,
-                                                   500.0, rotary_dim or d, interleaved), xr, g.to(torch.float64))
+    (want,) = torch.autograd.grad(
+        rotary_reference(
+            xr, torch.arange(s) if position_ids is None else position_ids, 500.0, rotary_dim or d, interleaved
+        ),
+        xr,
+        g.to(torch.float64),
+    )
     torch.testing.assert_close(got, want.to(dtype))
 
 
@@ -391,7 +426,7 @@ def test_rotary_embedding_cos_sin_and_bad_arguments():
     assert cos.shape == sin.shape == (5, 4) and cos.dtype == torch.float16
     cos, sin = rope.cos_sin(torch.tensor([[0, 3], [1, 2]]))
     assert cos.shape == (2, 2, 4) and torch.equal(cos[0, 1], rope.cos[3])
-    torch.testing.assert_close(cos ** 2 + sin ** 2, torch.ones_like(cos))
+    torch.testing.assert_close(cos**2 + sin**2, torch.ones_like(cos))
     for pos in (-1, 16):  # outside the table: an error, not a wrapped (wrong) angle
         with pytest.raises(IndexError):
             rope(torch.randn(1, 2, 8), torch.tensor([0, pos]))

@@ -2,6 +2,7 @@
 from a config (random weights, nothing downloaded): the patched model gives the
 unpatched one's logits and gradients, runs our ops, keeps its state_dict; and
 teachcompute_ext.models loads a transformers Llama's state_dict and gives its logits."""
+
 import copy
 
 import pytest
@@ -16,9 +17,17 @@ from test_llama_model import OpsCalled  # noqa: E402
 
 
 def tiny_llama(dtype=torch.float32, hidden_act="silu", seed=0):
-    config = transformers.LlamaConfig(vocab_size=100, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                      intermediate_size=128, num_hidden_layers=2, max_position_embeddings=64,
-                                      hidden_act=hidden_act, tie_word_embeddings=False)
+    config = transformers.LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        max_position_embeddings=64,
+        hidden_act=hidden_act,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(config).to(dtype)
     with torch.no_grad():  # norm weights away from their initial ones, so that a lost weight shows
@@ -71,7 +80,10 @@ def test_patched_model_runs_under_autocast_as_the_unpatched_one():
     model = patch_llama(copy.deepcopy(ref))
     ids, position_ids = inputs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got, want = model(input_ids=ids, position_ids=position_ids).logits, ref(input_ids=ids, position_ids=position_ids).logits
+        got, want = (
+            model(input_ids=ids, position_ids=position_ids).logits,
+            ref(input_ids=ids, position_ids=position_ids).logits,
+        )
     assert got.dtype == want.dtype
     torch.testing.assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
 
@@ -96,10 +108,17 @@ def test_patch_is_in_place_and_keeps_the_parameters():
 def test_models_load_a_transformers_llama(fused):
     hf = tiny_llama()
     c = hf.config
-    config = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_heads=c.num_attention_heads,
-                         num_kv_heads=c.num_key_value_heads, intermediate_size=c.intermediate_size,
-                         num_layers=c.num_hidden_layers, max_position=c.max_position_embeddings,
-                         rope_theta=c.rope_parameters["rope_theta"], rms_eps=c.rms_norm_eps)
+    config = LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        num_heads=c.num_attention_heads,
+        num_kv_heads=c.num_key_value_heads,
+        intermediate_size=c.intermediate_size,
+        num_layers=c.num_hidden_layers,
+        max_position=c.max_position_embeddings,
+        rope_theta=c.rope_parameters["rope_theta"],
+        rms_eps=c.rms_norm_eps,
+    )
     ours = LlamaForCausalLM(config, fused=fused)
     ours.load_state_dict(hf.state_dict())
     ids, position_ids = inputs()

@@ -1,9 +1,11 @@
 """Matmul family: fused_matmul, fused_linear and nn.FusedLinear against a float64 torch reference."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import teachcompute_ext
+
 from conftest import DEVICES, FLOAT_DTYPES, assert_func_grad_matches_autograd
 
 ops = torch.ops.teachcompute_ext
@@ -17,8 +19,12 @@ ACTS = {
 # Inputs are scaled so each output is O(1); the tolerance then covers a K-term
 # dot product accumulated in the dtype's GEMM (half types: float32 accumulation,
 # one rounding of the result and of the stored pre-activation).
-TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10),
-       torch.float16: dict(rtol=1e-2, atol=1e-2), torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
+TOL = {
+    torch.float32: dict(rtol=1e-4, atol=1e-4),
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.float16: dict(rtol=1e-2, atol=1e-2),
+    torch.bfloat16: dict(rtol=5e-2, atol=5e-2),
+}
 
 
 def _rand(shape, dtype, device, seed, scale=1.0):
@@ -97,8 +103,9 @@ def test_fused_linear_non_contiguous_inputs(device):
     w = _rand((10, 8), torch.float32, device, 2).t()  # (8, 10), a transposed view
     b = _rand((16,), torch.float32, device, 3)[::2]
     for act in ACTS:
-        torch.testing.assert_close(teachcompute_ext.fused_linear(x, w, b, act).double(), _reference(x, w, b, act),
-                                   **TOL[torch.float32])
+        torch.testing.assert_close(
+            teachcompute_ext.fused_linear(x, w, b, act).double(), _reference(x, w, b, act), **TOL[torch.float32]
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -138,8 +145,13 @@ def test_fused_linear_bias_grad_same_bits_for_any_thread_count():
 
 
 MATMUL_SHAPES = [  # shapes of op(a) and op(b): broadcasting as torch.matmul
-    ((7, 5), (5, 6)), ((3, 7, 5), (5, 6)), ((7, 5), (4, 5, 6)), ((2, 1, 7, 5), (3, 5, 6)), ((0, 7, 5), (5, 6)),
-    ((7, 0), (0, 6)), ((2, 3, 4), (2, 4, 5)),
+    ((7, 5), (5, 6)),
+    ((3, 7, 5), (5, 6)),
+    ((7, 5), (4, 5, 6)),
+    ((2, 1, 7, 5), (3, 5, 6)),
+    ((0, 7, 5), (5, 6)),
+    ((7, 0), (0, 6)),
+    ((2, 3, 4), (2, 4, 5)),
 ]
 
 
@@ -190,8 +202,11 @@ def test_fused_matmul_and_linear_bad_input():
         fl(x, w.double())
     with pytest.raises(RuntimeError, match=r"fused_linear: argument 'bias' has dtype torch.float16 but 'x'"):
         fl(x, w, b.half())
-    with pytest.raises(ValueError, match=r"unknown activation 'tanh' for argument 'activation' \(expected one of "
-                                         r"none, relu, gelu, gelu_tanh, silu\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown activation 'tanh' for argument 'activation' \(expected one of "
+        r"none, relu, gelu, gelu_tanh, silu\)",
+    ):
         fl(x, w, b, "tanh")
     with pytest.raises(RuntimeError, match=r"fused_linear: argument 'weight' must be 1-D \[in_features\] or 2-D"):
         fl(x, w[None])
@@ -204,7 +219,10 @@ def test_fused_matmul_and_linear_bad_input():
     with pytest.raises(TypeError, match=r"fused_linear: unsupported dtype torch.int64 for argument 'x'"):
         fl(x.long(), w.long())
     # devices: the meta device reaches the same checks through the fake kernel
-    with pytest.raises(RuntimeError, match=r"fused_linear: Expected all tensors to be on the same device.*argument 'weight' is on meta, 'x' is on cpu"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"fused_linear: Expected all tensors to be on the same device.*argument 'weight' is on meta, 'x' is on cpu",
+    ):
         fl(x, w.to("meta"))
     fm = teachcompute_ext.fused_matmul
     with pytest.raises(RuntimeError, match=r"fused_matmul: inner dims do not match: op\(a\) is 4x5"):
@@ -218,7 +236,10 @@ def test_fused_matmul_and_linear_bad_input():
         fm(torch.randn(()), x)
     with pytest.raises(RuntimeError, match=r"fused_matmul: inner dims do not match: op\(a\) is 1x4"):
         fm(torch.randn(4), torch.randn(5))
-    with pytest.raises(RuntimeError, match=r"fused_matmul: Expected all tensors to be on the same device.*argument 'b' is on meta, 'a' is on cpu"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"fused_matmul: Expected all tensors to be on the same device.*argument 'b' is on meta, 'a' is on cpu",
+    ):
         fm(x, torch.randn(5, 2, device="meta"))
     # and inside a compiled graph (fake kernels)
     with pytest.raises(Exception, match=r"in_features mismatch"):
@@ -236,8 +257,10 @@ def test_matmul_opcheck(dtype, device):
             torch.library.opcheck(ops.fused_linear_forward, args)
         aux = F.linear(x, w, b).detach()
         for mask in ([True, True, True], [False, True, False], [True, False, True]):
-            torch.library.opcheck(ops.fused_linear_backward,
-                                  (_rand((6, 4), dtype, device, 3), x.detach(), w.detach(), aux, act, True, mask))
+            torch.library.opcheck(
+                ops.fused_linear_backward,
+                (_rand((6, 4), dtype, device, 3), x.detach(), w.detach(), aux, act, True, mask),
+            )
     for ta in (False, True):
         a, bb = _op_inputs((2, 3, 4), (4, 5), ta, False, dtype, device, 4)
         torch.library.opcheck(ops.fused_matmul, (a.requires_grad_(grad_ok), bb.requires_grad_(grad_ok), 0.5, ta, False))
@@ -248,7 +271,9 @@ def test_matmul_torch_compile_fullgraph_dynamic(device):
     torch._dynamo.reset()
 
     def f(x, w, b, a, c):
-        return teachcompute_ext.fused_linear(x, w, b, "gelu").sum() + teachcompute_ext.fused_matmul(a, c, 2.0, True).sum()
+        return (
+            teachcompute_ext.fused_linear(x, w, b, "gelu").sum() + teachcompute_ext.fused_matmul(a, c, 2.0, True).sum()
+        )
 
     cf = torch.compile(f, fullgraph=True, dynamic=True)
     for m in (3, 8, 17):
@@ -309,8 +334,13 @@ def test_fused_linear_bias_gradient_of_a_single_row(x_shape, activation, device)
     w = torch.randn(40, 24, generator=g, dtype=torch.float64).to(device).requires_grad_()
     b = torch.randn(40, generator=g, dtype=torch.float64).to(device).requires_grad_()
     out = teachcompute_ext.fused_linear(x, w, b, activation)
-    acts = {"none": lambda t: t, "relu": torch.relu, "gelu": F.gelu,
-            "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "silu": F.silu}
+    acts = {
+        "none": lambda t: t,
+        "relu": torch.relu,
+        "gelu": F.gelu,
+        "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+        "silu": F.silu,
+    }
     ref = acts[activation](F.linear(x, w, b))
     torch.testing.assert_close(out, ref)
     go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device)
@@ -335,8 +365,18 @@ def test_fused_linear_relu_keeps_nan_as_torch_relu(bias, device):
 # ---- 1-D operands and zero-size dims follow torch.matmul / F.linear ------------------------------------
 # (a shape, b shape) as stored; a flag on a 1-D operand is ignored (a vector's transpose is the vector),
 # a flag on a matrix transposes it, so the stored shape is op(.)'s transpose then.
-VECTOR_CASES = [((4,), (4,)), ((4,), (4, 3)), ((4,), (2, 4, 3)), ((3, 4), (4,)), ((2, 3, 4), (4,)),
-                ((2, 1, 3, 4), (4,)), ((4,), (5, 2, 4, 3)), ((0,), (0,)), ((0,), (0, 3)), ((3, 0), (0,))]
+VECTOR_CASES = [
+    ((4,), (4,)),
+    ((4,), (4, 3)),
+    ((4,), (2, 4, 3)),
+    ((3, 4), (4,)),
+    ((2, 3, 4), (4,)),
+    ((2, 1, 3, 4), (4,)),
+    ((4,), (5, 2, 4, 3)),
+    ((0,), (0,)),
+    ((0,), (0, 3)),
+    ((3, 0), (0,)),
+]
 
 
 def _vector_inputs(sa, sb, ta, tb, dtype, device, seed):
@@ -387,10 +427,18 @@ def test_fused_matmul_vectors_gradcheck(tb, ta, device):
 
 
 # (a, b, trans_b): empty inner dims (the product is zeros), m = 0, n = 0, batch 0, broadcast batch 0
-ZERO_SIZE_CASES = [((5, 5, 0), (0, 5), False), ((3, 0), (0, 4), False), ((2, 3, 0), (2, 0, 4), False),
-                   ((2, 3, 0), (4, 0), True), ((0, 4), (4, 3), False), ((3, 4), (4, 0), False),
-                   ((0, 3, 4), (4, 5), False), ((0, 3, 4), (1, 4, 5), False), ((2, 3, 4), (0, 1, 4, 5), False),
-                   ((0,), (2, 0, 3), False)]
+ZERO_SIZE_CASES = [
+    ((5, 5, 0), (0, 5), False),
+    ((3, 0), (0, 4), False),
+    ((2, 3, 0), (2, 0, 4), False),
+    ((2, 3, 0), (4, 0), True),
+    ((0, 4), (4, 3), False),
+    ((3, 4), (4, 0), False),
+    ((0, 3, 4), (4, 5), False),
+    ((0, 3, 4), (1, 4, 5), False),
+    ((2, 3, 4), (0, 1, 4, 5), False),
+    ((0,), (2, 0, 3), False),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -446,27 +494,39 @@ def test_fused_linear_vector_weight_matches_f_linear(bias, act, device):
             for got, want in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, refs, g)):
                 torch.testing.assert_close(got, want, **TOL[torch.float64])
         if len(xs) <= 2 and act != "relu":  # relu: gradcheck's finite difference crosses the kink
-            assert torch.autograd.gradcheck(lambda *p: teachcompute_ext.fused_linear(
-                p[0], p[1], p[2] if bias else None, act), refs)
+            assert torch.autograd.gradcheck(
+                lambda *p: teachcompute_ext.fused_linear(p[0], p[1], p[2] if bias else None, act), refs
+            )
     # the 2-D weight takes no 0-d bias (it needs [out_features])
     with pytest.raises(RuntimeError, match=r"fused_linear: argument 'bias' must have shape \[3\]"):
-        teachcompute_ext.fused_linear(x, _rand((3, xs[-1]), torch.float64, device, 1), torch.zeros((), device=device,
-                                                                                                    dtype=torch.float64))
+        teachcompute_ext.fused_linear(
+            x, _rand((3, xs[-1]), torch.float64, device, 1), torch.zeros((), device=device, dtype=torch.float64)
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_vector_and_zero_size_opcheck(device):
-    for sa, sb, ta, tb in [((4,), (4,), True, True), ((4,), (2, 3, 4), False, True), ((2, 4, 3), (4,), True, False),
-                           ((5, 5, 0), (0, 5), False, False), ((0, 3, 4), (4, 5), False, False)]:
+    for sa, sb, ta, tb in [
+        ((4,), (4,), True, True),
+        ((4,), (2, 3, 4), False, True),
+        ((2, 4, 3), (4,), True, False),
+        ((5, 5, 0), (0, 5), False, False),
+        ((0, 3, 4), (4, 5), False, False),
+    ]:
         a, b = _rand(sa, torch.float64, device, 1), _rand(sb, torch.float64, device, 2)
         torch.library.opcheck(ops.fused_matmul, (a.requires_grad_(), b.requires_grad_(), 0.5, ta, tb))
     for xs in [(4,), (3, 4), (2, 3, 4)]:
-        x, w, b = _rand(xs, torch.float64, device, 3), _rand((4,), torch.float64, device, 4), \
-            _rand((), torch.float64, device, 5)
+        x, w, b = (
+            _rand(xs, torch.float64, device, 3),
+            _rand((4,), torch.float64, device, 4),
+            _rand((), torch.float64, device, 5),
+        )
         for act in ("gelu", "relu"):
             for save_pre in (True, False):
-                torch.library.opcheck(ops.fused_linear_forward,
-                                      (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), act, save_pre))
+                torch.library.opcheck(
+                    ops.fused_linear_forward,
+                    (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), act, save_pre),
+                )
         torch.library.opcheck(ops.fused_linear, (x, w, None, "silu"))
 
 
@@ -475,22 +535,29 @@ def test_vector_cases_torch_compile_fullgraph_dynamic(device):
     torch._dynamo.reset()
 
     def f(v, m, x, w, b):
-        return (teachcompute_ext.fused_matmul(v, m, 2.0, False, True).sum()
-                + teachcompute_ext.fused_matmul(m, v).sum() + teachcompute_ext.fused_matmul(v, v)
-                + teachcompute_ext.fused_linear(x, w, b, "gelu").sum())
+        return (
+            teachcompute_ext.fused_matmul(v, m, 2.0, False, True).sum()
+            + teachcompute_ext.fused_matmul(m, v).sum()
+            + teachcompute_ext.fused_matmul(v, v)
+            + teachcompute_ext.fused_linear(x, w, b, "gelu").sum()
+        )
 
     cf = torch.compile(f, fullgraph=True, dynamic=True)
     for k in (3, 8, 17):
-        ins = [_rand(s, torch.float64, device, k + j).requires_grad_()
-               for j, s in enumerate([(k,), (2, 5, k), (4, k), (k,), ()])]
+        ins = [
+            _rand(s, torch.float64, device, k + j).requires_grad_()
+            for j, s in enumerate([(k,), (2, 5, k), (4, k), (k,), ()])
+        ]
         got, want = cf(*ins), f(*ins)
         torch.testing.assert_close(got, want)
         for p, q in zip(torch.autograd.grad(got, ins), torch.autograd.grad(want, ins)):
             torch.testing.assert_close(p, q)
     # an empty inner dim, compiled
     a, b = _rand((5, 5, 0), torch.float64, device, 1), _rand((0, 5), torch.float64, device, 2)
-    torch.testing.assert_close(torch.compile(teachcompute_ext.fused_matmul, fullgraph=True, dynamic=True)(a, b),
-                               torch.zeros(5, 5, 5, dtype=torch.float64, device=device))
+    torch.testing.assert_close(
+        torch.compile(teachcompute_ext.fused_matmul, fullgraph=True, dynamic=True)(a, b),
+        torch.zeros(5, 5, 5, dtype=torch.float64, device=device),
+    )
 
 
 # ---- torch.func transforms: the autograd Nodes are hand-built (no torch::autograd::Function) ----------
@@ -539,8 +606,11 @@ def test_fused_linear_half_rounds_the_biased_product_once():
 def test_fused_matmul_alpha_zero_is_zero_times_the_product(dtype, device):
     # alpha = 0 with beta = 0: the CPU's 16-bit batched GEMMs left the output
     # unwritten (garbage, NaN). torch's 0 * (a @ b) keeps the product's NaN and inf.
-    for sa, sb, ta, tb in [((2, 300, 5), (300, 3), True, False), ((2, 3, 96, 33), (1, 7, 96), True, True),
-                           ((4, 6), (6, 5), False, False)]:
+    for sa, sb, ta, tb in [
+        ((2, 300, 5), (300, 3), True, False),
+        ((2, 3, 96, 33), (1, 7, 96), True, True),
+        ((4, 6), (6, 5), False, False),
+    ]:
         a, b = _rand(sa, dtype, device, 1), _rand(sb, dtype, device, 2)
         a.view(-1)[3] = float("inf")
         want = 0.0 * torch.matmul(a.mT if ta else a, b.mT if tb else b)

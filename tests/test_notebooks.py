@@ -10,6 +10,7 @@ the notebook, not here:
   - a cell tag "requires:op": that cell is left out when the op is missing, the
     rest runs, and the test then reports a skip naming what was not run.
 """
+
 import os
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ def _missing(ops):
 
 
 def _cell_needs(cell):
-    return [t[len(REQUIRES_TAG):] for t in cell.metadata.get("tags", []) if t.startswith(REQUIRES_TAG)]
+    return [t[len(REQUIRES_TAG) :] for t in cell.metadata.get("tags", []) if t.startswith(REQUIRES_TAG)]
 
 
 def _execute(nb, monkeypatch):
@@ -44,8 +45,9 @@ def _execute(nb, monkeypatch):
     # The kernel is a subprocess: it imports the package of this checkout (not
     # another install) because the repository root leads its PYTHONPATH.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+    )
     start = time.perf_counter()
     client.execute()
     return time.perf_counter() - start
@@ -59,8 +61,9 @@ def test_notebooks_exist():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
-    dirty = [i for i, c in enumerate(nb.cells)
-             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    dirty = [
+        i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)
+    ]
     assert not dirty, f"{path.name}: cells {dirty} hold outputs; clear them before committing"
 
 
@@ -79,8 +82,10 @@ def test_notebook_runs(path, monkeypatch):
     print(f"{path.name}: {seconds:.1f} s")
     assert seconds < NOTEBOOK_BUDGET_S, f"{path.name} took {seconds:.0f} s (budget {NOTEBOOK_BUDGET_S} s)"
     if left_out:
-        pytest.skip(f"{path.name}: the other cells ran and passed in {seconds:.0f} s; left out cells "
-                    f"{left_out}, which need {', '.join(absent)} (not in this build)")
+        pytest.skip(
+            f"{path.name}: the other cells ran and passed in {seconds:.0f} s; left out cells "
+            f"{left_out}, which need {', '.join(absent)} (not in this build)"
+        )
 
 
 def test_a_failing_cell_fails_the_run(monkeypatch):

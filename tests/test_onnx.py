@@ -2,11 +2,13 @@
 each op becomes standard ONNX operators, and onnxruntime, on fresh random inputs (not
 those of the export), gives what the model gives in eager mode (the ops themselves are
 checked against torch in the other test files)."""
+
 import pytest
 import torch
 
-import op_db
 import teachcompute_ext
+
+import op_db
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -45,8 +47,9 @@ def session(proto):
 
 
 def export(model, args, dynamic_shapes=None):
-    program = torch.onnx.export(model.eval(), args, dynamo=True, custom_translation_table=TABLE,
-                                dynamic_shapes=dynamic_shapes, verbose=False)
+    program = torch.onnx.export(
+        model.eval(), args, dynamo=True, custom_translation_table=TABLE, dynamic_shapes=dynamic_shapes, verbose=False
+    )
     return program.model_proto, session(program.model_proto)
 
 
@@ -71,16 +74,26 @@ def op_types(proto):
 # One export per op; each model returns the op with and without keepdim, or on two dims.
 REDUCE_CASES = {
     "vector_sum": (lambda m, x: teachcompute_ext.vector_sum(x), "ReduceSum"),
-    "reduce_sum": (lambda m, x: (teachcompute_ext.reduce_sum(x, [0, 2]), teachcompute_ext.reduce_sum(x, None, True)),
-                   "ReduceSum"),
-    "reduce_mean": (lambda m, x: (teachcompute_ext.reduce_mean(x, [-1], True), teachcompute_ext.reduce_mean(x)),
-                    "ReduceMean"),
-    "reduce_max": (lambda m, x: (*teachcompute_ext.reduce_max(x, 1), *teachcompute_ext.reduce_max(x, -1, True)),
-                   "ArgMax"),
-    "reduce_min": (lambda m, x: (*teachcompute_ext.reduce_min(x, 0), *teachcompute_ext.reduce_min(x, 2, True)),
-                   "ArgMin"),
-    "logsumexp": (lambda m, x: (teachcompute_ext.logsumexp(x, [1]), teachcompute_ext.logsumexp(x, [0, 2], True)),
-                  "Exp"),
+    "reduce_sum": (
+        lambda m, x: (teachcompute_ext.reduce_sum(x, [0, 2]), teachcompute_ext.reduce_sum(x, None, True)),
+        "ReduceSum",
+    ),
+    "reduce_mean": (
+        lambda m, x: (teachcompute_ext.reduce_mean(x, [-1], True), teachcompute_ext.reduce_mean(x)),
+        "ReduceMean",
+    ),
+    "reduce_max": (
+        lambda m, x: (*teachcompute_ext.reduce_max(x, 1), *teachcompute_ext.reduce_max(x, -1, True)),
+        "ArgMax",
+    ),
+    "reduce_min": (
+        lambda m, x: (*teachcompute_ext.reduce_min(x, 0), *teachcompute_ext.reduce_min(x, 2, True)),
+        "ArgMin",
+    ),
+    "logsumexp": (
+        lambda m, x: (teachcompute_ext.logsumexp(x, [1]), teachcompute_ext.logsumexp(x, [0, 2], True)),
+        "Exp",
+    ),
     "softmax": (lambda m, x: (teachcompute_ext.softmax(x, -1), teachcompute_ext.softmax(x, 0)), "Softmax"),
     "log_softmax": (lambda m, x: teachcompute_ext.log_softmax(x, 1), "LogSoftmax"),
 }
@@ -111,8 +124,12 @@ def test_reduce(case):
 def test_half_inputs():
     # float16 in, float16 out, accumulated in float32 in between as the kernels do.
     def fn(m, x):
-        return (teachcompute_ext.vector_sum(x), teachcompute_ext.reduce_mean(x, [1]),
-                teachcompute_ext.logsumexp(x, [1]), teachcompute_ext.softmax(x, -1))
+        return (
+            teachcompute_ext.vector_sum(x),
+            teachcompute_ext.reduce_mean(x, [1]),
+            teachcompute_ext.logsumexp(x, [1]),
+            teachcompute_ext.softmax(x, -1),
+        )
 
     model = Fn(fn)
     _, sess = export(model, (torch.randn(4, 64, dtype=torch.float16),))
@@ -126,9 +143,13 @@ def test_half_scatters_and_bags(mode):
     idx, off = torch.tensor([3, 0, 7, 7, 1, 9, 2]), torch.tensor([0, 3, 3])
 
     def fn(m, w, u):
-        return (teachcompute_ext.embedding_bag(w, idx, off, mode), teachcompute_ext.embedding_bag(w, idx.view(7, 1), None, mode),
-                teachcompute_ext.scatter_nd(w, idx[:, None], u, "add"), teachcompute_ext.scatter_nd_of_shape([10, 4], idx[:, None], u),
-                teachcompute_ext.masked_scatter_nd_of_shape([10, 4], idx[:, None], u, 7))
+        return (
+            teachcompute_ext.embedding_bag(w, idx, off, mode),
+            teachcompute_ext.embedding_bag(w, idx.view(7, 1), None, mode),
+            teachcompute_ext.scatter_nd(w, idx[:, None], u, "add"),
+            teachcompute_ext.scatter_nd_of_shape([10, 4], idx[:, None], u),
+            teachcompute_ext.masked_scatter_nd_of_shape([10, 4], idx[:, None], u, 7),
+        )
 
     model = Fn(fn)
     args = (torch.randn(10, 4, dtype=torch.float16), torch.randn(7, 4, dtype=torch.float16))
@@ -164,8 +185,14 @@ def test_scatter_nd_constant_indices_covering_the_first_dim():
     # such a ScatterND into its updates whatever the reduction, dropping data.
     def fn(m, d, u):
         rows = torch.arange(d.shape[0]).unsqueeze(1)
-        return tuple(out for r in REDUCTIONS[1:] for out in (teachcompute_ext.scatter_nd(d, rows, u, r),
-                                                           teachcompute_ext.scatter_nd_of_shape(d.shape, rows, u, r)))
+        return tuple(
+            out
+            for r in REDUCTIONS[1:]
+            for out in (
+                teachcompute_ext.scatter_nd(d, rows, u, r),
+                teachcompute_ext.scatter_nd_of_shape(d.shape, rows, u, r),
+            )
+        )
 
     model = Fn(fn)
     _, sess = export(model, (torch.randn(6, 4), torch.randn(6, 4)))
@@ -200,8 +227,10 @@ def test_masked_scatter_nd_of_shape(reduction):
     # masked_value 2 is a row (the usual padding index); 6 is past the end, which the
     # skipped updates may hold too.
     def fn(m, i, i_past, u):
-        return (teachcompute_ext.masked_scatter_nd_of_shape((6, 4, 3), i, u, 2, reduction),
-                teachcompute_ext.masked_scatter_nd_of_shape((6, 4, 3), i_past, u, 6, reduction))
+        return (
+            teachcompute_ext.masked_scatter_nd_of_shape((6, 4, 3), i, u, 2, reduction),
+            teachcompute_ext.masked_scatter_nd_of_shape((6, 4, 3), i_past, u, 6, reduction),
+        )
 
     def inputs():
         _, indices, updates = _scatter_args()
@@ -244,7 +273,7 @@ def _bag_inputs(layout):
     last = [end] if layout == "1d_last" else []
     offsets = torch.tensor([0, cuts[0].item(), *cuts.tolist(), *last])  # bag 1 is empty
     indices = torch.randint(0, ROWS, (N,))
-    indices[offsets[2]:offsets[3]] = PAD
+    indices[offsets[2] : offsets[3]] = PAD
     return indices, offsets
 
 
@@ -256,8 +285,9 @@ def test_embedding_bag(mode, layout):
 
     def fn(m, indices, offsets=None):
         def bag(padding_idx, weights=None):
-            return teachcompute_ext.embedding_bag(m.weight, indices, offsets, mode, weights, padding_idx,
-                                                  layout == "1d_last")
+            return teachcompute_ext.embedding_bag(
+                m.weight, indices, offsets, mode, weights, padding_idx, layout == "1d_last"
+            )
 
         outs = (bag(None), bag(PAD))
         if mode == "sum":  # per_sample_weights
@@ -274,9 +304,12 @@ def test_embedding_bag(mode, layout):
 def test_embedding_bag_forward_max_indices():
     # The argmax rows that max mode keeps for its backward (-1 for an empty bag).
     def fn(m, indices, offsets):
-        return (*_ops.embedding_bag_forward(m.weight, indices, offsets, "max", None, PAD, False),
-                *_ops.embedding_bag_forward(m.weight, indices.reshape(-1, 1)[:15].reshape(5, 3), None, "max",
-                                            None, PAD, False))
+        return (
+            *_ops.embedding_bag_forward(m.weight, indices, offsets, "max", None, PAD, False),
+            *_ops.embedding_bag_forward(
+                m.weight, indices.reshape(-1, 1)[:15].reshape(5, 3), None, "max", None, PAD, False
+            ),
+        )
 
     model = Fn(fn, weight=torch.randn(ROWS, DIM))
     _, sess = export(model, _bag_inputs("1d"))
@@ -298,7 +331,8 @@ class BagModel(torch.nn.Module):
         h = h + teachcompute_ext.reduce_mean(teachcompute_ext.embedding(self.weight, tokens), [1])
         rows = torch.arange(b).unsqueeze(1)
         h = teachcompute_ext.scatter_nd_of_shape(h.shape, rows, h, "add") + teachcompute_ext.scatter_nd(
-            h, rows, h, "add")
+            h, rows, h, "add"
+        )
         return teachcompute_ext.softmax(h, -1), teachcompute_ext.logsumexp(h, [1])
 
 
@@ -312,8 +346,9 @@ def test_dynamic_batch():
 
 
 # ---- matmul family ---------------------------------------------------------------------------
-@pytest.mark.parametrize("trans_a,trans_b,alpha", [(False, False, 1.0), (True, False, 0.5), (False, True, 2.0),
-                                                   (True, True, -1.5)])
+@pytest.mark.parametrize(
+    "trans_a,trans_b,alpha", [(False, False, 1.0), (True, False, 0.5), (False, True, 2.0), (True, True, -1.5)]
+)
 def test_fused_matmul(trans_a, trans_b, alpha):
     def fn(m, a, b):
         return _ops.fused_matmul(a, b, alpha, trans_a, trans_b)
@@ -332,9 +367,11 @@ def test_fused_matmul(trans_a, trans_b, alpha):
 @pytest.mark.parametrize("activation", ["none", "relu", "gelu", "gelu_tanh", "silu"])
 def test_fused_linear(activation):
     def fn(m, x2, x3):  # Gemm for 2-D x, MatMul + Add above; with and without bias
-        return (_ops.fused_linear(x2, m.weight, m.bias, activation),
-                _ops.fused_linear(x3, m.weight, m.bias, activation),
-                _ops.fused_linear(x3, m.weight, None, activation))
+        return (
+            _ops.fused_linear(x2, m.weight, m.bias, activation),
+            _ops.fused_linear(x3, m.weight, m.bias, activation),
+            _ops.fused_linear(x3, m.weight, None, activation),
+        )
 
     def inputs():
         return torch.randn(7, 16), torch.randn(2, 5, 16)
@@ -342,7 +379,6 @@ def test_fused_linear(activation):
     model = Fn(fn, weight=torch.randn(12, 16), bias=torch.randn(12))
     _, sess = export(model, inputs())
     check(sess, model, inputs(), rtol=1e-5, atol=1e-4)
-
 
 
 def test_model_calling_every_op():
@@ -353,8 +389,9 @@ def test_model_calling_every_op():
     torch.manual_seed(0)
     model = TinyModel().eval()
     batch = torch.export.Dim("batch", min=2, max=64)
-    program = teachcompute_ext.onnx.export(model, (torch.randint(0, 100, (6, 5)),),
-                                           dynamic_shapes={"tokens": {0: batch}})
+    program = teachcompute_ext.onnx.export(
+        model, (torch.randint(0, 100, (6, 5)),), dynamic_shapes={"tokens": {0: batch}}
+    )
     sess = session(program.model_proto)
     for b in (3, 17):
         check(sess, model, (torch.randint(0, 100, (b, 5)),), rtol=1e-4, atol=1e-4)
@@ -364,8 +401,12 @@ def test_model_calling_every_op():
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.int8, torch.int16, torch.bool])
 def test_integer_reductions(dtype):
     def fn(m, x):
-        return (teachcompute_ext.vector_sum(x), teachcompute_ext.reduce_sum(x, [1]),
-                *teachcompute_ext.reduce_max(x, 0), *teachcompute_ext.reduce_min(x, 1, True))
+        return (
+            teachcompute_ext.vector_sum(x),
+            teachcompute_ext.reduce_sum(x, [1]),
+            *teachcompute_ext.reduce_max(x, 0),
+            *teachcompute_ext.reduce_min(x, 1, True),
+        )
 
     def inputs():
         if dtype == torch.bool:
@@ -384,8 +425,11 @@ def test_scatter_nd_integer_data(reduction, dtype):
         return teachcompute_ext.scatter_nd(data, indices, updates, reduction)
 
     def inputs():
-        return (torch.randint(-9, 9, (5, 3)).to(dtype), torch.randint(0, 5, (7, 1)),
-                torch.randint(-9, 9, (7, 3)).to(dtype))
+        return (
+            torch.randint(-9, 9, (5, 3)).to(dtype),
+            torch.randint(0, 5, (7, 1)),
+            torch.randint(-9, 9, (7, 3)).to(dtype),
+        )
 
     model = Fn(fn)
     _, sess = export(model, inputs())
@@ -394,10 +438,12 @@ def test_scatter_nd_integer_data(reduction, dtype):
 
 def test_fused_matmul_and_linear_vectors():
     def fn(m, a, v, x):
-        return (_ops.fused_matmul(a, v, 0.5, True, True),  # matrix @ vector, trans_b ignored on a vector
-                _ops.fused_matmul(v, a, 1.0, False, True),  # vector @ matrix
-                _ops.fused_matmul(v, v),  # dot product
-                _ops.fused_linear(x, m.w1, m.b0, "silu"))  # F.linear with a 1-D weight and a 0-d bias
+        return (
+            _ops.fused_matmul(a, v, 0.5, True, True),  # matrix @ vector, trans_b ignored on a vector
+            _ops.fused_matmul(v, a, 1.0, False, True),  # vector @ matrix
+            _ops.fused_matmul(v, v),  # dot product
+            _ops.fused_linear(x, m.w1, m.b0, "silu"),
+        )  # F.linear with a 1-D weight and a 0-d bias
 
     def inputs():
         return torch.randn(6, 6), torch.randn(6), torch.randn(2, 3, 6)
@@ -419,10 +465,15 @@ def test_rms_norm(dtype):
     # The public ops and their *_forward ops (the composites' decomposition: rstd too), with
     # and without weight, on an odd width; float64: the eps constant follows x's dtype.
     def fn(m, x, r):
-        return (teachcompute_ext.rms_norm(x, m.weight, 1e-5), teachcompute_ext.rms_norm(x),
-                *teachcompute_ext.add_rms_norm(x, r, m.weight),
-                *_ops.rms_norm_forward(x, m.weight, 1e-6), *_ops.rms_norm_forward(x, None, 0.1),
-                *_ops.add_rms_norm_forward(x, r, m.weight, 1e-6), *_ops.add_rms_norm_forward(x, r, None, 1e-6))
+        return (
+            teachcompute_ext.rms_norm(x, m.weight, 1e-5),
+            teachcompute_ext.rms_norm(x),
+            *teachcompute_ext.add_rms_norm(x, r, m.weight),
+            *_ops.rms_norm_forward(x, m.weight, 1e-6),
+            *_ops.rms_norm_forward(x, None, 0.1),
+            *_ops.add_rms_norm_forward(x, r, m.weight, 1e-6),
+            *_ops.add_rms_norm_forward(x, r, None, 1e-6),
+        )
 
     def inputs():
         return torch.randn(3, 5, 33, dtype=dtype), torch.randn(3, 5, 33, dtype=dtype)
@@ -440,13 +491,21 @@ def test_rotary_embedding(interleaved):
     # rotary_dim 6 < head_dim (the last 10 lanes pass through).
     def fn(m, q, k, cos, sin, cos_b, sin_b, cos_p, sin_p):
         rope = teachcompute_ext.rotary_embedding
-        return (rope(q, cos, sin, interleaved), rope(k, cos_b, sin_b, interleaved),
-                rope(q.transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1), interleaved),
-                rope(q, cos_p, sin_p, interleaved))
+        return (
+            rope(q, cos, sin, interleaved),
+            rope(k, cos_b, sin_b, interleaved),
+            rope(q.transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1), interleaved),
+            rope(q, cos_p, sin_p, interleaved),
+        )
 
     def inputs():
-        return (torch.randn(2, 3, 5, 16), torch.randn(2, 3, 5, 16), *_angles(5, 8), *_angles(2, 1, 5, 8),
-                *_angles(5, 3))
+        return (
+            torch.randn(2, 3, 5, 16),
+            torch.randn(2, 3, 5, 16),
+            *_angles(5, 8),
+            *_angles(2, 1, 5, 8),
+            *_angles(5, 3),
+        )
 
     model = Fn(fn)
     _, sess = export(model, inputs())
@@ -476,15 +535,25 @@ def test_llama_half_inputs():
     # float16 in and out, computed in float32 in between as the kernels do; a float32 weight
     # on a float16 x, which F.rms_norm allows.
     def fn(m, x, r, q, cos, sin, both):
-        return (teachcompute_ext.rms_norm(x, m.weight), teachcompute_ext.rms_norm(x, m.weight32),
-                *_ops.add_rms_norm_forward(x, r, m.weight, 1e-6),
-                teachcompute_ext.rotary_embedding(q, cos, sin), teachcompute_ext.rotary_embedding(q, cos, sin, True),
-                teachcompute_ext.swiglu(both), teachcompute_ext.geglu(both[..., :8], both[..., 8:]))
+        return (
+            teachcompute_ext.rms_norm(x, m.weight),
+            teachcompute_ext.rms_norm(x, m.weight32),
+            *_ops.add_rms_norm_forward(x, r, m.weight, 1e-6),
+            teachcompute_ext.rotary_embedding(q, cos, sin),
+            teachcompute_ext.rotary_embedding(q, cos, sin, True),
+            teachcompute_ext.swiglu(both),
+            teachcompute_ext.geglu(both[..., :8], both[..., 8:]),
+        )
 
     def inputs():
         h = torch.float16
-        return (torch.randn(4, 64, dtype=h), torch.randn(4, 64, dtype=h), torch.randn(2, 3, 5, 16, dtype=h),
-                *_angles(5, 8, dtype=h), torch.randn(4, 16, dtype=h))
+        return (
+            torch.randn(4, 64, dtype=h),
+            torch.randn(4, 64, dtype=h),
+            torch.randn(2, 3, 5, 16, dtype=h),
+            *_angles(5, 8, dtype=h),
+            torch.randn(4, 16, dtype=h),
+        )
 
     model = Fn(fn, weight=torch.randn(64, dtype=torch.float16), weight32=torch.randn(64))
     _, sess = export(model, inputs())
@@ -542,6 +611,7 @@ ONNX_CASES = [(op, k) for op in op_db.PUBLIC if op.onnx for k in range(len(op.sm
 def test_every_op_of_the_table(op, k):
     """Each small sample of the op table (tests/op_db.py), exported on one draw of its inputs and run
     by onnxruntime on another (the in-place op through teachcompute_ext.onnx.export)."""
+
     def tensors(seed):
         return [a for a in op.small("cpu", torch.float32, seed)[k].args if isinstance(a, torch.Tensor)]
 
@@ -564,5 +634,6 @@ def test_every_op_of_the_table(op, k):
 
 
 def test_every_op_of_the_table_has_a_translation():
-    assert {op.name for op in op_db.PUBLIC if op.onnx} <= set(k.name().split("::")[1].split(".")[0]
-                                                              for k in TABLE) | {"scatter_nd_"}
+    assert {op.name for op in op_db.PUBLIC if op.onnx} <= set(k.name().split("::")[1].split(".")[0] for k in TABLE) | {
+        "scatter_nd_"
+    }

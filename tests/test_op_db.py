@@ -16,6 +16,7 @@ from torch._dynamo.utils import counters
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import teachcompute_ext
+
 from op_db import BY_NAME, DIFFERENTIABLE, INTS, OPS, PUBLIC, call, differentiable_samples, outputs
 
 ops = torch.ops.teachcompute_ext

@@ -1,4 +1,5 @@
 """The package itself: loading, build information, error messages of the loader."""
+
 import os
 
 import pytest
@@ -20,8 +21,10 @@ def test_every_schema_in_one_namespace():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("teachcompute_ext::vector_sum", "CPU")
 
 
-@pytest.mark.skipif(os.environ.get("TEACHCOMPUTE_EXT_EXPECT_CUDA") != "1",
-                    reason="only where the build was asked to compile CUDA (CI sets it)")
+@pytest.mark.skipif(
+    os.environ.get("TEACHCOMPUTE_EXT_EXPECT_CUDA") != "1",
+    reason="only where the build was asked to compile CUDA (CI sets it)",
+)
 def test_cuda_kernels_registered_when_compiled():
     assert "CUDA" in teachcompute_ext.compiled_backends()
     assert torch._C._dispatch_has_kernel_for_dispatch_key("teachcompute_ext::vector_sum", "CUDA")
@@ -78,15 +81,15 @@ def test_public_function_equals_the_ops_entry_point(case):
     idx, off = torch.tensor([0, 3, 1, 1, 2]), torch.tensor([0, 2])
     name, args = [
         ("scatter_nd_of_shape", ([5, 6], idx[:2, None], x[:2])),  # SymInt[]
-        ("reduce_sum", (x, 1)),                      # int[1]? given an int
-        ("reduce_sum", (x, [0, 1], True)),           # a list, a bool
-        ("reduce_sum", (x, (0,))),                   # a tuple
-        ("reduce_sum", (x, None)),                   # None for an optional list
-        ("reduce_max", (x, -1)),                     # two returns
+        ("reduce_sum", (x, 1)),  # int[1]? given an int
+        ("reduce_sum", (x, [0, 1], True)),  # a list, a bool
+        ("reduce_sum", (x, (0,))),  # a tuple
+        ("reduce_sum", (x, None)),  # None for an optional list
+        ("reduce_max", (x, -1)),  # two returns
         ("softmax", (x, 0)),
-        ("rms_norm", (x, w, 1)),                     # a Parameter; an int for a float
-        ("rms_norm", (x,)),                          # the defaults
-        ("fused_linear", (x, lw, None, "gelu")),     # an optional tensor, a string
+        ("rms_norm", (x, w, 1)),  # a Parameter; an int for a float
+        ("rms_norm", (x,)),  # the defaults
+        ("fused_linear", (x, lw, None, "gelu")),  # an optional tensor, a string
         ("embedding_bag", (lw, idx, off, "sum")),
     ][case]
     fast, entry = _fast_and_entry(name)
@@ -135,7 +138,9 @@ def test_in_place_public_function_returns_its_data():
     def f(d, u):
         return teachcompute_ext.scatter_nd_(d.clone(), idx, u, "add") * 2
 
-    torch.testing.assert_close(f(torch.ones(5, 3), upd), teachcompute_ext.scatter_nd(torch.ones(5, 3), idx, upd, "add") * 2)
+    torch.testing.assert_close(
+        f(torch.ones(5, 3), upd), teachcompute_ext.scatter_nd(torch.ones(5, 3), idx, upd, "add") * 2
+    )
 
 
 def test_public_function_leaves_other_calls_to_the_entry_point():

@@ -1,4 +1,5 @@
 """Reduce family: vector_sum."""
+
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 import teachcompute_ext
+
 from conftest import DEVICES, FLOAT_DTYPES, close_to_reference
 
 vector_sum = teachcompute_ext.vector_sum
@@ -138,8 +140,10 @@ def test_vector_sum_cpu_same_bits_for_any_thread_count_and_run():
     assert len(results) == 1, results
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or "CUDA" not in teachcompute_ext.compiled_backends(),
-                    reason="no CUDA device or CUDA not compiled")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or "CUDA" not in teachcompute_ext.compiled_backends(),
+    reason="no CUDA device or CUDA not compiled",
+)
 def test_vector_sum_cuda_bitwise_reproducible_and_no_host_sync():
     x = torch.rand(2**24 + 3, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
     torch.cuda.set_sync_debug_mode("error")  # raises on any synchronizing CUDA call
@@ -206,12 +210,26 @@ SOFTMAX_OPS = [
 # (shape, dim): last dim (rows), outer dims (columns, full and partial 64-wide tiles),
 # long rows (a CUDA block per row), 0-dim.
 SOFTMAX_CASES = [
-    ((7,), 0), ((5, 37), 1), ((5, 37), 0), ((5, 37), -2), ((3, 100, 70), 1), ((3, 100, 70), 0),
-    ((4, 3, 200), -1), ((2, 130, 65), 2), ((2, 130, 129), 1), ((3, 1500), 1), ((6, 5000), -1), ((), 0), ((), -1),
+    ((7,), 0),
+    ((5, 37), 1),
+    ((5, 37), 0),
+    ((5, 37), -2),
+    ((3, 100, 70), 1),
+    ((3, 100, 70), 0),
+    ((4, 3, 200), -1),
+    ((2, 130, 65), 2),
+    ((2, 130, 129), 1),
+    ((3, 1500), 1),
+    ((6, 5000), -1),
+    ((), 0),
+    ((), -1),
     # few long columns (CUDA splits them over blocks)
-    ((3000, 5), 0), ((2, 2000, 3), 1),
+    ((3000, 5), 0),
+    ((2, 2000, 3), 1),
     # every COLS tile width: one masked vector, a full vector and a masked one, 4 tiles + 44
-    ((301, 7), 0), ((40, 33), 0), ((9, 300), 0),
+    ((301, 7), 0),
+    ((40, 33), 0),
+    ((9, 300), 0),
 ]
 
 
@@ -235,10 +253,10 @@ def test_softmax_matches_float64_reference(ours, theirs, shape, dim, dtype, devi
 def test_softmax_special_values_as_torch(ours, theirs, device):
     inf, nan = float("inf"), float("nan")
     x = _rand((6, 130), torch.float32, device, 41)
-    x[0] = -inf            # a row of -inf: NaN (softmax and log_softmax)
-    x[1, :50] = -inf       # some -inf: zeros / -inf there
-    x[2, 7] = nan          # NaN propagates to its row
-    x[3, 3] = inf          # +inf: NaN row, as torch
+    x[0] = -inf  # a row of -inf: NaN (softmax and log_softmax)
+    x[1, :50] = -inf  # some -inf: zeros / -inf there
+    x[2, 7] = nan  # NaN propagates to its row
+    x[3, 3] = inf  # +inf: NaN row, as torch
     for dim in (1, 0):
         torch.testing.assert_close(ours(x, dim), theirs(x, dim), equal_nan=True)
 
@@ -261,9 +279,12 @@ def test_softmax_special_columns_in_masked_lanes(ours, theirs, width, device):
     name = "softmax" if ours is teachcompute_ext.softmax else "log_softmax"
     gx = getattr(torch.ops.teachcompute_ext, name + "_backward")(g[:, :-3].contiguous(), y, 0)
     ye = y.detach().double().requires_grad_()
-    torch.testing.assert_close(gx, torch.ops.aten._softmax_backward_data(g[:, :-3].double(), ye, 0, torch.float64).float()
-                               if ours is teachcompute_ext.softmax else
-                               torch.ops.aten._log_softmax_backward_data(g[:, :-3].double(), ye, 0, torch.float64).float())
+    torch.testing.assert_close(
+        gx,
+        torch.ops.aten._softmax_backward_data(g[:, :-3].double(), ye, 0, torch.float64).float()
+        if ours is teachcompute_ext.softmax
+        else torch.ops.aten._log_softmax_backward_data(g[:, :-3].double(), ye, 0, torch.float64).float(),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -288,8 +309,11 @@ def test_softmax_empty(ours, theirs, shape, dim, device):
 def test_softmax_bad_input(name, device):
     op = getattr(teachcompute_ext, name)
     x = _rand((3, 4), torch.float32, device, 43)
-    with pytest.raises(IndexError, match=rf"teachcompute_ext.{name}: dim 2 out of range for argument 'dim' "
-                                          r"of a 2-d tensor \(expected in \[-2, 1\]\)"):
+    with pytest.raises(
+        IndexError,
+        match=rf"teachcompute_ext.{name}: dim 2 out of range for argument 'dim' "
+        r"of a 2-d tensor \(expected in \[-2, 1\]\)",
+    ):
         op(x, 2)
     with pytest.raises(IndexError, match=rf"teachcompute_ext.{name}: dim -3 out of range"):
         op(x, -3)
@@ -383,8 +407,17 @@ DIMS_OPS = [
 # (shape, dims): inner rows, outer columns, several dims (GENERAL), every dim,
 # few long rows (split across threads), 0-dim.
 DIMS_CASES = [
-    ((37, 130), [1]), ((37, 130), [0]), ((37, 130), [-1, 0]), ((6, 70, 5), [1]), ((6, 70, 5), [0, 2]),
-    ((6, 70, 5), [2]), ((4, 3, 200), [0, 1]), ((2, 140001), [1]), ((140001, 2), [0]), ((), [0]), ((5,), [-1]),
+    ((37, 130), [1]),
+    ((37, 130), [0]),
+    ((37, 130), [-1, 0]),
+    ((6, 70, 5), [1]),
+    ((6, 70, 5), [0, 2]),
+    ((6, 70, 5), [2]),
+    ((4, 3, 200), [0, 1]),
+    ((2, 140001), [1]),
+    ((140001, 2), [0]),
+    ((), [0]),
+    ((5,), [-1]),
 ]
 
 
@@ -428,7 +461,14 @@ def test_reduce_maxmin_values_and_indices_as_torch(name, dtype, device):
     g = torch.Generator().manual_seed(52)
     ties = torch.randint(0, 4, (70, 150), generator=g).to(device=device, dtype=dtype)  # many ties
     rand = _rand((70, 150), dtype, device, 53)
-    for x in (ties, rand, rand.t(), rand[:, ::3], _rand((3, 100, 70), dtype, device, 54), _rand((2, 140001), dtype, device, 55)):
+    for x in (
+        ties,
+        rand,
+        rand.t(),
+        rand[:, ::3],
+        _rand((3, 100, 70), dtype, device, 54),
+        _rand((2, 140001), dtype, device, 55),
+    ):
         for dim in range(-x.dim(), x.dim()):
             for keepdim in (False, True):
                 v, i = ours(x, dim, keepdim)
@@ -476,10 +516,15 @@ def test_reduce_empty(device):
 def test_reduce_bad_input(name, device):
     op = getattr(teachcompute_ext, name)
     x = _rand((3, 4), torch.float32, device, 57)
-    with pytest.raises(IndexError, match=rf"teachcompute_ext.{name}: dim 2 out of range for argument 'dim' "
-                                          r"of a 2-d tensor \(expected in \[-2, 1\]\)"):
+    with pytest.raises(
+        IndexError,
+        match=rf"teachcompute_ext.{name}: dim 2 out of range for argument 'dim' "
+        r"of a 2-d tensor \(expected in \[-2, 1\]\)",
+    ):
         op(x, 2)
-    with pytest.raises(TypeError, match=rf"teachcompute_ext.{name}: unsupported dtype torch.complex64 for argument 'x'"):
+    with pytest.raises(
+        TypeError, match=rf"teachcompute_ext.{name}: unsupported dtype torch.complex64 for argument 'x'"
+    ):
         op(torch.ones(3, 4, dtype=torch.complex64, device=device), 0)
     with pytest.raises(Exception, match=rf"teachcompute_ext.{name}: dim 3 out of range"):  # the fake kernel
         torch.compile(lambda t: op(t, 3), fullgraph=True, backend="eager")(x)
@@ -552,8 +597,9 @@ def test_reduce_torch_compile_fullgraph_dynamic(device):
         torch.testing.assert_close(g, ge)
 
 
-@pytest.mark.parametrize("shape, dtype", [((300, 30001), torch.float32), ((9001, 1001), torch.float32),
-                                          ((18001, 1001), torch.bfloat16)])
+@pytest.mark.parametrize(
+    "shape, dtype", [((300, 30001), torch.float32), ((9001, 1001), torch.float32), ((18001, 1001), torch.bfloat16)]
+)
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_softmax_cpu_streaming_path_for_outputs_past_32mb(name, shape, dtype):
     # Each about 36 MB: the row kernels stream y and gx; odd widths start rows
@@ -596,13 +642,13 @@ def test_reduce_sum_few_outputs_long_reduction_is_accurate(device):
     assert err <= 4 * max(torch_err, eps * ref.abs().max().item()), (err, torch_err)
     for keepdim in (False, True):
         torch.testing.assert_close(teachcompute_ext.reduce_mean(x, 0, keepdim), x.double().mean(0, keepdim).float())
-        torch.testing.assert_close(teachcompute_ext.logsumexp(x, 0, keepdim),
-                                   x.double().logsumexp(0, keepdim).float())
+        torch.testing.assert_close(teachcompute_ext.logsumexp(x, 0, keepdim), x.double().logsumexp(0, keepdim).float())
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape,dims", [((300001, 3), [0]), ((5, 200003), [1]), ((1000, 7, 40), [0, 2]),
-                                        ((3, 70000, 2), [1])])
+@pytest.mark.parametrize(
+    "shape,dims", [((300001, 3), [0]), ((5, 200003), [1]), ((1000, 7, 40), [0, 2]), ((3, 70000, 2), [1])]
+)
 def test_reduce_split_reductions_match_float64(shape, dims, device):
     g = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(shape, generator=g).to(device)
@@ -625,8 +671,11 @@ def test_reduce_over_dim0_every_tile_width(width, dtype, device):
     # -inf, +inf and NaN columns in the masked lanes.
     x = _rand((301, width), dtype, device, width)
     ref = x.double()
-    for ours, theirs in ((teachcompute_ext.reduce_sum, torch.sum), (teachcompute_ext.reduce_mean, torch.mean),
-                         (teachcompute_ext.logsumexp, torch.logsumexp)):
+    for ours, theirs in (
+        (teachcompute_ext.reduce_sum, torch.sum),
+        (teachcompute_ext.reduce_mean, torch.mean),
+        (teachcompute_ext.logsumexp, torch.logsumexp),
+    ):
         torch.testing.assert_close(ours(x, [0]), theirs(ref, [0]).to(dtype))
     for ours, theirs in ((teachcompute_ext.reduce_max, torch.max), (teachcompute_ext.reduce_min, torch.min)):
         v, i = ours(x, 0)
@@ -668,8 +717,12 @@ def test_reduce_cpu_split_results_are_the_same_bits_for_any_thread_count():
     for n in (1, 2, 3):
         torch.set_num_threads(n)
         try:
-            outs[n] = (teachcompute_ext.reduce_sum(x, 0), teachcompute_ext.logsumexp(x, [0]),
-                       teachcompute_ext.reduce_sum(general), teachcompute_ext.reduce_mean(general, [0, 1]))
+            outs[n] = (
+                teachcompute_ext.reduce_sum(x, 0),
+                teachcompute_ext.logsumexp(x, [0]),
+                teachcompute_ext.reduce_sum(general),
+                teachcompute_ext.reduce_mean(general, [0, 1]),
+            )
         finally:
             torch.set_num_threads(2)
     for n in (2, 3):
@@ -695,8 +748,10 @@ def test_reduce_many_alternating_kept_and_reduced_dims(device):
     torch.testing.assert_close(xg.grad, torch.full_like(xg, 1 / 2**11))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or "CUDA" not in teachcompute_ext.compiled_backends(),
-                    reason="no CUDA device or CUDA not compiled")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or "CUDA" not in teachcompute_ext.compiled_backends(),
+    reason="no CUDA device or CUDA not compiled",
+)
 def test_reduce_and_softmax_cuda_more_rows_than_a_grid_holds():
     # 2^31 + 5 outputs: a grid of one block per output failed at 2^31 and was
     # silently partial above 2^32; the grids are capped and the kernels loop.
@@ -724,8 +779,17 @@ def _rand_int(shape, dtype, device, seed, low=-50, high=50):
     return torch.randint(low, high, shape, generator=g, dtype=torch.int64).to(device=device, dtype=dtype)
 
 
-INT_CASES = [((37, 300), [1]), ((5000, 70), [0]), ((20, 30, 40), [0, 2]), ((2, 50000), [1]), ((140001, 2), [0]),
-             ((7,), None), ((), None), ((3, 0, 4), [1]), ((3, 0, 4), [0])]
+INT_CASES = [
+    ((37, 300), [1]),
+    ((5000, 70), [0]),
+    ((20, 30, 40), [0, 2]),
+    ((2, 50000), [1]),
+    ((140001, 2), [0]),
+    ((7,), None),
+    ((), None),
+    ((3, 0, 4), [1]),
+    ((3, 0, 4), [0]),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -776,8 +840,11 @@ def test_integer_reductions_opcheck_and_compile(dtype, device):
     torch.library.opcheck(ops.reduce_max.default, (x, 0, False))
     torch.library.opcheck(ops.reduce_min.default, (x, 1, True))
     torch._dynamo.reset()
-    f = torch.compile(lambda t: (teachcompute_ext.reduce_sum(t, [0]), teachcompute_ext.reduce_max(t, 1)[0]),
-                      fullgraph=True, dynamic=True)
+    f = torch.compile(
+        lambda t: (teachcompute_ext.reduce_sum(t, [0]), teachcompute_ext.reduce_max(t, 1)[0]),
+        fullgraph=True,
+        dynamic=True,
+    )
     s, m = f(x)
     assert torch.equal(s, torch.sum(x, [0])) and torch.equal(m, torch.max(x, 1)[0])
 
@@ -785,10 +852,12 @@ def test_integer_reductions_opcheck_and_compile(dtype, device):
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
 def test_floating_only_reductions_refuse_integers_clearly(dtype):
     x = _rand_int((4, 5), dtype, "cpu", seed=1)
-    for op, call in (("reduce_mean", lambda: teachcompute_ext.reduce_mean(x, [1])),
-                     ("logsumexp", lambda: teachcompute_ext.logsumexp(x, [1])),
-                     ("softmax", lambda: teachcompute_ext.softmax(x, 1)),
-                     ("log_softmax", lambda: teachcompute_ext.log_softmax(x, 1))):
+    for op, call in (
+        ("reduce_mean", lambda: teachcompute_ext.reduce_mean(x, [1])),
+        ("logsumexp", lambda: teachcompute_ext.logsumexp(x, [1])),
+        ("softmax", lambda: teachcompute_ext.softmax(x, 1)),
+        ("log_softmax", lambda: teachcompute_ext.log_softmax(x, 1)),
+    ):
         with pytest.raises(TypeError, match=f"teachcompute_ext.{op}: unsupported dtype {dtype} for argument 'x'"):
             call()
     with pytest.raises(TypeError, match="teachcompute_ext.vector_sum: unsupported dtype torch.complex64"):

@@ -3,11 +3,13 @@
 The oracle is ONNX's reference implementation (onnx.reference.ReferenceEvaluator
 on a one-node model), and onnxruntime's ScatterND where it supports the case.
 """
+
 import numpy as np
 import pytest
 import torch
 
 import teachcompute_ext
+
 from conftest import DEVICES, assert_func_grad_matches_autograd
 
 onnx = pytest.importorskip("onnx")
@@ -22,10 +24,15 @@ def _model(reduction, elem):
     attrs = {} if reduction == "none" else {"reduction": reduction}
     node = helper.make_node("ScatterND", ["data", "indices", "updates"], ["out"], **attrs)
     graph = helper.make_graph(
-        [node], "scatter",
-        [helper.make_tensor_value_info("data", elem, None), helper.make_tensor_value_info("indices", TensorProto.INT64, None),
-         helper.make_tensor_value_info("updates", elem, None)],
-        [helper.make_tensor_value_info("out", elem, None)])
+        [node],
+        "scatter",
+        [
+            helper.make_tensor_value_info("data", elem, None),
+            helper.make_tensor_value_info("indices", TensorProto.INT64, None),
+            helper.make_tensor_value_info("updates", elem, None),
+        ],
+        [helper.make_tensor_value_info("out", elem, None)],
+    )
     # IR version 10: what onnxruntime reads (the onnx package writes a newer one by default).
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
@@ -33,8 +40,11 @@ def _model(reduction, elem):
 def onnx_reference(data, indices, updates, reduction):
     """ONNX's own ScatterND on float64 copies (bfloat16 has no numpy type)."""
     ref = ReferenceEvaluator(_model(reduction, TensorProto.DOUBLE))
-    feeds = {"data": data.double().cpu().numpy(), "indices": indices.long().cpu().numpy(),
-             "updates": updates.double().cpu().numpy()}
+    feeds = {
+        "data": data.double().cpu().numpy(),
+        "indices": indices.long().cpu().numpy(),
+        "updates": updates.double().cpu().numpy(),
+    }
     return torch.from_numpy(ref.run(None, feeds)[0])
 
 
@@ -52,8 +62,12 @@ def _case(shape, k, n, seed, dtype=torch.float32, device="cpu", duplicates=True)
 
 
 def _tol(dtype):
-    return {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12),
-            torch.float16: dict(rtol=2e-3, atol=2e-3), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}[dtype]
+    return {
+        torch.float32: dict(rtol=1e-5, atol=1e-5),
+        torch.float64: dict(rtol=1e-12, atol=1e-12),
+        torch.float16: dict(rtol=2e-3, atol=2e-3),
+        torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+    }[dtype]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -76,8 +90,9 @@ def test_scatter_nd_matches_onnx_reference(reduction, k, dtype, device):
 def test_scatter_nd_matches_onnxruntime(reduction):
     ort = pytest.importorskip("onnxruntime")
     data, idx, upd = _case((50, 8), 1, 30, 77, duplicates=(reduction != "none"))
-    sess = ort.InferenceSession(_model(reduction, TensorProto.FLOAT).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        _model(reduction, TensorProto.FLOAT).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     ref = sess.run(None, {"data": data.numpy(), "indices": idx.numpy(), "updates": upd.numpy()})[0]
     torch.testing.assert_close(teachcompute_ext.scatter_nd(data, idx, upd, reduction), torch.from_numpy(ref))
 
@@ -87,7 +102,7 @@ def test_scatter_nd_int32_indices_and_non_contiguous_inputs(device):
     data, idx, upd = _case((7, 6, 5), 2, 11, 3, device=device)
     ref = onnx_reference(data, idx, upd, "add")
     torch.testing.assert_close(teachcompute_ext.scatter_nd(data, idx.int(), upd, "add").double().cpu(), ref)
-    dt = data.transpose(0, 2).contiguous().transpose(0, 2)   # same values, other strides
+    dt = data.transpose(0, 2).contiguous().transpose(0, 2)  # same values, other strides
     it = idx.t().contiguous().t()
     ut = upd.t().contiguous().t()
     assert not dt.is_contiguous() and not it.is_contiguous() and not ut.is_contiguous()
@@ -116,7 +131,7 @@ def test_scatter_nd_of_shape_and_masked(reduction, device):
     torch.testing.assert_close(out.double().cpu(), ref)
     masked_idx = idx.clone()
     masked_idx[::3] = -1  # padding: skipped, although -1 would be a valid (wrapped) index
-    keep = (masked_idx[:, 0] != -1)
+    keep = masked_idx[:, 0] != -1
     ref_m = onnx_reference(zeros, masked_idx[keep], upd[keep], reduction)
     out_m = teachcompute_ext.masked_scatter_nd_of_shape([20, 6], masked_idx, upd, -1, reduction)
     torch.testing.assert_close(out_m.double().cpu(), ref_m)
@@ -131,8 +146,9 @@ def test_scatter_nd_empty(device):
     out = teachcompute_ext.scatter_nd(data, idx[:0], upd[:0], "add")
     assert torch.equal(out, data)
     e = torch.empty(0, 3, device=device)
-    assert teachcompute_ext.scatter_nd(e, torch.empty(0, 1, dtype=torch.long, device=device),
-                                       torch.empty(0, 3, device=device)).shape == (0, 3)
+    assert teachcompute_ext.scatter_nd(
+        e, torch.empty(0, 1, dtype=torch.long, device=device), torch.empty(0, 3, device=device)
+    ).shape == (0, 3)
     assert teachcompute_ext.scatter_nd_of_shape([4, 0], idx[:2], torch.empty(2, 0, device=device)).shape == (4, 0)
 
 
@@ -140,8 +156,11 @@ def test_scatter_nd_empty(device):
 def test_scatter_nd_cpu_out_of_range_is_an_error_whatever_its_size(bad):
     data = torch.randn(5, 3)
     idx = torch.tensor([[0], [bad], [1]])
-    with pytest.raises(IndexError, match=rf"teachcompute_ext.scatter_nd: index {bad} out of range for dim 0 of size 5 "
-                                         r"\(argument 'indices', entry 1\)"):
+    with pytest.raises(
+        IndexError,
+        match=rf"teachcompute_ext.scatter_nd: index {bad} out of range for dim 0 of size 5 "
+        r"\(argument 'indices', entry 1\)",
+    ):
         teachcompute_ext.scatter_nd(data, idx, torch.randn(3, 3), "add")
     # k = 2: the second dim's size is the one named
     with pytest.raises(IndexError, match=rf"index {bad} out of range for dim 1 of size 3"):
@@ -155,17 +174,25 @@ def test_scatter_nd_cpu_out_of_range_is_an_error_whatever_its_size(bad):
 def test_scatter_nd_bad_input():
     data = torch.randn(5, 4)
     idx = torch.tensor([[1], [2]])
-    with pytest.raises(RuntimeError, match=r"teachcompute_ext.scatter_nd: 'updates' has shape \[2, 3\] but indices "
-                                           r"\[2, 1\] and data \[5, 4\] need \[2, 4\]"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"teachcompute_ext.scatter_nd: 'updates' has shape \[2, 3\] but indices "
+        r"\[2, 1\] and data \[5, 4\] need \[2, 4\]",
+    ):
         teachcompute_ext.scatter_nd(data, idx, torch.randn(2, 3))
     with pytest.raises(RuntimeError, match=r"the last dim of 'indices' \(k = 3\) must be in \[1, rank of data = 2\]"):
         teachcompute_ext.scatter_nd(data, torch.zeros(2, 3, dtype=torch.long), torch.randn(2))
     with pytest.raises(TypeError, match=r"'updates' has dtype torch.float64 but 'data' has dtype torch.float32"):
         teachcompute_ext.scatter_nd(data, idx, torch.randn(2, 4, dtype=torch.float64))
-    with pytest.raises(TypeError, match=r"unsupported dtype torch.float32 for argument 'indices' \(expected int64 or int32\)"):
+    with pytest.raises(
+        TypeError, match=r"unsupported dtype torch.float32 for argument 'indices' \(expected int64 or int32\)"
+    ):
         teachcompute_ext.scatter_nd(data, idx.float(), torch.randn(2, 4))
-    with pytest.raises(ValueError, match=r"unknown reduction 'sum' for argument 'reduction' \(expected one of none, add, "
-                                         r"mul, max, min\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown reduction 'sum' for argument 'reduction' \(expected one of none, add, "
+        r"mul, max, min\)",
+    ):
         teachcompute_ext.scatter_nd(data, idx, torch.randn(2, 4), "sum")
     with pytest.raises(RuntimeError, match=r"masked_scatter_nd_of_shape: 'indices' must end in a dim of 1"):
         teachcompute_ext.masked_scatter_nd_of_shape([5, 4], torch.zeros(2, 2, dtype=torch.long), torch.randn(2), -1)
@@ -173,8 +200,9 @@ def test_scatter_nd_bad_input():
     with pytest.raises(Exception, match=r"'updates' has shape \[2, 3\]"):
         torch.compile(teachcompute_ext.scatter_nd, fullgraph=True, backend="eager")(data, idx, torch.randn(2, 3))
     with pytest.raises(Exception, match=r"unknown reduction 'sum'"):
-        torch.compile(lambda d, i, u: teachcompute_ext.scatter_nd(d, i, u, "sum"), fullgraph=True,
-                      backend="eager")(data, idx, torch.randn(2, 4))
+        torch.compile(lambda d, i, u: teachcompute_ext.scatter_nd(d, i, u, "sum"), fullgraph=True, backend="eager")(
+            data, idx, torch.randn(2, 4)
+        )
 
 
 def test_scatter_nd_cpu_deterministic_across_thread_counts():
@@ -200,12 +228,14 @@ def test_scatter_nd_gradcheck(reduction, device):
     assert torch.autograd.gradcheck(lambda d, u: teachcompute_ext.scatter_nd(d, idx, u, reduction), (data, upd))
     _, idx2, upd2 = _case((5, 3, 2), 2, 6, 10, torch.float64, device)
     upd2.requires_grad_()
-    assert torch.autograd.gradcheck(lambda u: teachcompute_ext.scatter_nd_of_shape([5, 3, 2], idx2, u, reduction),
-                                    (upd2,))
+    assert torch.autograd.gradcheck(
+        lambda u: teachcompute_ext.scatter_nd_of_shape([5, 3, 2], idx2, u, reduction), (upd2,)
+    )
     midx = idx.clone()
     midx[1::3] = -1
     assert torch.autograd.gradcheck(
-        lambda u: teachcompute_ext.masked_scatter_nd_of_shape([6, 4], midx, u, -1, reduction), (upd,))
+        lambda u: teachcompute_ext.masked_scatter_nd_of_shape([6, 4], midx, u, -1, reduction), (upd,)
+    )
 
 
 def test_scatter_nd_none_gradient_goes_to_the_winning_duplicate():
@@ -239,8 +269,9 @@ def test_scatter_nd_opcheck(dtype, device):
     torch.library.opcheck(ops.scatter_nd_of_shape.default, ([6, 5], idx, upd.detach().requires_grad_(grad), "add"))
     midx = idx.clone()
     midx[::2] = -1
-    torch.library.opcheck(ops.masked_scatter_nd_of_shape.default,
-                          ([6, 5], midx, upd.detach().requires_grad_(grad), -1, "add"))
+    torch.library.opcheck(
+        ops.masked_scatter_nd_of_shape.default, ([6, 5], midx, upd.detach().requires_grad_(grad), -1, "add")
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -260,8 +291,10 @@ def test_scatter_nd_torch_compile_fullgraph_dynamic(device):
         torch.testing.assert_close(g, torch.full_like(upd, 4.0))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or "CUDA" not in teachcompute_ext.compiled_backends(),
-                    reason="no CUDA device or CUDA not compiled")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or "CUDA" not in teachcompute_ext.compiled_backends(),
+    reason="no CUDA device or CUDA not compiled",
+)
 def test_scatter_nd_cuda_deterministic_mode_is_bitwise_reproducible():
     data, idx, upd = _case((1000, 64), 1, 50000, 13, device="cuda")
     torch.use_deterministic_algorithms(True)
@@ -269,8 +302,9 @@ def test_scatter_nd_cuda_deterministic_mode_is_bitwise_reproducible():
         for reduction in ("add", "none", "max"):
             outs = [teachcompute_ext.scatter_nd(data, idx, upd, reduction) for _ in range(3)]
             assert all(torch.equal(o, outs[0]) for o in outs)
-            torch.testing.assert_close(outs[0].cpu(),
-                                       teachcompute_ext.scatter_nd(data.cpu(), idx.cpu(), upd.cpu(), reduction))
+            torch.testing.assert_close(
+                outs[0].cpu(), teachcompute_ext.scatter_nd(data.cpu(), idx.cpu(), upd.cpu(), reduction)
+            )
     finally:
         torch.use_deterministic_algorithms(False)
 
@@ -295,8 +329,9 @@ def test_half_types_accumulate_in_float_and_round_once(dtype, device):
     teachcompute_ext.embedding(w, torch.zeros(1024, dtype=torch.long, device=device)).sum().backward()
     assert (w.grad[0] == 1024).all() and (w.grad[1:] == 0).all()
     w.grad = None
-    bag = teachcompute_ext.embedding_bag(w, torch.zeros(1024, dtype=torch.long, device=device),
-                                         torch.tensor([0, 512], device=device), "sum")
+    bag = teachcompute_ext.embedding_bag(
+        w, torch.zeros(1024, dtype=torch.long, device=device), torch.tensor([0, 512], device=device), "sum"
+    )
     bag.sum().backward()
     assert (w.grad[0] == 1024).all()
 
@@ -318,8 +353,9 @@ def test_scatter_nd_none_keeps_the_last_duplicate(deterministic, device):
     try:
         out = teachcompute_ext.scatter_nd(data.to(device), idx.to(device), upd.to(device), "none")
         of_shape = teachcompute_ext.scatter_nd_of_shape([n_rows, 16], idx.to(device), upd.to(device), "none")
-        masked = teachcompute_ext.masked_scatter_nd_of_shape([n_rows, 16], idx.to(device), upd.to(device),
-                                                             int(idx[-1, 0]), "none")
+        masked = teachcompute_ext.masked_scatter_nd_of_shape(
+            [n_rows, 16], idx.to(device), upd.to(device), int(idx[-1, 0]), "none"
+        )
     finally:
         torch.use_deterministic_algorithms(False)
     assert torch.equal(out.cpu(), ref)
@@ -343,11 +379,13 @@ def test_masked_scatter_backward_skips_masked_indices_out_of_range(reduction, de
     g = torch.randn(6, 4, dtype=torch.float64, device=device)
     (gu,) = torch.autograd.grad(out, upd, g)
     keep = {"add": [True, False, True, False, True], "none": [False, False, True, False, True]}[reduction]
-    ref = torch.stack([g[r] if k else torch.zeros(4, dtype=torch.float64, device=device)
-                       for r, k in zip([1, 0, 3, 0, 1], keep)])
+    ref = torch.stack(
+        [g[r] if k else torch.zeros(4, dtype=torch.float64, device=device) for r, k in zip([1, 0, 3, 0, 1], keep)]
+    )
     torch.testing.assert_close(gu, ref)
-    torch.autograd.gradcheck(lambda u: teachcompute_ext.masked_scatter_nd_of_shape([6, 4], idx, u, 1000, reduction),
-                             (upd,))
+    torch.autograd.gradcheck(
+        lambda u: teachcompute_ext.masked_scatter_nd_of_shape([6, 4], idx, u, 1000, reduction), (upd,)
+    )
 
 
 # ---- integer and bool data ------------------------------------------------------------------
@@ -358,7 +396,7 @@ def _loop_reference(data, indices, updates, reduction):
     """ScatterND one update at a time in numpy, in data's own integer type (add and mul wrap)."""
     out = data.cpu().numpy().copy()
     idx = indices.cpu().numpy().reshape(-1, indices.shape[-1])
-    upd = updates.cpu().numpy().reshape(idx.shape[0], *data.shape[indices.shape[-1]:])
+    upd = updates.cpu().numpy().reshape(idx.shape[0], *data.shape[indices.shape[-1] :])
     with np.errstate(over="ignore"):
         for i in range(idx.shape[0]):
             t = tuple(idx[i])
@@ -414,8 +452,9 @@ def test_scatter_nd_bool_data_none_only(device):
     out = teachcompute_ext.scatter_nd(data, indices, updates, "none")
     assert out.dtype == torch.bool and torch.equal(out.cpu(), _loop_reference(data, indices, updates, "none"))
     for reduction in ("add", "mul", "max", "min"):
-        with pytest.raises(TypeError, match=f"teachcompute_ext.scatter_nd: reduction '{reduction}' is not supported "
-                                            "for bool data"):
+        with pytest.raises(
+            TypeError, match=f"teachcompute_ext.scatter_nd: reduction '{reduction}' is not supported for bool data"
+        ):
             teachcompute_ext.scatter_nd(data, indices, updates, reduction)
 
 
@@ -435,12 +474,14 @@ def test_scatter_nd_integer_opcheck_and_compile(dtype):
 
 def test_scatter_nd_refuses_other_dtypes_clearly():
     data = torch.zeros(4, 2, dtype=torch.complex64)
-    with pytest.raises(TypeError, match="teachcompute_ext.scatter_nd: unsupported dtype torch.complex64 for argument "
-                                        "'data'"):
+    with pytest.raises(
+        TypeError, match="teachcompute_ext.scatter_nd: unsupported dtype torch.complex64 for argument 'data'"
+    ):
         teachcompute_ext.scatter_nd(data, torch.tensor([[1]]), torch.zeros(1, 2, dtype=torch.complex64))
     with pytest.raises(TypeError, match="'updates' has dtype torch.int32 but 'data' has dtype torch.int64"):
-        teachcompute_ext.scatter_nd(torch.zeros(4, 2, dtype=torch.int64), torch.tensor([[1]]),
-                                    torch.zeros(1, 2, dtype=torch.int32))
+        teachcompute_ext.scatter_nd(
+            torch.zeros(4, 2, dtype=torch.int64), torch.tensor([[1]]), torch.zeros(1, 2, dtype=torch.int32)
+        )
 
 
 # ---- torch.func transforms: the autograd Nodes are hand-built (no torch::autograd::Function) ----------
@@ -455,11 +496,13 @@ def test_torch_func_grad_matches_autograd(op, reduction, device):
         "scatter_nd": (lambda d, u: teachcompute_ext.scatter_nd(d * d, idx, u * u, reduction), (data, upd)),
         "scatter_nd_of_shape": (lambda u: teachcompute_ext.scatter_nd_of_shape([6, 4], idx, u * u, reduction), (upd,)),
         "masked_scatter_nd_of_shape": (
-            lambda u: teachcompute_ext.masked_scatter_nd_of_shape([6, 4], midx, u * u, -1, reduction), (upd,)),
+            lambda u: teachcompute_ext.masked_scatter_nd_of_shape([6, 4], midx, u * u, -1, reduction),
+            (upd,),
+        ),
     }
     fn, ins = fns[op]
     g = torch.randn(6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
-    loss = assert_func_grad_matches_autograd(fn, ins, g)
+    assert_func_grad_matches_autograd(fn, ins, g)
 
 
 # ---- scatter_nd_ under autograd: an in-place op of torch's kind --------------------------------

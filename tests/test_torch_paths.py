@@ -4,26 +4,27 @@ torch.compile(mode="reduce-overhead")) and what makes them possible on every
 device (no host read of tensor data on any forward or backward path, checked on
 the CPU), AOTInductor packages, activation checkpointing (plain and selective,
 eager and compiled) and FSDP2 (fully_shard, 2 gloo processes on the CPU)."""
+
 import functools
 import os
 import re
 import subprocess
 import sys
-import textwrap
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-import op_db
 import teachcompute_ext as t
+
+import op_db
 from conftest import CUDA_OK
 from test_users_paths import TinyModel, _free_port, _train
 
@@ -52,8 +53,11 @@ def _case(op, k):
     return fn, make, op.differentiable and template.grad
 
 
-CASES = {f"{op.name}-{s.name}" if s.name else op.name: _case(op, k)
-         for op in op_db.PUBLIC for k, s in enumerate(op.small("cpu", torch.float32))}
+CASES = {
+    f"{op.name}-{s.name}" if s.name else op.name: _case(op, k)
+    for op in op_db.PUBLIC
+    for k, s in enumerate(op.small("cpu", torch.float32))
+}
 
 
 @pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[2]])
@@ -81,10 +85,12 @@ def test_double_backward_gradgradcheck(name):
 def _graph_backward_matches_fused_backward(f, leaves):
     """The first-order gradients of the graph-recording backward (create_graph)
     are those of the fused one: gradgradcheck alone would pass a consistently wrong one."""
+
     def grads(create_graph):
         outs = f(*leaves)
         loss = sum((o * torch.linspace(-1, 2, o.numel(), dtype=o.dtype).view(o.shape)).sum() for o in outs)
         return torch.autograd.grad(loss, leaves, create_graph=create_graph, allow_unused=True)
+
     for a, b in zip(grads(True), grads(False)):
         if b is None:
             assert a is None
@@ -100,6 +106,7 @@ def _inputs(name, device, seed):
 
 def _forward_backward(fn):
     """fn's outputs, then the gradients of sum(out * out) for every input that requires grad."""
+
     def run(*inputs):
         outs = fn(*inputs)
         outs = outs if isinstance(outs, tuple) else (outs,)
@@ -108,6 +115,7 @@ def _forward_backward(fn):
             return outs
         loss = sum((o * o).sum() for o in outs if o.is_floating_point())
         return outs + torch.autograd.grad(loss, leaves)
+
     return run
 
 
@@ -136,6 +144,7 @@ class HostReadOnCpu:
     def __enter__(self):
         def refuse(x):
             raise AssertionError(f"host read of tensor data (.item() of a {list(x.shape)} tensor)")
+
         self.lib = torch.library.Library("aten", "IMPL")
         self.lib.impl("_local_scalar_dense", refuse, "CPU")
         return self
@@ -175,11 +184,29 @@ def test_no_host_read_in_forward_or_backward(name):
 
 
 # Text patterns of a host read or transfer; comments are stripped first.
-HOST_SYNC_PATTERNS = [r"\.item\s*[<(]", r"\bitem<", r"\.cpu\s*\(", r"\.to\s*\([^;)]*kCPU",
-                      r"device\s*\(\s*(at::|c10::)?kCPU", r"_local_scalar_dense", r"\.equal\s*\(", r"is_nonzero",
-                      r"\.nonzero\s*\(", r"[Ss]ynchronize"]
-CUDA_FORBIDDEN = [r"\bcudaMalloc\w*\s*\(", r"\bcudaFree\s*\(", r"\bcudaMemcpy\s*\(", r"\bcudaMemset\s*\(",
-                  r"[Ss]ynchronize", r"getDefaultCUDAStream", r"cudaStreamLegacy", r"\.item\s*[<(]", r"\.cpu\s*\("]
+HOST_SYNC_PATTERNS = [
+    r"\.item\s*[<(]",
+    r"\bitem<",
+    r"\.cpu\s*\(",
+    r"\.to\s*\([^;)]*kCPU",
+    r"device\s*\(\s*(at::|c10::)?kCPU",
+    r"_local_scalar_dense",
+    r"\.equal\s*\(",
+    r"is_nonzero",
+    r"\.nonzero\s*\(",
+    r"[Ss]ynchronize",
+]
+CUDA_FORBIDDEN = [
+    r"\bcudaMalloc\w*\s*\(",
+    r"\bcudaFree\s*\(",
+    r"\bcudaMemcpy\s*\(",
+    r"\bcudaMemset\s*\(",
+    r"[Ss]ynchronize",
+    r"getDefaultCUDAStream",
+    r"cudaStreamLegacy",
+    r"\.item\s*[<(]",
+    r"\.cpu\s*\(",
+]
 
 
 def _code(path):
@@ -257,6 +284,7 @@ def test_cuda_graph_capture_and_replay_matches_eager(name):
 def test_compile_reduce_overhead_matches_eager_on_cuda():
     from torch._dynamo.utils import counters
     from torch._inductor import cudagraph_trees
+
     torch.manual_seed(5)
     model = TinyModel().cuda()
     params = list(model.parameters())
@@ -311,14 +339,27 @@ def test_aoti_package_matches_eager_and_needs_only_the_op_library(tmp_path):
     script.write_text(_DEPLOYED)
     so = t._loader._library_path()
     env = {**os.environ, "PYTHONPATH": ""}
-    ok = subprocess.run([sys.executable, str(script), so, path, str(tmp_path / "cases.pt")], cwd=tmp_path, env=env,
-                        capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(
+        [sys.executable, str(script), so, path, str(tmp_path / "cases.pt")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ok.returncode == 0 and "deployed ok" in ok.stdout, ok.stderr[-3000:]
     # Without the op library the package cannot even load: the schemas come from the .so.
-    missing = subprocess.run([sys.executable, str(script), "-", path, str(tmp_path / "cases.pt")], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=300)
-    assert missing.returncode != 0 and "Could not find schema for teachcompute_ext::" in missing.stderr, \
-        missing.stderr[-3000:]
+    missing = subprocess.run(
+        [sys.executable, str(script), "-", path, str(tmp_path / "cases.pt")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode != 0 and "Could not find schema for teachcompute_ext::" in missing.stderr, missing.stderr[
+        -3000:
+    ]
 
 
 # ---- item 7: activation checkpointing ------------------------------------------------------------
@@ -357,6 +398,7 @@ def _grads_and_backward_counts(model, tokens, params, **kwargs):
 def _sac(policy_ops, rest=CheckpointPolicy.PREFER_RECOMPUTE, chosen=CheckpointPolicy.MUST_SAVE):
     def policy(ctx, op, *args, **kwargs):
         return chosen if op in policy_ops else rest
+
     return functools.partial(create_selective_checkpoint_contexts, policy)
 
 
@@ -387,16 +429,19 @@ def _compiled_backward_graph(fn, *args):
     policy), run eagerly on the graphs it produces; returns fn's result and the backward graph."""
     from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
     from torch._dynamo.backends.common import aot_autograd
+
     graphs = {}
 
     def keep(name):
         def compiler(gm, example_inputs):
             graphs[name] = gm
             return make_boxed_func(gm.forward)
+
         return compiler
 
-    backend = aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward"),
-                           partition_fn=min_cut_rematerialization_partition)
+    backend = aot_autograd(
+        fw_compiler=keep("forward"), bw_compiler=keep("backward"), partition_fn=min_cut_rematerialization_partition
+    )
     torch._dynamo.reset()
     out = torch.compile(fn, backend=backend, fullgraph=True)(*args)
     return out, graphs
@@ -407,7 +452,8 @@ def test_selective_checkpoint_under_compile():
     for chosen, in_backward in ((CheckpointPolicy.MUST_SAVE, 0), (CheckpointPolicy.MUST_RECOMPUTE, 2)):
         ctx = _sac((ops.fused_linear_forward.default,), chosen=chosen)
         out, graphs = _compiled_backward_graph(
-            lambda tok: checkpoint(model, tok, use_reentrant=False, context_fn=ctx), tokens)
+            lambda tok: checkpoint(model, tok, use_reentrant=False, context_fn=ctx), tokens
+        )
         grads = torch.autograd.grad(_loss(out), params)
         for a, e in zip(grads, ref):
             torch.testing.assert_close(a, e)
@@ -431,6 +477,7 @@ class Layers(torch.nn.Module):
 
 def _fsdp_worker(rank, world, port, states, batches, out_path):
     from torch.distributed.fsdp import fully_shard
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -472,8 +519,7 @@ def _arg_layouts(code, name):
     """(sizes, strides) of each buffer the generated code passes to teachcompute_ext.<name>: read
     from the empty_strided_cpu(...) that allocates it, or from the reinterpret_tensor(...) around it.
     Graph inputs (arg*) are skipped: their layout is the caller's."""
-    shapes = {m[1]: (m[2], m[3]) for m in re.finditer(
-        r"(buf\d+) = empty_strided_cpu\(\(([^)]*)\), \(([^)]*)\)", code)}
+    shapes = {m[1]: (m[2], m[3]) for m in re.finditer(r"(buf\d+) = empty_strided_cpu\(\(([^)]*)\), \(([^)]*)\)", code)}
     layouts = []
     for call in re.finditer(rf"torch\.ops\.teachcompute_ext\.{name}\.default\((.*)\)$", code, flags=re.M):
         args = call[1]
@@ -481,8 +527,9 @@ def _arg_layouts(code, name):
             layouts.append((m[2], m[3]))
         args = re.sub(r"reinterpret_tensor\([^()]*(\([^)]*\)[^()]*)*\)", "", args)
         layouts += [shapes[b] for b in re.findall(r"\b(buf\d+)\b", args) if b in shapes]
-    return [([int(v) for v in a.split(",") if v.strip()], [int(v) for v in b.split(",") if v.strip()])
-            for a, b in layouts]
+    return [
+        ([int(v) for v in a.split(",") if v.strip()], [int(v) for v in b.split(",") if v.strip()]) for a, b in layouts
+    ]
 
 
 def _contiguous(sizes, strides):

@@ -1,16 +1,17 @@
 """The paths a user's model takes, with one model that calls every op: torch.export
 with a dynamic batch, DistributedDataParallel (2 CPU processes, gloo), and
 torch.compile(fullgraph=True, dynamic=True) with no graph break and no recompile."""
+
 import os
 import socket
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import op_db
 import teachcompute_ext
+
+import op_db
 
 
 class TinyModel(torch.nn.Module):
@@ -36,10 +37,14 @@ class TinyModel(torch.nn.Module):
         # per sample, the sum of its non-padding token vectors (padding rows masked out)
         rows = torch.arange(b, device=h.device).unsqueeze(1)
         token_rows = torch.where(tokens == 0, -1, rows.expand(b, n)).reshape(-1, 1)
-        h = h + teachcompute_ext.masked_scatter_nd_of_shape([b, h.shape[1]], token_rows, e.reshape(b * n, -1), -1,
-                                                            "add") / n
+        h = (
+            h
+            + teachcompute_ext.masked_scatter_nd_of_shape([b, h.shape[1]], token_rows, e.reshape(b * n, -1), -1, "add")
+            / n
+        )
         h = teachcompute_ext.scatter_nd(h, rows, h * 0.5, "add") + teachcompute_ext.scatter_nd_of_shape(
-            h.shape, rows, h, "add")
+            h.shape, rows, h, "add"
+        )
         z = h.clone()
         teachcompute_ext.scatter_nd_(z, rows, h * 0.25, "add")  # in place, under autograd
         # a weight normalized by its own squared sum, applied transposed
@@ -66,8 +71,11 @@ def test_torch_export_dynamic_batch_matches_eager():
     batch = torch.export.Dim("batch", min=2, max=64)
     ep = torch.export.export(model, (tokens,), dynamic_shapes={"tokens": {0: batch}})
     # the model really calls every op (a composite op may show as the *_forward op it calls)
-    called = {n.target.name().split("::")[1].split(".")[0].removesuffix("_forward") for n in ep.graph.nodes
-              if n.op == "call_function" and hasattr(n.target, "name") and "teachcompute_ext" in n.target.name()}
+    called = {
+        n.target.name().split("::")[1].split(".")[0].removesuffix("_forward")
+        for n in ep.graph.nodes
+        if n.op == "call_function" and hasattr(n.target, "name") and "teachcompute_ext" in n.target.name()
+    }
     public = {op.name for op in op_db.PUBLIC}  # the op table: a new op joins the model
     assert public <= called, public - called
     for b in (3, 6, 17):

@@ -5,12 +5,14 @@ module): one call of the op on the whole batch. The references are vmap over
 torch's op, or, for the ScatterND family and the backward ops that torch has no
 public twin for, the op's own result computed sample by sample.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-import op_db
 import teachcompute_ext  # noqa: F401
+
+import op_db
 from conftest import DEVICES
 
 ops = torch.ops.teachcompute_ext
@@ -47,8 +49,10 @@ REDUCTIONS = [
 @pytest.mark.parametrize("name,ours,theirs", REDUCTIONS, ids=[r[0] for r in REDUCTIONS])
 def test_sum_mean_logsumexp(name, ours, theirs, keepdim, dim, in_dim, device):
     x = _batched(_randn(4, 3, 5, 2, device=device), in_dim)
-    _close(vmap(lambda t: ours(t, dim, keepdim), in_dims=in_dim)(x),
-           vmap(lambda t: theirs(t, dim, keepdim), in_dims=in_dim)(x))
+    _close(
+        vmap(lambda t: ours(t, dim, keepdim), in_dims=in_dim)(x),
+        vmap(lambda t: theirs(t, dim, keepdim), in_dims=in_dim)(x),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -97,8 +101,11 @@ def test_softmax_and_backward(which, dim, in_dim, device):
     aten_bw = getattr(torch.ops.aten, f"_{which}_backward_data")
     ours_bw = getattr(ops, f"{which}_backward")
     out_b = out.movedim(0, in_dim)  # as batched as its input
-    for g_dim, o_dim, g_, o_ in ((in_dim, in_dim, g, out_b), (None, in_dim, g[(slice(None),) * (in_dim % 3) + (0,)],
-                                                              out_b), (in_dim, None, g, out_b.select(in_dim, 0))):
+    for g_dim, o_dim, g_, o_ in (
+        (in_dim, in_dim, g, out_b),
+        (None, in_dim, g[(slice(None),) * (in_dim % 3) + (0,)], out_b),
+        (in_dim, None, g, out_b.select(in_dim, 0)),
+    ):
         got = vmap(lambda a, b: ours_bw(a, b, dim), in_dims=(g_dim, o_dim))(g_, o_)
         ref = vmap(lambda a, b: aten_bw(a, b, dim, F64), in_dims=(g_dim, o_dim))(g_, o_)
         _close(got, ref)
@@ -122,7 +129,7 @@ def _scatter_ref(data, indices, updates, reduction):
     out = data.clone()
     k = indices.shape[-1]
     flat_i = indices.reshape(-1, k).tolist()
-    flat_u = updates.reshape(len(flat_i), *updates.shape[indices.dim() - 1:])
+    flat_u = updates.reshape(len(flat_i), *updates.shape[indices.dim() - 1 :])
     for t, u in zip(flat_i, flat_u):
         t = tuple(t)
         if reduction == "none":
@@ -159,7 +166,7 @@ def test_scatter_nd(k, reduction, in_dims, device):
     # Duplicates (and negative indices) on purpose: "none" must keep each sample's last one.
     g = torch.Generator().manual_seed(k)
     indices = torch.randint(-4, 4, (B, 6, k), generator=g).to(device)
-    updates = _randn(B, 6, *data.shape[1 + k:], device=device, seed=2)
+    updates = _randn(B, 6, *data.shape[1 + k :], device=device, seed=2)
     args = [_batched(t, d) for t, d in zip((data, indices, updates), in_dims)]
     got = vmap(lambda d, i, u: ops.scatter_nd(d, i, u, reduction), in_dims=in_dims)(*args)
     _close(got, _per_sample(lambda d, i, u: _scatter_ref(d, i, u, reduction), B, in_dims, *args))
@@ -190,11 +197,13 @@ def test_scatter_nd_in_place_refuses_unbatched_data():
     data = _randn(4, 5)
     with pytest.raises(RuntimeError, match=r"teachcompute_ext.scatter_nd_: vmap: argument 'data' is not batched"):
         vmap(lambda d, i, u: ops.scatter_nd_(d, i, u), in_dims=(None, 0, 0))(
-            data, torch.zeros(3, 2, 1, dtype=torch.int64), _randn(3, 2, 5))
+            data, torch.zeros(3, 2, 1, dtype=torch.int64), _randn(3, 2, 5)
+        )
     # torch says the same of its own in-place ops.
     with pytest.raises(RuntimeError, match="vmap: index_put_.* is not possible"):
         vmap(lambda d, i, u: d.index_put_((i[:, 0],), u), in_dims=(None, 0, 0))(
-            data, torch.zeros(3, 2, 1, dtype=torch.int64), _randn(3, 2, 5))
+            data, torch.zeros(3, 2, 1, dtype=torch.int64), _randn(3, 2, 5)
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -229,10 +238,14 @@ def test_scatter_bad_index_still_raises_under_vmap():
 
 
 def test_scatter_nd_checks_logical_shapes():
-    with pytest.raises(RuntimeError, match=r"teachcompute_ext.scatter_nd: 'updates' has shape \[2, 4\] but indices "
-                                           r"\[2, 1\] and data \[5, 3\] need \[2, 3\]"):
-        vmap(lambda d, i, u: ops.scatter_nd(d, i, u))(_randn(2, 5, 3), torch.zeros(2, 2, 1, dtype=torch.int64),
-                                                      _randn(2, 2, 4))
+    with pytest.raises(
+        RuntimeError,
+        match=r"teachcompute_ext.scatter_nd: 'updates' has shape \[2, 4\] but indices "
+        r"\[2, 1\] and data \[5, 3\] need \[2, 3\]",
+    ):
+        vmap(lambda d, i, u: ops.scatter_nd(d, i, u))(
+            _randn(2, 5, 3), torch.zeros(2, 2, 1, dtype=torch.int64), _randn(2, 2, 4)
+        )
 
 
 # ---------------------------------------------------------------------------- embedding
@@ -263,13 +276,23 @@ def test_embedding_backward(padding_idx, in_dims, device):
     indices = torch.randint(0, 6, (3, 2, 5), generator=torch.Generator().manual_seed(1)).to(device)
     g, i = _batched(grad, in_dims[0]), _batched(indices, in_dims[1])
     got = vmap(lambda g, i: ops.embedding_backward(g, i, 6, padding_idx), in_dims=in_dims)(g, i)
-    ref = vmap(lambda g, i: torch.ops.aten.embedding_dense_backward(g, i, 6, -1 if padding_idx is None else padding_idx,
-                                                                    False), in_dims=in_dims)(g, i)
+    ref = vmap(
+        lambda g, i: torch.ops.aten.embedding_dense_backward(
+            g, i, 6, -1 if padding_idx is None else padding_idx, False
+        ),
+        in_dims=in_dims,
+    )(g, i)
     _close(got, ref)
 
 
-BAG_DIMS = [(0, 0, None, 0), (None, 0, None, 0), (0, None, None, None), (None, 0, 0, None), (None, None, 0, 0),
-            (1, 0, 0, 0)]
+BAG_DIMS = [
+    (0, 0, None, 0),
+    (None, 0, None, 0),
+    (0, None, None, None),
+    (None, 0, 0, None),
+    (None, None, 0, 0),
+    (1, 0, 0, 0),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -286,14 +309,29 @@ def test_embedding_bag_offsets(mode, include_last_offset, in_dims, device):
         offsets = torch.cat([offsets, torch.full((B, 1), N, device=device)], 1)
     psw = _randn(B, N, device=device, seed=5) if mode == "sum" else None
     p_dim = in_dims[3] if psw is not None else None
-    args = (_batched(weight, in_dims[0]), _batched(indices, in_dims[1]), _batched(offsets, in_dims[2]),
-            None if psw is None else _batched(psw, p_dim))
+    args = (
+        _batched(weight, in_dims[0]),
+        _batched(indices, in_dims[1]),
+        _batched(offsets, in_dims[2]),
+        None if psw is None else _batched(psw, p_dim),
+    )
     dims = in_dims[:3] + (p_dim,)
     for padding_idx in (None, 2):
-        got = vmap(lambda w, i, o, p: ops.embedding_bag(w, i, o, mode, p, padding_idx, include_last_offset),
-                   in_dims=dims)(*args)
-        ref = vmap(lambda w, i, o, p: F.embedding_bag(i, w, o, mode=mode, per_sample_weights=p, padding_idx=padding_idx,
-                                                      include_last_offset=include_last_offset), in_dims=dims)(*args)
+        got = vmap(
+            lambda w, i, o, p: ops.embedding_bag(w, i, o, mode, p, padding_idx, include_last_offset), in_dims=dims
+        )(*args)
+        ref = vmap(
+            lambda w, i, o, p: F.embedding_bag(
+                i,
+                w,
+                o,
+                mode=mode,
+                per_sample_weights=p,
+                padding_idx=padding_idx,
+                include_last_offset=include_last_offset,
+            ),
+            in_dims=dims,
+        )(*args)
         _close(got, ref)
 
 
@@ -315,8 +353,10 @@ def test_embedding_bag_fixed_length_and_argmax(mode, in_dims, device):
     weight = _randn(3, 7, 4, device=device)
     indices = torch.randint(0, 7, (3, 2, 4), generator=torch.Generator().manual_seed(6)).to(device)
     w, i = _batched(weight, in_dims[0]), _batched(indices, in_dims[1])
-    _close(vmap(lambda w, i: ops.embedding_bag(w, i, None, mode), in_dims=in_dims)(w, i),
-           vmap(lambda w, i: F.embedding_bag(i, w, mode=mode), in_dims=in_dims)(w, i))
+    _close(
+        vmap(lambda w, i: ops.embedding_bag(w, i, None, mode), in_dims=in_dims)(w, i),
+        vmap(lambda w, i: F.embedding_bag(i, w, mode=mode), in_dims=in_dims)(w, i),
+    )
     if mode == "max":  # the argmax rows are each sample's own
         f = lambda w, i: ops.embedding_bag_forward(w, i, None, "max", None, None, False)[1]  # noqa: E731
         assert torch.equal(vmap(f, in_dims=in_dims)(w, i), _per_sample(f, 3, in_dims, w, i))
@@ -347,15 +387,22 @@ def test_embedding_bag_backward(mode, in_dims, layout, device):
     p = None if psw is None else _batched(psw, p_dim)
     p_dim = None if psw is None else p_dim
     o_dim = None if offsets is None else i_dim
-    argmax = vmap(lambda w, i, o, p: ops.embedding_bag_forward(w, i, o, mode, p, 1, ilo)[1],
-                  in_dims=(w_dim, i_dim, o_dim, p_dim))(w, i, o, p)
+    argmax = vmap(
+        lambda w, i, o, p: ops.embedding_bag_forward(w, i, o, mode, p, 1, ilo)[1], in_dims=(w_dim, i_dim, o_dim, p_dim)
+    )(w, i, o, p)
     m_dim = 0 if mode == "max" else None
     if mode != "max":
         argmax = argmax[0]
     dims = (g_dim, w_dim, i_dim, o_dim, m_dim, p_dim)
     args = (_batched(grad, g_dim), w, i, o, argmax, p)
-    f = lambda g, w, i, o, m, p: torch.cat([t.reshape(-1) for t in ops.embedding_bag_backward(  # noqa: E731
-        g, w, i, o, m, mode, p, 1, ilo)])
+    f = lambda g, w, i, o, m, p: torch.cat(
+        [
+            t.reshape(-1)
+            for t in ops.embedding_bag_backward(  # noqa: E731
+                g, w, i, o, m, mode, p, 1, ilo
+            )
+        ]
+    )
     _close(vmap(f, in_dims=dims)(*args), _per_sample(f, B, dims, *args))
 
 
@@ -365,8 +412,9 @@ MATMUL_DIMS = [(0, 0), (0, None), (None, 0), (2, 1), (-1, -2)]
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("in_dims", MATMUL_DIMS)
-@pytest.mark.parametrize("shapes", [((4, 5), (5, 3)), ((2, 4, 5), (5, 3)), ((4, 5), (2, 5, 3)), ((2, 1, 4, 5),
-                                                                                             (3, 5, 6))])
+@pytest.mark.parametrize(
+    "shapes", [((4, 5), (5, 3)), ((2, 4, 5), (5, 3)), ((4, 5), (2, 5, 3)), ((2, 1, 4, 5), (3, 5, 6))]
+)
 @pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True), (True, True)])
 def test_fused_matmul(trans, shapes, in_dims, device):
     sa, sb = shapes
@@ -394,49 +442,75 @@ def test_fused_matmul_vector_samples(shapes, in_dims, device):
     _close(vmap(ops.fused_matmul, in_dims=in_dims)(*args), vmap(torch.matmul, in_dims=in_dims)(*args))
 
 
-ACTS = {"none": lambda t: t, "relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
-        "silu": F.silu}
-LINEAR_DIMS = [(0, None, None), (1, None, None), (-1, None, None), (0, 0, 0), (None, 0, None), (0, None, 0),
-               (None, None, 0), (2, 1, None)]
+ACTS = {
+    "none": lambda t: t,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+    "silu": F.silu,
+}
+LINEAR_DIMS = [
+    (0, None, None),
+    (1, None, None),
+    (-1, None, None),
+    (0, 0, 0),
+    (None, 0, None),
+    (0, None, 0),
+    (None, None, 0),
+    (2, 1, None),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("in_dims", LINEAR_DIMS)
 @pytest.mark.parametrize("activation", list(ACTS))
 def test_fused_linear(activation, in_dims, device):
-    x, w, bias = _randn(3, 2, 7, 5, device=device), _randn(3, 4, 5, device=device, seed=1), \
-        _randn(3, 4, device=device, seed=2)
+    x, w, bias = (
+        _randn(3, 2, 7, 5, device=device),
+        _randn(3, 4, 5, device=device, seed=1),
+        _randn(3, 4, device=device, seed=2),
+    )
     args = [_batched(t, d) for t, d in zip((x, w, bias), in_dims)]
     act = ACTS[activation]
-    _close(vmap(lambda x, w, b: ops.fused_linear(x, w, b, activation), in_dims=in_dims)(*args),
-           vmap(lambda x, w, b: act(F.linear(x, w, b)), in_dims=in_dims)(*args))
+    _close(
+        vmap(lambda x, w, b: ops.fused_linear(x, w, b, activation), in_dims=in_dims)(*args),
+        vmap(lambda x, w, b: act(F.linear(x, w, b)), in_dims=in_dims)(*args),
+    )
     # fused_linear_forward's pre-activation is F.linear's, where it is kept.
     out, pre = vmap(lambda x, w, b: ops.fused_linear_forward(x, w, b, activation, True), in_dims=in_dims)(*args)
     if activation in ("gelu", "gelu_tanh", "silu"):
         _close(pre, vmap(F.linear, in_dims=in_dims)(*args))
     if in_dims[:2] != (None, None):
-        _close(vmap(lambda x, w: ops.fused_linear(x, w, None, activation), in_dims=in_dims[:2])(*args[:2]),
-               vmap(lambda x, w: act(F.linear(x, w)), in_dims=in_dims[:2])(*args[:2]))
+        _close(
+            vmap(lambda x, w: ops.fused_linear(x, w, None, activation), in_dims=in_dims[:2])(*args[:2]),
+            vmap(lambda x, w: act(F.linear(x, w)), in_dims=in_dims[:2])(*args[:2]),
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("in_dims", [(0, 0, None, 0), (0, 0, 0, 0), (0, None, 0, 0), (None, 0, None, 0),
-                                     (1, 1, None, 1)])
+@pytest.mark.parametrize(
+    "in_dims", [(0, 0, None, 0), (0, 0, 0, 0), (0, None, 0, 0), (None, 0, None, 0), (1, 1, None, 1)]
+)
 @pytest.mark.parametrize("activation", list(ACTS))
 def test_fused_linear_backward(activation, in_dims, device):
     """Against torch.autograd.grad of act(F.linear) sample by sample."""
     B = 3
-    x, w, b = _randn(B, 2, 6, 5, device=device), _randn(B, 4, 5, device=device, seed=1), _randn(B, 4, device=device,
-                                                                                                 seed=2)
+    x, w, b = (
+        _randn(B, 2, 6, 5, device=device),
+        _randn(B, 4, 5, device=device, seed=1),
+        _randn(B, 4, device=device, seed=2),
+    )
     grad = _randn(B, 2, 6, 4, device=device, seed=3)
     g_dim, x_dim, w_dim, a_dim = in_dims
-    pre = torch.stack([F.linear(x[s] if x_dim is not None else x[0], w[s] if w_dim is not None else w[0], b[0])
-                       for s in range(B)])
+    pre = torch.stack(
+        [F.linear(x[s] if x_dim is not None else x[0], w[s] if w_dim is not None else w[0], b[0]) for s in range(B)]
+    )
     out = ACTS[activation](pre)
     aux = out if activation == "relu" else (pre if activation != "none" else torch.empty(B, 0, device=device))
     args = [_batched(t, d) for t, d in zip((grad, x, w, aux), in_dims)]
-    got = vmap(lambda g, x, w, a: ops.fused_linear_backward(g, x, w, a, activation, True, [True, True, True]),
-               in_dims=in_dims)(*args)
+    got = vmap(
+        lambda g, x, w, a: ops.fused_linear_backward(g, x, w, a, activation, True, [True, True, True]), in_dims=in_dims
+    )(*args)
 
     def ref(g, x, w):
         x, w, bb = x.clone().requires_grad_(), w.clone().requires_grad_(), b[0].clone().requires_grad_()
@@ -445,8 +519,10 @@ def test_fused_linear_backward(activation, in_dims, device):
     refs = [ref(*[t if d is None else t.select(d, s) for t, d in zip(args[:3], in_dims[:3])]) for s in range(B)]
     for j in range(3):
         _close(got[j], torch.stack([r[j] for r in refs]))
-    gx, gw, gb = vmap(lambda g, x, w, a: ops.fused_linear_backward(g, x, w, a, activation, False, [False, True, False]),
-                      in_dims=in_dims)(*args)
+    gx, gw, gb = vmap(
+        lambda g, x, w, a: ops.fused_linear_backward(g, x, w, a, activation, False, [False, True, False]),
+        in_dims=in_dims,
+    )(*args)
     assert gx.numel() == 0 and gb.numel() == 0
     _close(gw, torch.stack([r[1] for r in refs]))
 
@@ -462,8 +538,9 @@ def test_nested_vmap():
     _close(vmap(vmap(ops.fused_matmul, in_dims=(0, 0)), in_dims=(0, None))(a, b), a @ b)
     data, i, u = _randn(2, 3, 4, 5), torch.randint(0, 4, (2, 3, 2, 1)), _randn(2, 3, 2, 5)
     got = vmap(vmap(lambda d, i, u: ops.scatter_nd(d, i, u, "add")))(data, i, u)
-    ref = torch.stack([torch.stack([_scatter_ref(data[p, q], i[p, q], u[p, q], "add") for q in range(3)])
-                       for p in range(2)])
+    ref = torch.stack(
+        [torch.stack([_scatter_ref(data[p, q], i[p, q], u[p, q], "add") for q in range(3)]) for p in range(2)]
+    )
     _close(got, ref)
 
 
@@ -476,8 +553,10 @@ def test_out_dims():
     assert torch.equal(i, ref.indices)
     g = _randn(3, 2, 5, 4)
     idx = torch.randint(0, 6, (2, 5))  # unbatched indices: the rule's own out_dim is 1
-    _close(vmap(lambda g: ops.embedding_backward(g, idx, 6), out_dims=2)(g),
-           vmap(lambda g: torch.ops.aten.embedding_dense_backward(g, idx, 6, -1, False), out_dims=2)(g))
+    _close(
+        vmap(lambda g: ops.embedding_backward(g, idx, 6), out_dims=2)(g),
+        vmap(lambda g: torch.ops.aten.embedding_dense_backward(g, idx, 6, -1, False), out_dims=2)(g),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -494,8 +573,11 @@ def test_empty_batch(device):
     assert vmap(lambda w, i: ops.embedding_bag(w, i.view(5, 1), None, "max"))(w, idx).shape == (0, 5, 4)
     assert vmap(ops.fused_matmul, in_dims=(0, None))(x, _randn(4, 2, device=device)).shape == (0, 3, 2)
     assert vmap(lambda x, w: ops.fused_linear(x, w, None, "gelu"))(x, _randn(0, 2, 4, device=device)).shape == (0, 3, 2)
-    data, i, u = _randn(0, 4, 5, device=device), torch.zeros(0, 2, 1, dtype=torch.int64, device=device), \
-        _randn(0, 2, 5, device=device)
+    data, i, u = (
+        _randn(0, 4, 5, device=device),
+        torch.zeros(0, 2, 1, dtype=torch.int64, device=device),
+        _randn(0, 2, 5, device=device),
+    )
     assert vmap(ops.scatter_nd)(data, i, u).shape == (0, 4, 5)
     assert vmap(lambda i, u: ops.scatter_nd_of_shape([4, 5], i, u))(i, u).shape == (0, 4, 5)
 
@@ -515,6 +597,7 @@ def test_compile_fullgraph_of_vmapped_calls():
 # ---------------------------------------------------------------------------- per-sample gradients
 # vmap(grad(loss)): the autograd Functions run at the grad level and call the
 # backward ops with batched tensors, which their rules take.
+
 
 def _per_sample_grads(loss, params, *data):
     refs = []
@@ -559,15 +642,23 @@ def test_per_sample_grads_embedding(padding_idx):
     idx, y = torch.randint(0, 7, (5, 6), generator=torch.Generator().manual_seed(0)), _randn(5, 6, 4, seed=1)
     idx[:, 0] = 2
 
-    got = vmap(torch.func.grad(lambda w, i, y: (ops.embedding(w, i, padding_idx) * y).sum()),
-               in_dims=(None, 0, 0))(w, idx, y)
+    got = vmap(torch.func.grad(lambda w, i, y: (ops.embedding(w, i, padding_idx) * y).sum()), in_dims=(None, 0, 0))(
+        w, idx, y
+    )
     ref = _per_sample_grads(lambda p, i, y: (F.embedding(i, p[0], padding_idx) * y).sum(), [w], idx, y)[0]
     _close(got, ref)
-    got = vmap(torch.func.grad(lambda w, i, y: (ops.embedding_bag(w, i.view(2, 3), None, "mean", None,
-                                                                  padding_idx) * y[:2]).sum()),
-               in_dims=(None, 0, 0))(w, idx, y)
-    ref = _per_sample_grads(lambda p, i, y: (F.embedding_bag(i.view(2, 3), p[0], mode="mean", padding_idx=padding_idx)
-                                             * y[:2]).sum(), [w], idx, y)[0]
+    got = vmap(
+        torch.func.grad(
+            lambda w, i, y: (ops.embedding_bag(w, i.view(2, 3), None, "mean", None, padding_idx) * y[:2]).sum()
+        ),
+        in_dims=(None, 0, 0),
+    )(w, idx, y)
+    ref = _per_sample_grads(
+        lambda p, i, y: (F.embedding_bag(i.view(2, 3), p[0], mode="mean", padding_idx=padding_idx) * y[:2]).sum(),
+        [w],
+        idx,
+        y,
+    )[0]
     _close(got, ref)
 
 
@@ -587,8 +678,11 @@ def test_every_op_has_a_batching_rule():
     """No op falls back to vmap's per-sample loop (or refuses): each has a FuncTorchBatched kernel."""
     names = [n for n in dir(ops) if isinstance(getattr(ops, n), torch._ops.OpOverloadPacket)]
     assert len(names) >= 23
-    missing = [n for n in names
-               if not torch._C._dispatch_has_kernel_for_dispatch_key(f"teachcompute_ext::{n}", "FuncTorchBatched")]
+    missing = [
+        n
+        for n in names
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"teachcompute_ext::{n}", "FuncTorchBatched")
+    ]
     assert missing == []
 
 
@@ -634,10 +728,12 @@ def test_per_sample_grads_rms_norm(in_dims):
     def loss(fn):
         return lambda a, b, gg: (fn(a, b) * gg).sum()
 
-    got = vmap(torch.func.grad(loss(lambda a, b: ops.rms_norm(a, b, 1e-6)), argnums=(0, 1)),
-               in_dims=(*in_dims, 0))(xb, wb, g)
-    ref = vmap(torch.func.grad(loss(lambda a, b: F.rms_norm(a, (6,), b, 1e-6)), argnums=(0, 1)),
-               in_dims=(*in_dims, 0))(xb, wb, g)
+    got = vmap(torch.func.grad(loss(lambda a, b: ops.rms_norm(a, b, 1e-6)), argnums=(0, 1)), in_dims=(*in_dims, 0))(
+        xb, wb, g
+    )
+    ref = vmap(torch.func.grad(loss(lambda a, b: F.rms_norm(a, (6,), b, 1e-6)), argnums=(0, 1)), in_dims=(*in_dims, 0))(
+        xb, wb, g
+    )
     for a, b in zip(got, ref):
         _close(a, b)
 
@@ -646,13 +742,16 @@ def test_per_sample_grads_rms_norm(in_dims):
 @pytest.mark.parametrize("in_dims", [(0, None, None), (1, None, None), (0, 0, 0), (None, 0, 0), (2, 1, 1)])
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_rotary(interleaved, in_dims, device):
-    x, c, s = _randn(3, 2, 5, 8, device=device), _randn(3, 5, 3, device=device, seed=1), \
-        _randn(3, 5, 3, device=device, seed=2)
+    x, c, s = (
+        _randn(3, 2, 5, 8, device=device),
+        _randn(3, 5, 3, device=device, seed=1),
+        _randn(3, 5, 3, device=device, seed=2),
+    )
 
     def ref(xx, cc, ss):
         rd = 2 * cc.shape[-1]
-        x1 = xx[..., 0:rd:2] if interleaved else xx[..., :rd // 2]
-        x2 = xx[..., 1:rd:2] if interleaved else xx[..., rd // 2:rd]
+        x1 = xx[..., 0:rd:2] if interleaved else xx[..., : rd // 2]
+        x2 = xx[..., 1:rd:2] if interleaved else xx[..., rd // 2 : rd]
         o1, o2 = x1 * cc - x2 * ss, x2 * cc + x1 * ss
         rot = torch.stack((o1, o2), -1).flatten(-2) if interleaved else torch.cat((o1, o2), -1)
         return torch.cat((rot, xx[..., rd:]), -1)
@@ -660,24 +759,35 @@ def test_rotary(interleaved, in_dims, device):
     args = (_batched(x, in_dims[0]), _batched(c, in_dims[1]), _batched(s, in_dims[2]))
     if all(d is None for d in in_dims):
         return
-    _close(vmap(lambda a, b, d: ops.rotary_embedding(a, b, d, interleaved), in_dims=in_dims)(*args),
-           vmap(ref, in_dims=in_dims)(*args))
-    _close(vmap(lambda a, b, d: ops.rotary_embedding_backward(a, b, d, interleaved), in_dims=in_dims)(*args),
-           vmap(lambda a, b, d: ref(a, b, -d), in_dims=in_dims)(*args))
+    _close(
+        vmap(lambda a, b, d: ops.rotary_embedding(a, b, d, interleaved), in_dims=in_dims)(*args),
+        vmap(ref, in_dims=in_dims)(*args),
+    )
+    _close(
+        vmap(lambda a, b, d: ops.rotary_embedding_backward(a, b, d, interleaved), in_dims=in_dims)(*args),
+        vmap(lambda a, b, d: ref(a, b, -d), in_dims=in_dims)(*args),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("in_dims", [(0, 0), (1, None), (None, 0), (-1, 0)])
 def test_swiglu_geglu_and_backward(in_dims, device):
-    g, u, d = _randn(3, 4, 6, device=device), _randn(3, 4, 6, device=device, seed=1), _randn(3, 4, 6, device=device,
-                                                                                          seed=2)
+    g, u, d = (
+        _randn(3, 4, 6, device=device),
+        _randn(3, 4, 6, device=device, seed=1),
+        _randn(3, 4, 6, device=device, seed=2),
+    )
     gb, ub = _batched(g, in_dims[0]), _batched(u, in_dims[1])
     _close(vmap(ops.swiglu, in_dims=in_dims)(gb, ub), vmap(lambda a, b: F.silu(a) * b, in_dims=in_dims)(gb, ub))
-    _close(vmap(lambda a, b: ops.geglu(a, b, "tanh"), in_dims=in_dims)(gb, ub),
-           vmap(lambda a, b: F.gelu(a, approximate="tanh") * b, in_dims=in_dims)(gb, ub))
+    _close(
+        vmap(lambda a, b: ops.geglu(a, b, "tanh"), in_dims=in_dims)(gb, ub),
+        vmap(lambda a, b: F.gelu(a, approximate="tanh") * b, in_dims=in_dims)(gb, ub),
+    )
     if in_dims[0] is not None:  # the one-tensor form
-        _close(vmap(ops.swiglu, in_dims=in_dims[:1])(gb), vmap(lambda a: F.silu(a[..., :3]) * a[..., 3:],
-                                                               in_dims=in_dims[:1])(gb))
+        _close(
+            vmap(ops.swiglu, in_dims=in_dims[:1])(gb),
+            vmap(lambda a: F.silu(a[..., :3]) * a[..., 3:], in_dims=in_dims[:1])(gb),
+        )
     got = vmap(lambda dd, a, b: ops.glu_backward(dd, a, b, "silu"), in_dims=(0, *in_dims))(d, gb, ub)
     gf = g if in_dims[0] is not None else g[0].expand(3, 4, 6)
     uf = u if in_dims[1] is not None else u[0].expand(3, 4, 6)

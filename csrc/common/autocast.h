@@ -30,8 +30,8 @@ enum class AutocastTo { LOWER_PRECISION, FLOAT32 };
 
 template <c10::DeviceType kDevice, AutocastTo kTo>
 void autocast_boxed(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
-  const at::ScalarType to = kTo == AutocastTo::FLOAT32 ? at::kFloat
-                                                       : at::autocast::get_lower_precision_fp_from_device_type(kDevice);
+  const at::ScalarType to =
+      kTo == AutocastTo::FLOAT32 ? at::kFloat : at::autocast::get_lower_precision_fp_from_device_type(kDevice);
   const size_t n = op.schema().arguments().size();
   for (size_t i = stack->size() - n; i < stack->size(); ++i) {
     c10::IValue& v = (*stack)[i];

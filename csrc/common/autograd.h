@@ -11,10 +11,10 @@
 // so they record a graph when double backward asks.
 #pragma once
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/LegacyTypeDispatch.h>
-#include <ATen/core/grad_mode.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/edge.h>
 #include <torch/csrc/autograd/function.h>
@@ -45,12 +45,8 @@ c10::TypedOperatorHandle<Sig> find_op(const char* name) {
 
 // Whether a graph must be recorded: no autograd node (nor its saved state) is
 // built otherwise, about 0.5 us per call.
-inline bool needs_grad(const at::Tensor& t) {
-  return t.requires_grad() && at::GradMode::is_enabled();
-}
-inline bool needs_grad(const std::optional<at::Tensor>& t) {
-  return t.has_value() && needs_grad(*t);
-}
+inline bool needs_grad(const at::Tensor& t) { return t.requires_grad() && at::GradMode::is_enabled(); }
+inline bool needs_grad(const std::optional<at::Tensor>& t) { return t.has_value() && needs_grad(*t); }
 
 // A new node of type T (a torch::autograd::Node). torch 2.11 holds nodes in
 // std::shared_ptr (deleted through deleteNode, which unlinks long graphs
@@ -192,8 +188,8 @@ struct BorrowedTuple<std::tuple<Ts&...>> {
 // Members swapped for the compiled graph's proxies (tensors and symbolic sizes);
 // the others are constants of the graph, keyed by compiled_args.
 template <typename T>
-constexpr bool kSwapped = std::is_same_v<T, SavedVariable> || std::is_same_v<T, c10::SymInt> ||
-                          std::is_same_v<T, std::vector<c10::SymInt>>;
+constexpr bool kSwapped =
+    std::is_same_v<T, SavedVariable> || std::is_same_v<T, c10::SymInt> || std::is_same_v<T, std::vector<c10::SymInt>>;
 
 // How a member travels to the functional: a SavedVariable as an optional tensor.
 template <typename T>
@@ -217,8 +213,7 @@ struct FunctionalNode : torch::autograd::Node {
     auto members = self().state();
     auto values = std::apply(
         [&](auto&... m) {
-          return typename functional_node_detail::BorrowedTuple<decltype(members)>::type{
-              unpack_member(dispatch, m)...};
+          return typename functional_node_detail::BorrowedTuple<decltype(members)>::type{unpack_member(dispatch, m)...};
         },
         members);
     return call_backward(grads, needs_input_grad(), values);
@@ -244,13 +239,13 @@ struct FunctionalNode : torch::autograd::Node {
     packed.pack(needs_input_grad());
     const auto& py = torch::dynamo::autograd::getPyCompilerInterface();
     // Bound once per process and Node type: the schema depends on the type only.
-    static const std::string fn_name = py->bind_function(saved.get_py_compiler(), Derived::kFunctional,
-                                                         &FunctionalNode::functional, schema());
-    const auto metadata = torch::dynamo::autograd::IValuePacker<
-        std::vector<std::optional<torch::autograd::InputMetadata>>>::pack(torch::dynamo::autograd::
-                                                                               get_input_metadata(next_edges()));
-    auto results = py->call_function(saved.get_py_compiler(), "apply_functional", fn_name, grads, packed.vec(),
-                                     metadata);
+    static const std::string fn_name =
+        py->bind_function(saved.get_py_compiler(), Derived::kFunctional, &FunctionalNode::functional, schema());
+    const auto metadata =
+        torch::dynamo::autograd::IValuePacker<std::vector<std::optional<torch::autograd::InputMetadata>>>::pack(
+            torch::dynamo::autograd::get_input_metadata(next_edges()));
+    auto results =
+        py->call_function(saved.get_py_compiler(), "apply_functional", fn_name, grads, packed.vec(), metadata);
     std::apply([&](auto&... m) { (swap_after(saved, m), ...); }, members);
     return results;
   }

@@ -13,9 +13,7 @@
 namespace teachcompute_ext {
 
 // "torch.float32", as a Python user writes it (c10 would print "Float").
-inline std::string dtype_name(c10::ScalarType t) {
-  return "torch." + std::string(c10::getDtypeNames(t).first);
-}
+inline std::string dtype_name(c10::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
 
 inline bool is_supported_float(c10::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -23,8 +21,8 @@ inline bool is_supported_float(c10::ScalarType t) {
 
 // The four floating dtypes every op of this package supports.
 inline void check_float_dtype(const char* op, const char* arg, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), "teachcompute_ext.", op,
-                   ": unsupported dtype ", dtype_name(t.scalar_type()), " for argument '", arg,
+  TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), "teachcompute_ext.", op, ": unsupported dtype ",
+                   dtype_name(t.scalar_type()), " for argument '", arg,
                    "' (expected float32, float64, float16 or bfloat16)");
 }
 

@@ -16,12 +16,12 @@
 // the kernel stops with a device-side assert, which the host sees as an error
 // at its next synchronization. No host synchronization is added, so the CPU
 // and CUDA paths refuse the same inputs without slowing the good ones.
-#define TCE_DEVICE_CHECK(cond, ...)                                                      \
-  do {                                                                                   \
-    if (!(cond)) {                                                                       \
-      printf(__VA_ARGS__);                                                               \
-      __assert_fail(#cond, __FILE__, static_cast<unsigned int>(__LINE__), __func__);     \
-    }                                                                                    \
+#define TCE_DEVICE_CHECK(cond, ...)                                                  \
+  do {                                                                               \
+    if (!(cond)) {                                                                   \
+      printf(__VA_ARGS__);                                                           \
+      __assert_fail(#cond, __FILE__, static_cast<unsigned int>(__LINE__), __func__); \
+    }                                                                                \
   } while (0)
 
 namespace teachcompute_ext::cuda {
@@ -46,9 +46,7 @@ inline int64_t misaligned_head(const T* p, int64_t n) {
   return head < n ? head : n;
 }
 
-inline __host__ __device__ bool aligned16(const void* p) {
-  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
-}
+inline __host__ __device__ bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 // Calls f(value, index) for p[i], i = tid, tid + nthreads, ... < n, reading
 // 16-byte packs when p is 16-byte aligned (a quarter of the load instructions
@@ -97,13 +95,9 @@ __device__ __forceinline__ void map_packed(const T* __restrict__ a, const T* __r
 template <typename T>
 using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-inline int sm_count() {
-  return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-}
+inline int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
-inline int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Blocks of `threads` for `work` items in a grid-stride loop, capped at
 // blocks_per_sm per SM: the kernel loops over the rest.

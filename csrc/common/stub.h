@@ -55,8 +55,7 @@ struct KernelStub<R(Args...)> {
         case CpuIsa::AVX2:
           if (cpu_avx2) return cpu_avx2;
           [[fallthrough]];
-        default:
-          return cpu_default;
+        default: return cpu_default;
       }
     }
     TORCH_CHECK(device == c10::DeviceType::CUDA && cuda != nullptr, "teachcompute_ext: kernel ", name,
@@ -67,18 +66,18 @@ struct KernelStub<R(Args...)> {
 };
 
 // The CPU kernel in every ISA namespace and the CUDA one, declared for the stub.
-#define TCE_DECLARE_KERNEL(Sig, name)     \
-  namespace DEFAULT {                     \
-  Sig name;                               \
-  }                                       \
-  namespace AVX2 {                        \
-  Sig name;                               \
-  }                                       \
-  namespace AVX512 {                      \
-  Sig name;                               \
-  }                                       \
-  namespace cuda_kernels {                \
-  Sig name;                               \
+#define TCE_DECLARE_KERNEL(Sig, name) \
+  namespace DEFAULT {                 \
+  Sig name;                           \
+  }                                   \
+  namespace AVX2 {                    \
+  Sig name;                           \
+  }                                   \
+  namespace AVX512 {                  \
+  Sig name;                           \
+  }                                   \
+  namespace cuda_kernels {            \
+  Sig name;                           \
   }
 
 #ifdef TEACHCOMPUTE_EXT_WITH_CUDA
@@ -88,8 +87,9 @@ struct KernelStub<R(Args...)> {
 #endif
 
 // The stub of a kernel declared with TCE_DECLARE_KERNEL: constant-initialized.
-#define TCE_DEFINE_STUB(stub, name)                                                                     \
-  constinit const KernelStub<std::remove_pointer_t<decltype(&DEFAULT::name)>> stub{                    \
-      #name, &DEFAULT::name, TCE_ISA_PTR_AVX2(name), TCE_ISA_PTR_AVX512(name), TCE_CUDA_PTR(name)}
+#define TCE_DEFINE_STUB(stub, name)                                                             \
+  constinit const KernelStub<std::remove_pointer_t<decltype(&DEFAULT::name)>> stub {            \
+    #name, &DEFAULT::name, TCE_ISA_PTR_AVX2(name), TCE_ISA_PTR_AVX512(name), TCE_CUDA_PTR(name) \
+  }
 
 }  // namespace teachcompute_ext

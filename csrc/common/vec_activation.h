@@ -17,9 +17,9 @@ namespace teachcompute_ext {
 namespace CPU_CAPABILITY {
 
 // The constants of torch's gelu (approximate="tanh") and of the erf form.
-constexpr double kSqrt1_2 = 0.70710678118654752440;   // 1 / sqrt(2)
+constexpr double kSqrt1_2 = 0.70710678118654752440;     // 1 / sqrt(2)
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;  // 1 / sqrt(2 pi)
-constexpr double kBeta = 0.79788456080286535588;      // sqrt(2 / pi)
+constexpr double kBeta = 0.79788456080286535588;        // sqrt(2 / pi)
 constexpr double kKappa = 0.044715;
 
 // erf for gelu. float32: at::vec's own formula (Abramowitz-Stegun 7.1.26,
@@ -49,18 +49,14 @@ template <typename V>
 inline V act_forward(const V& v, Act act) {
   using A = typename V::value_type;
   switch (act) {
-    case Act::Relu:
-      return at::vec::clamp_min(v, V(A(0)));
-    case Act::Gelu:
-      return V(A(0.5)) * v * (V(A(1)) + gelu_erf(v * V(A(kSqrt1_2))));
+    case Act::Relu: return at::vec::clamp_min(v, V(A(0)));
+    case Act::Gelu: return V(A(0.5)) * v * (V(A(1)) + gelu_erf(v * V(A(kSqrt1_2))));
     case Act::GeluTanh: {
       const V inner = V(A(kBeta)) * (v + V(A(kKappa)) * v * v * v);
       return V(A(0.5)) * v * (V(A(1)) + inner.tanh());
     }
-    case Act::Silu:
-      return v / (V(A(1)) + v.neg().exp_u20());
-    default:
-      return v;
+    case Act::Silu: return v / (V(A(1)) + v.neg().exp_u20());
+    default: return v;
   }
 }
 
@@ -70,8 +66,7 @@ template <typename V>
 inline V act_backward(const V& g, const V& v, Act act) {
   using A = typename V::value_type;
   switch (act) {
-    case Act::Relu:
-      return V::blendv(V(A(0)), g, v > V(A(0)));
+    case Act::Relu: return V::blendv(V(A(0)), g, v > V(A(0)));
     case Act::Gelu: {
       const V cdf = V(A(0.5)) * (V(A(1)) + gelu_erf(v * V(A(kSqrt1_2))));
       const V pdf = (V(A(-0.5)) * v * v).exp() * V(A(kInvSqrt2Pi));
@@ -88,8 +83,7 @@ inline V act_backward(const V& g, const V& v, Act act) {
       const V s = V(A(1)) / (V(A(1)) + v.neg().exp_u20());
       return g * s * (V(A(1)) + v * (V(A(1)) - s));
     }
-    default:
-      return g;
+    default: return g;
   }
 }
 
@@ -119,9 +113,7 @@ inline void act_and_derivative(const V& v, Act act, V& f, V& df) {
       df = s * (V(A(1)) + v * (V(A(1)) - s));
       return;
     }
-    default:
-      f = act_forward(v, act);
-      df = act_backward(V(A(1)), v, act);
+    default: f = act_forward(v, act); df = act_backward(V(A(1)), v, act);
   }
 }
 

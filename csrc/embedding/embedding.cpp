@@ -59,8 +59,7 @@ at::Tensor embedding_backward(const at::Tensor& grad, const at::Tensor& indices,
 std::tuple<at::Tensor, at::Tensor> embedding_bag_forward(const at::Tensor& weight, const at::Tensor& indices,
                                                          const std::optional<at::Tensor>& offsets,
                                                          c10::string_view mode, const std::optional<at::Tensor>& psw,
-                                                         std::optional<int64_t> padding_idx,
-                                                         bool include_last_offset) {
+                                                         std::optional<int64_t> padding_idx, bool include_last_offset) {
   const char* op = "embedding_bag";
   const BagArgs args = check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset);
   const at::OptionalDeviceGuard guard(at::device_of(weight));
@@ -77,13 +76,10 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_forward(const at::Tensor& weigh
   return {out, argmax};
 }
 
-std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad, const at::Tensor& weight,
-                                                          const at::Tensor& indices,
-                                                          const std::optional<at::Tensor>& offsets,
-                                                          const at::Tensor& max_indices, c10::string_view mode,
-                                                          const std::optional<at::Tensor>& psw,
-                                                          std::optional<int64_t> padding_idx,
-                                                          bool include_last_offset) {
+std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(
+    const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices,
+    const std::optional<at::Tensor>& offsets, const at::Tensor& max_indices, c10::string_view mode,
+    const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx, bool include_last_offset) {
   const char* op = "embedding_bag_backward";
   check_float_dtype(op, "grad", grad);
   const BagArgs args = check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset);
@@ -93,8 +89,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad
               ": argument 'grad' has shape ", grad.sizes(), " but the bags have shape [", args.bags, ", ", dim, "]");
   if (args.mode == BagMode::MAX) {
     check_same_device(op, "max_indices", max_indices, "weight", weight);
-    TORCH_CHECK(max_indices.scalar_type() == at::kLong && max_indices.sizes() == grad.sizes(), "teachcompute_ext.",
-                op, ": argument 'max_indices' must be int64 of shape ", grad.sizes(), " (the forward's argmax), got ",
+    TORCH_CHECK(max_indices.scalar_type() == at::kLong && max_indices.sizes() == grad.sizes(), "teachcompute_ext.", op,
+                ": argument 'max_indices' must be int64 of shape ", grad.sizes(), " (the forward's argmax), got ",
                 dtype_name(max_indices.scalar_type()), " of shape ", max_indices.sizes());
   }
   const at::OptionalDeviceGuard guard(at::device_of(weight));

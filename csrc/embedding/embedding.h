@@ -62,13 +62,14 @@ inline int64_t bag_count(const at::Tensor& indices, const std::optional<at::Tens
                 ": 'offsets' must be None when 'indices' is 2-D (fixed-length bags), got shape ", indices.sizes());
     bags = indices.size(0);
   } else {
-    TORCH_CHECK(indices.dim() == 1, "teachcompute_ext.", op, ": 'indices' must be 1-D (with offsets) or 2-D, got shape ",
-                indices.sizes());
+    TORCH_CHECK(indices.dim() == 1, "teachcompute_ext.", op,
+                ": 'indices' must be 1-D (with offsets) or 2-D, got shape ", indices.sizes());
     TORCH_CHECK(offsets.has_value(), "teachcompute_ext.", op, ": 'offsets' is required when 'indices' is 1-D");
     check_indices(op, *offsets, "offsets");
     TORCH_CHECK(offsets->dim() == 1, "teachcompute_ext.", op, ": 'offsets' must be 1-D, got shape ", offsets->sizes());
     bags = offsets->size(0) - (include_last_offset ? 1 : 0);
-    TORCH_CHECK(bags >= 0, "teachcompute_ext.", op, ": 'offsets' is empty but include_last_offset=True needs at least one");
+    TORCH_CHECK(bags >= 0, "teachcompute_ext.", op,
+                ": 'offsets' is empty but include_last_offset=True needs at least one");
   }
   if (psw.has_value()) {
     TORCH_CHECK(mode == BagMode::SUM, "teachcompute_ext.", op,
@@ -98,9 +99,9 @@ inline BagArgs check_bag_args(const char* op, const at::Tensor& weight, const at
   const BagMode mode = parse_bag_mode(mode_s);
   const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset);
   if (psw.has_value()) {
-    TORCH_CHECK_TYPE(psw->scalar_type() == weight.scalar_type(), "teachcompute_ext.embedding_bag: ",
-                     "'per_sample_weights' has dtype ", dtype_name(psw->scalar_type()), " but 'weight' has dtype ",
-                     dtype_name(weight.scalar_type()));
+    TORCH_CHECK_TYPE(psw->scalar_type() == weight.scalar_type(),
+                     "teachcompute_ext.embedding_bag: ", "'per_sample_weights' has dtype ",
+                     dtype_name(psw->scalar_type()), " but 'weight' has dtype ", dtype_name(weight.scalar_type()));
   }
   return {mode, bags, wrap_padding_idx(op, padding_idx, weight.size(0))};
 }

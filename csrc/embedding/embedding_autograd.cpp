@@ -67,8 +67,8 @@ struct BagBackward : FunctionalNode<BagBackward> {
     at::Tensor gw, gpsw;
     // The weight gradient does not depend on the weight; the psw gradient does.
     if (backward_needs_graph(grads[0], psw, psw.defined() ? weight : at::Tensor())) {
-      std::tie(gw, gpsw) = graph_backward(grads[0], weight, indices, offsets, argmax, psw, mode, padding_idx,
-                                          include_last_offset);
+      std::tie(gw, gpsw) =
+          graph_backward(grads[0], weight, indices, offsets, argmax, psw, mode, padding_idx, include_last_offset);
     } else {
       std::tie(gw, gpsw) = op.call(grads[0], weight, indices, optional(offsets), argmax, mode, optional(psw),
                                    padding_idx, include_last_offset);
@@ -120,8 +120,7 @@ struct BagBackward : FunctionalNode<BagBackward> {
   }
 };
 
-at::Tensor embedding_autograd(const at::Tensor& weight, const at::Tensor& indices,
-                              std::optional<int64_t> padding_idx) {
+at::Tensor embedding_autograd(const at::Tensor& weight, const at::Tensor& indices, std::optional<int64_t> padding_idx) {
   reject_forward_ad("embedding", weight);
   at::Tensor out;
   {

@@ -12,8 +12,8 @@
 #include <ATen/Parallel.h>
 
 #include <cstring>
-#include <memory>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "common/grain.h"
@@ -93,8 +93,8 @@ std::vector<int64_t> bag_bounds(const char* op, const at::Tensor& indices, const
     TORCH_CHECK_VALUE(o[0] == 0, "teachcompute_ext.", op, ": offsets[0] must be 0, got ", o[0]);
   }
   for (size_t i = 1; i < o.size(); ++i) {
-    TORCH_CHECK_VALUE(o[i] >= o[i - 1], "teachcompute_ext.", op, ": 'offsets' must be non-decreasing, got offsets[",
-                      i, "] = ", o[i], " after offsets[", i - 1, "] = ", o[i - 1]);
+    TORCH_CHECK_VALUE(o[i] >= o[i - 1], "teachcompute_ext.", op, ": 'offsets' must be non-decreasing, got offsets[", i,
+                      "] = ", o[i], " after offsets[", i - 1, "] = ", o[i - 1]);
   }
   for (size_t i = 0; i < o.size(); ++i) {
     TORCH_CHECK_VALUE(o[i] <= n, "teachcompute_ext.", op, ": offsets[", i, "] = ", o[i],
@@ -115,8 +115,9 @@ struct BagPlan {
   Buf bag_of;                   // bag of each position, -1 when it counts for none (backward only)
 };
 
-BagPlan plan_bags(const char* op, const at::Tensor& weight, const at::Tensor& indices, const std::optional<at::Tensor>& offsets,
-                  int64_t bags, int64_t padding, bool include_last_offset, bool need_bag_of) {
+BagPlan plan_bags(const char* op, const at::Tensor& weight, const at::Tensor& indices,
+                  const std::optional<at::Tensor>& offsets, int64_t bags, int64_t padding, bool include_last_offset,
+                  bool need_bag_of) {
   BagPlan p;
   p.rows = checked_rows(op, indices, weight.size(0));
   const int64_t n = p.rows.size();
@@ -314,8 +315,9 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& g, con
             const int64_t r = ap[b * dim + c];
             TORCH_CHECK_INDEX(r >= -1 && r < num, "teachcompute_ext.embedding_bag_backward: max_indices entry ", r,
                               " out of range for a weight with ", num, " rows (-1: an empty bag)");
-            if (r >= 0) wp[r * dim + c] = static_cast<scalar_t>(static_cast<A>(wp[r * dim + c]) +
-                                                                static_cast<A>(gp[b * dim + c]));
+            if (r >= 0)
+              wp[r * dim + c] =
+                  static_cast<scalar_t>(static_cast<A>(wp[r * dim + c]) + static_cast<A>(gp[b * dim + c]));
           }
         }
       });

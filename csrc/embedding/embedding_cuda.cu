@@ -23,11 +23,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-int64_t grid_for(int64_t work) {
-  return cuda::capped_grid(work, kThreads);
-}
+int64_t grid_for(int64_t work) { return cuda::capped_grid(work, kThreads); }
 
-#define TCE_GRID_LOOP(i, n)                                                                         \
+#define TCE_GRID_LOOP(i, n)                                                            \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * kThreads)
 
@@ -53,9 +51,8 @@ __device__ __forceinline__ void check_index(int64_t r, int64_t num, int64_t i, E
 // Every index in [0, num) and, with offsets, offsets[0] == 0, offsets
 // non-decreasing and none past n: the checks of the CPU path (bag_bounds).
 template <typename index_t>
-__global__ void __launch_bounds__(kThreads)
-    validate_kernel(const index_t* __restrict__ idx, int64_t n, int64_t num, const int64_t* __restrict__ off,
-                    int64_t noff, EmbOp op) {
+__global__ void __launch_bounds__(kThreads) validate_kernel(const index_t* __restrict__ idx, int64_t n, int64_t num,
+                                                            const int64_t* __restrict__ off, int64_t noff, EmbOp op) {
   const int64_t work = n > noff ? n : noff;
   TCE_GRID_LOOP(i, work) {
     if (i < n) check_index(static_cast<int64_t>(idx[i]), num, i, op);
@@ -66,18 +63,18 @@ __global__ void __launch_bounds__(kThreads)
       TCE_DEVICE_CHECK(i == 0 || o >= off[i - 1],
                        "teachcompute_ext.%s: 'offsets' must be non-decreasing, got offsets[%lld] = %lld after "
                        "offsets[%lld] = %lld\n",
-                       op_name(op), static_cast<long long>(i), static_cast<long long>(o),
-                       static_cast<long long>(i - 1), static_cast<long long>(i > 0 ? off[i - 1] : 0));
-      TCE_DEVICE_CHECK(o <= n, "teachcompute_ext.%s: offsets[%lld] = %lld is past the end of 'indices' (%lld entries)\n",
+                       op_name(op), static_cast<long long>(i), static_cast<long long>(o), static_cast<long long>(i - 1),
+                       static_cast<long long>(i > 0 ? off[i - 1] : 0));
+      TCE_DEVICE_CHECK(o <= n,
+                       "teachcompute_ext.%s: offsets[%lld] = %lld is past the end of 'indices' (%lld entries)\n",
                        op_name(op), static_cast<long long>(i), static_cast<long long>(o), static_cast<long long>(n));
     }
   }
 }
 
 template <typename T, typename index_t>
-__global__ void __launch_bounds__(kThreads)
-    gather_kernel(const T* __restrict__ w, const index_t* __restrict__ idx, T* __restrict__ out, int64_t n,
-                  int64_t num, int64_t dim) {
+__global__ void __launch_bounds__(kThreads) gather_kernel(const T* __restrict__ w, const index_t* __restrict__ idx,
+                                                          T* __restrict__ out, int64_t n, int64_t num, int64_t dim) {
   TCE_GRID_LOOP(t, n * dim) {
     const int64_t i = t / dim, c = t % dim, r = static_cast<int64_t>(idx[i]);
     check_index(r, num, i, EmbOp::EMBEDDING);
@@ -102,8 +99,8 @@ struct BagBounds {
 template <typename T, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     bag_kernel(const T* __restrict__ w, const index_t* __restrict__ idx, const int64_t* __restrict__ off,
-               const T* __restrict__ psw, BagBounds bb, int64_t dim, BagMode mode, int64_t padding,
-               T* __restrict__ out, int64_t* __restrict__ argmax) {
+               const T* __restrict__ psw, BagBounds bb, int64_t dim, BagMode mode, int64_t padding, T* __restrict__ out,
+               int64_t* __restrict__ argmax) {
   using A = cuda::acc_type<T>;
   TCE_GRID_LOOP(t, bb.bags * dim) {
     const int64_t b = t / dim, c = t % dim;
@@ -138,9 +135,8 @@ __global__ void __launch_bounds__(kThreads)
 // with padding, the count of each bag.
 template <typename index_t>
 __global__ void __launch_bounds__(kThreads)
-    positions_kernel(const index_t* __restrict__ idx, const int64_t* __restrict__ off, BagBounds bb,
-                     int64_t padding, int64_t* __restrict__ bag_of, int64_t* __restrict__ dest,
-                     int* __restrict__ counts) {
+    positions_kernel(const index_t* __restrict__ idx, const int64_t* __restrict__ off, BagBounds bb, int64_t padding,
+                     int64_t* __restrict__ bag_of, int64_t* __restrict__ dest, int* __restrict__ counts) {
   TCE_GRID_LOOP(i, bb.n) {
     int64_t b;
     if (!off) {
@@ -149,8 +145,10 @@ __global__ void __launch_bounds__(kThreads)
       int64_t lo = 0, hi = bb.bags;  // the last bag whose start is <= i
       while (hi - lo > 1) {
         const int64_t mid = (lo + hi) / 2;
-        if (off[mid] <= i) lo = mid;
-        else hi = mid;
+        if (off[mid] <= i)
+          lo = mid;
+        else
+          hi = mid;
       }
       b = lo;
       // Empty bags share a start: lo is the last of them, the one that holds i.
@@ -203,9 +201,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // max: (bag, column) sends its gradient to (argmax row, column) of gw viewed as [num * dim, 1].
-__global__ void __launch_bounds__(kThreads)
-    max_dest_kernel(const int64_t* __restrict__ argmax, int64_t total, int64_t dim, int64_t num,
-                    int64_t* __restrict__ dest) {
+__global__ void __launch_bounds__(kThreads) max_dest_kernel(const int64_t* __restrict__ argmax, int64_t total,
+                                                            int64_t dim, int64_t num, int64_t* __restrict__ dest) {
   TCE_GRID_LOOP(t, total) {
     const int64_t r = argmax[t];
     TCE_DEVICE_CHECK(r >= -1 && r < num,
@@ -304,14 +301,13 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& grad, 
   const int64_t n = bb.n;
   // The checks of the forward, in the backward too (max mode included): the
   // CPU backward raises on the same inputs.
-  AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_backward_cuda_validate", [&] {
-    validate<index_t>(in.indices, num, off, EmbOp::BAG_BACKWARD);
-  });
+  AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_backward_cuda_validate",
+                          [&] { validate<index_t>(in.indices, num, off, EmbOp::BAG_BACKWARD); });
   if (in.args.mode == BagMode::MAX) {
     const int64_t total = max_indices.numel();
     at::Tensor dest = at::empty({total}, max_indices.options());
     max_dest_kernel<<<grid_for(total), kThreads, 0, stream>>>(max_indices.const_data_ptr<int64_t>(), total, dim, num,
-                                                             dest.mutable_data_ptr<int64_t>());
+                                                              dest.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     at::Tensor gw1 = gw.view({num * dim, 1});
     scatter_rows(gw1, dest, grad.view({total, 1}), at::Tensor(), at::Tensor(), ScatterReduction::ADD);

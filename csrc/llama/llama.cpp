@@ -75,8 +75,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward(const char* op, cons
   }
   at::Tensor out2 = out.view({-1, D}), h2 = residual != nullptr ? h.view({-1, D}) : at::Tensor();
   at::Tensor rstd1 = rstd.view({-1});
-  rms_norm_stub(x.device().type(), row_view(x, D), residual != nullptr ? row_view(*residual, D) : at::Tensor(), w,
-                eps, out2, h2, rstd1);
+  rms_norm_stub(x.device().type(), row_view(x, D), residual != nullptr ? row_view(*residual, D) : at::Tensor(), w, eps,
+                out2, h2, rstd1);
   return {out, h, rstd};
 }
 
@@ -189,9 +189,9 @@ at::Tensor rotary_impl(const char* op, const at::Tensor& input, const at::Tensor
   check_shape_eq(op, "sin", sin_in, "cos", cos_in);
   TORCH_CHECK(input.dim() >= 1, "teachcompute_ext.", op, ": argument '", xname,
               "' must have at least 1 dim [..., head_dim] (got a 0-d tensor)");
-  TORCH_CHECK(cos_in.dim() >= 1 && cos_in.dim() <= input.dim(), "teachcompute_ext.", op,
-              ": argument 'cos' has shape ", cos_in.sizes(), ", which cannot broadcast to ", xname, "'s shape ",
-              input.sizes(), " (expected [..., rotary_dim / 2] with at most ", input.dim(), " dims)");
+  TORCH_CHECK(cos_in.dim() >= 1 && cos_in.dim() <= input.dim(), "teachcompute_ext.", op, ": argument 'cos' has shape ",
+              cos_in.sizes(), ", which cannot broadcast to ", xname, "'s shape ", input.sizes(),
+              " (expected [..., rotary_dim / 2] with at most ", input.dim(), " dims)");
   const int64_t half = cos_in.size(-1), head_dim = input.size(-1);
   TORCH_CHECK(2 * half <= head_dim, "teachcompute_ext.", op, ": rotary_dim ", 2 * half,
               " (twice the last dim of 'cos') is larger than head_dim ", head_dim, " (", xname, "'s last dim)");
@@ -255,8 +255,8 @@ std::pair<at::Tensor, at::Tensor> glu_operands(const char* op, const at::Tensor&
   }
   TORCH_CHECK(gate.dim() >= 1, "teachcompute_ext.", op,
               ": argument 'gate' must have at least 1 dim when 'up' is None (got a 0-d tensor)");
-  TORCH_CHECK(gate.size(-1) % 2 == 0, "teachcompute_ext.", op, ": argument 'gate' has an odd last dim ",
-              gate.size(-1), " (with 'up' None, gate is [..., 2 * I], split in two halves)");
+  TORCH_CHECK(gate.size(-1) % 2 == 0, "teachcompute_ext.", op, ": argument 'gate' has an odd last dim ", gate.size(-1),
+              " (with 'up' None, gate is [..., 2 * I], split in two halves)");
   const int64_t I = gate.size(-1) / 2;
   if (gate.numel() == 0) return {at::Tensor(), at::Tensor()};
   const at::Tensor both = row_view(gate, 2 * I);

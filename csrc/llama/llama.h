@@ -39,9 +39,9 @@ inline void check_shape_eq(const char* op, const char* arg, const at::Tensor& t,
 
 inline void check_dtype_eq(const char* op, const char* arg, const at::Tensor& t, const char* ref_arg,
                            const at::Tensor& ref) {
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "teachcompute_ext.", op, ": argument '", arg,
-                   "' has dtype ", dtype_name(t.scalar_type()), " but '", ref_arg, "' has dtype ",
-                   dtype_name(ref.scalar_type()), " (expected the same dtype)");
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "teachcompute_ext.", op, ": argument '", arg, "' has dtype ",
+                   dtype_name(t.scalar_type()), " but '", ref_arg, "' has dtype ", dtype_name(ref.scalar_type()),
+                   " (expected the same dtype)");
 }
 
 // ---- rms_norm / add_rms_norm ---------------------------------------------------------
@@ -52,21 +52,19 @@ inline void check_dtype_eq(const char* op, const char* arg, const at::Tensor& t,
 inline void check_rms_norm(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& weight, double eps) {
   check_float_dtype(op, "x", x);
   TORCH_CHECK(x.dim() >= 1, "teachcompute_ext.", op, ": argument 'x' must have at least 1 dim (got a 0-d tensor)");
-  TORCH_CHECK_VALUE(eps > 0 && std::isfinite(eps), "teachcompute_ext.", op, ": argument 'eps' must be > 0 (got ",
-                    eps, ")");
+  TORCH_CHECK_VALUE(eps > 0 && std::isfinite(eps), "teachcompute_ext.", op, ": argument 'eps' must be > 0 (got ", eps,
+                    ")");
   if (weight.has_value()) {
     check_float_dtype(op, "weight", *weight);
     check_same_device(op, "weight", *weight, "x", x);
     TORCH_CHECK(weight->dim() == 1 && weight->size(0) == x.size(-1), "teachcompute_ext.", op,
-                ": argument 'weight' has shape ", weight->sizes(), " but x's last dim is ", x.size(-1),
-                " (expected [", x.size(-1), "])");
+                ": argument 'weight' has shape ", weight->sizes(), " but x's last dim is ", x.size(-1), " (expected [",
+                x.size(-1), "])");
   }
 }
 
 // The accumulator dtype of x: the dtype of rstd and of the widened weight.
-inline at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // x, residual: [R, D] row views (residual undefined for rms_norm). weight:
 // undefined, or [D] contiguous of x's dtype or of its accumulator dtype.
@@ -93,7 +91,8 @@ void with_weight_type(const at::Tensor& weight, F f) {
     f(static_cast<const T*>(nullptr));
     return;
   }
-  TORCH_INTERNAL_ASSERT(weight.scalar_type() == c10::CppTypeToScalarType<A>::value, "rms_norm: unexpected weight dtype");
+  TORCH_INTERNAL_ASSERT(weight.scalar_type() == c10::CppTypeToScalarType<A>::value,
+                        "rms_norm: unexpected weight dtype");
   if constexpr (!std::is_same_v<A, T>) f(static_cast<const A*>(nullptr));
 }
 

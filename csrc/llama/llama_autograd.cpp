@@ -6,8 +6,8 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/gelu_backward.h>
-#include <ATen/ops/silu.h>
 #include <ATen/ops/sigmoid.h>
+#include <ATen/ops/silu.h>
 #include <ATen/ops/slice.h>
 
 #include <array>
@@ -184,8 +184,7 @@ at::Tensor glu_autograd(const at::Tensor& gate, const OptTensor& up, const char*
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> rms_norm_forward_autograd(const at::Tensor& x, const OptTensor& weight,
-                                                             double eps) {
+std::tuple<at::Tensor, at::Tensor> rms_norm_forward_autograd(const at::Tensor& x, const OptTensor& weight, double eps) {
   reject_forward_ad("rms_norm", x, weight);
   at::Tensor out, rstd;
   {

@@ -33,9 +33,9 @@ constexpr int kNormThreads = 256;
 
 template <typename T, typename W>
 __global__ void __launch_bounds__(kNormThreads)
-    rms_norm_fwd(const T* __restrict__ x, int64_t ldx, const T* __restrict__ res, int64_t ldr,
-                 const W* __restrict__ w, acc_type<T> eps, T* __restrict__ out, T* __restrict__ h,
-                 acc_type<T>* __restrict__ rstd, int64_t R, int64_t D) {
+    rms_norm_fwd(const T* __restrict__ x, int64_t ldx, const T* __restrict__ res, int64_t ldr, const W* __restrict__ w,
+                 acc_type<T> eps, T* __restrict__ out, T* __restrict__ h, acc_type<T>* __restrict__ rstd, int64_t R,
+                 int64_t D) {
   using A = acc_type<T>;
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
     const T* xr = x + r * ldx;
@@ -67,10 +67,9 @@ __global__ void __launch_bounds__(kNormThreads)
 // gradient partial into part[g * D, (g + 1) * D) when part is not null.
 template <typename T, typename W>
 __global__ void __launch_bounds__(kNormThreads)
-    rms_norm_bwd(const T* __restrict__ g, int64_t ldg, const T* __restrict__ x, int64_t ldx,
-                 const W* __restrict__ w, const acc_type<T>* __restrict__ rstd, const T* __restrict__ gadd,
-                 int64_t lda, T* __restrict__ gx, acc_type<T>* __restrict__ part, int64_t R, int64_t D, int64_t per,
-                 int64_t groups) {
+    rms_norm_bwd(const T* __restrict__ g, int64_t ldg, const T* __restrict__ x, int64_t ldx, const W* __restrict__ w,
+                 const acc_type<T>* __restrict__ rstd, const T* __restrict__ gadd, int64_t lda, T* __restrict__ gx,
+                 acc_type<T>* __restrict__ part, int64_t R, int64_t D, int64_t per, int64_t groups) {
   using A = acc_type<T>;
   for (int64_t gi = blockIdx.x; gi < groups; gi += gridDim.x) {
     A* pr = part != nullptr ? part + gi * D : nullptr;
@@ -107,8 +106,8 @@ __global__ void __launch_bounds__(kNormThreads)
 
 // gw[j] = sum over groups of part[g][j], groups in order.
 template <typename A>
-__global__ void __launch_bounds__(256) sum_partials(const A* __restrict__ part, A* __restrict__ gw, int64_t groups,
-                                                   int64_t D) {
+__global__ void __launch_bounds__(256)
+    sum_partials(const A* __restrict__ part, A* __restrict__ gw, int64_t groups, int64_t D) {
   for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < D; j += int64_t(gridDim.x) * blockDim.x) {
     A s = 0;
     for (int64_t gi = 0; gi < groups; ++gi) s += part[gi * D + j];
@@ -191,8 +190,7 @@ void rms_norm_kernel(const at::Tensor& x, const at::Tensor& residual, const at::
     with_weight_type<scalar_t>(weight, [&](auto wtag) {
       using W = std::remove_const_t<std::remove_pointer_t<decltype(wtag)>>;
       rms_norm_fwd<scalar_t, W><<<cuda::capped_grid(R, 1, 32), kNormThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), x.stride(0),
-          residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
+          x.const_data_ptr<scalar_t>(), x.stride(0), residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr,
           residual.defined() ? residual.stride(0) : 0, weight.defined() ? weight.const_data_ptr<W>() : nullptr,
           static_cast<A>(eps), out.mutable_data_ptr<scalar_t>(), h.defined() ? h.mutable_data_ptr<scalar_t>() : nullptr,
           rstd.mutable_data_ptr<A>(), R, D);
@@ -210,8 +208,8 @@ void rms_norm_backward_kernel(const at::Tensor& grad, const at::Tensor& x, const
   const int64_t groups = (R + per - 1) / per;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rms_norm_backward", [&] {
     using A = acc_type<scalar_t>;
-    at::Tensor part = gw.defined() ? at::empty({groups, D}, x.options().dtype(c10::CppTypeToScalarType<A>::value))
-                                   : at::Tensor();
+    at::Tensor part =
+        gw.defined() ? at::empty({groups, D}, x.options().dtype(c10::CppTypeToScalarType<A>::value)) : at::Tensor();
     with_weight_type<scalar_t>(weight, [&](auto wtag) {
       using W = std::remove_const_t<std::remove_pointer_t<decltype(wtag)>>;
       rms_norm_bwd<scalar_t, W><<<cuda::capped_grid(groups, 1, 32), kNormThreads, 0, stream>>>(

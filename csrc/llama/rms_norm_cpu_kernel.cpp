@@ -124,8 +124,8 @@ void forward_typed(const at::Tensor& x, const at::Tensor& residual, const at::Te
 // Rows [r0, r1): gx (when asked) and, when gw_part is not null, the sum of
 // grad * x * rstd over these rows into gw_part[0, D).
 template <typename T, typename W>
-void backward_rows(const T* g, int64_t ldg, const T* x, int64_t ldx, const W* w, const acc_t<T>* rstd,
-                   const T* gadd, int64_t lda, T* gx, acc_t<T>* gw_part, int64_t D, int64_t r0, int64_t r1) {
+void backward_rows(const T* g, int64_t ldg, const T* x, int64_t ldx, const W* w, const acc_t<T>* rstd, const T* gadd,
+                   int64_t lda, T* gx, acc_t<T>* gw_part, int64_t D, int64_t r0, int64_t r1) {
   using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t L = IO<T>::L;
@@ -217,8 +217,8 @@ void rms_norm_kernel(const at::Tensor& x, const at::Tensor& residual, const at::
                      at::Tensor& out, at::Tensor& h, at::Tensor& rstd) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rms_norm", [&] {
     with_weight_type<scalar_t>(weight, [&](auto w) {
-      forward_typed<scalar_t, std::remove_const_t<std::remove_pointer_t<decltype(w)>>>(x, residual, weight, eps, out,
-                                                                                        h, rstd);
+      forward_typed<scalar_t, std::remove_const_t<std::remove_pointer_t<decltype(w)>>>(x, residual, weight, eps, out, h,
+                                                                                       rstd);
     });
   });
 }
@@ -227,8 +227,8 @@ void rms_norm_backward_kernel(const at::Tensor& grad, const at::Tensor& x, const
                               const at::Tensor& rstd, const at::Tensor& grad_add, at::Tensor& gx, at::Tensor& gw) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rms_norm_backward", [&] {
     with_weight_type<scalar_t>(weight, [&](auto w) {
-      backward_typed<scalar_t, std::remove_const_t<std::remove_pointer_t<decltype(w)>>>(grad, x, weight, rstd,
-                                                                                         grad_add, gx, gw);
+      backward_typed<scalar_t, std::remove_const_t<std::remove_pointer_t<decltype(w)>>>(grad, x, weight, rstd, grad_add,
+                                                                                        gx, gw);
     });
   });
 }

@@ -76,8 +76,7 @@ void rotary_typed(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   T* op = out.mutable_data_ptr<T>();
   const A sign = inverse ? A(-1) : A(1);
   const int64_t nd = static_cast<int64_t>(p.sizes.size());
-  at::parallel_for(0, p.rows, grain_for(p.head_dim, kPassTaskWork), [&](int64_t r0,
-                                                                                                    int64_t r1) {
+  at::parallel_for(0, p.rows, grain_for(p.head_dim, kPassTaskWork), [&](int64_t r0, int64_t r1) {
     // The multi-index of row r0, then carried from row to row.
     std::vector<int64_t> idx(nd);
     int64_t xo = 0, oo = 0, co = 0, so = 0;
@@ -115,9 +114,8 @@ void rotary_typed(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 
 void rotary_kernel(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& out,
                    const RotaryPlan& plan, bool interleaved, bool inverse) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rotary_embedding", [&] {
-    rotary_typed<scalar_t>(x, cos, sin, out, plan, interleaved, inverse);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rotary_embedding",
+                                  [&] { rotary_typed<scalar_t>(x, cos, sin, out, plan, interleaved, inverse); });
 }
 
 }  // namespace CPU_CAPABILITY

@@ -23,9 +23,9 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/grain.h"
 #include "common/vec_activation.h"
@@ -79,8 +79,8 @@ void forward(T* y, int64_t ldy, T* pre, int64_t ldp, const T* bias, int64_t rows
 }
 
 template <typename T, Act act>
-void backward_rows(const T* g, int64_t ldg, const T* aux, int64_t lda, T* dpre, int64_t ldd, int64_t rows,
-                   int64_t cols, acc_t<T>* bias_acc) {
+void backward_rows(const T* g, int64_t ldg, const T* aux, int64_t lda, T* dpre, int64_t ldd, int64_t rows, int64_t cols,
+                   acc_t<T>* bias_acc) {
   using IOT = IO<T>;
   using V = typename IOT::V;
   using A = typename IOT::A;
@@ -138,9 +138,7 @@ constexpr int64_t kBwdRows = 64;
 constexpr double kTileMinFlops = 64.0 * 1024 * 1024;
 
 // A 2-D operand BLAS can read without a copy (one unit stride).
-at::Tensor blas_ready(const at::Tensor& t) {
-  return (t.stride(-1) == 1 || t.stride(-2) == 1) ? t : t.contiguous();
-}
+at::Tensor blas_ready(const at::Tensor& t) { return (t.stride(-1) == 1 || t.stride(-2) == 1) ? t : t.contiguous(); }
 
 }  // namespace
 
@@ -249,8 +247,8 @@ void fused_linear_backward_kernel(const at::Tensor& grad, const at::Tensor& x, c
       at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
         for (int64_t blk = b0; blk < b1; ++blk) {
           const int64_t r0 = blk * kBwdRows, nr = std::min(kBwdRows, s.m - r0);
-          void* acc = bw.want_b ? static_cast<char*>(partial.mutable_data_ptr()) + blk * N * partial.element_size()
-                                : nullptr;
+          void* acc =
+              bw.want_b ? static_cast<char*>(partial.mutable_data_ptr()) + blk * N * partial.element_size() : nullptr;
           backward<scalar_t>(gp + r0 * N, N, ap + r0 * N, N, dp ? dp + r0 * N : nullptr, N, nr, N, act, acc);
         }
       });

@@ -45,20 +45,21 @@ bool relu_epilogue_enabled() {
 
 using cuda::acc_type;
 
-#define TCE_CUBLAS_CHECK(expr)                                                                       \
-  do {                                                                                               \
-    cublasStatus_t _st = (expr);                                                                     \
-    TORCH_CHECK(_st == CUBLAS_STATUS_SUCCESS, "teachcompute_ext: cuBLASLt call ", #expr, " failed: ", \
-                cublasGetStatusString(_st));                                                         \
+#define TCE_CUBLAS_CHECK(expr)                                                           \
+  do {                                                                                   \
+    cublasStatus_t _st = (expr);                                                         \
+    TORCH_CHECK(_st == CUBLAS_STATUS_SUCCESS, "teachcompute_ext: cuBLASLt call ", #expr, \
+                " failed: ", cublasGetStatusString(_st));                                \
   } while (0)
 
 // ---- elementwise epilogues ---------------------------------------------------------------------
 
 // out = act(y + bias) over an [M, N] row-major matrix, pre = y + bias when
-// pre is not null. y may be out itself (inference: the GEMM wrote there). 16-byte packs when the row length keeps them aligned.
+// pre is not null. y may be out itself (inference: the GEMM wrote there). 16-byte packs when the row length keeps them
+// aligned.
 template <typename T>
-__global__ void __launch_bounds__(256) forward_epilogue_kernel(const T* y, const T* __restrict__ bias, T* pre, T* out,
-                                        int64_t total, int64_t n, Act act) {
+__global__ void __launch_bounds__(256)
+    forward_epilogue_kernel(const T* y, const T* __restrict__ bias, T* pre, T* out, int64_t total, int64_t n, Act act) {
   using A = acc_type<T>;
   constexpr int P = cuda::kPack16<T>;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -88,14 +89,13 @@ __global__ void __launch_bounds__(256) forward_epilogue_kernel(const T* y, const
 
 // dpre = grad * act'(aux), one read of each input and one write.
 template <typename T>
-__global__ void __launch_bounds__(256) backward_epilogue_kernel(const T* __restrict__ g, const T* __restrict__ aux, T* __restrict__ dpre,
-                                         int64_t total, Act act) {
+__global__ void __launch_bounds__(256) backward_epilogue_kernel(const T* __restrict__ g, const T* __restrict__ aux,
+                                                                T* __restrict__ dpre, int64_t total, Act act) {
   using A = acc_type<T>;
   const int nthreads = gridDim.x * blockDim.x;
   const int tid = blockIdx.x * blockDim.x + threadIdx.x;
-  cuda::map_packed(g, aux, dpre, total, tid, nthreads, [act](T gv, T av) {
-    return static_cast<T>(act_bwd(static_cast<A>(gv), static_cast<A>(av), act));
-  });
+  cuda::map_packed(g, aux, dpre, total, tid, nthreads,
+                   [act](T gv, T av) { return static_cast<T>(act_bwd(static_cast<A>(gv), static_cast<A>(av), act)); });
 }
 
 int elementwise_blocks(int64_t total) {
@@ -153,14 +153,15 @@ struct LtGemm {
     const cublasComputeType_t compute =
         dbl ? CUBLAS_COMPUTE_64F
             : (st == at::kFloat && at::globalContext().allowTF32CuBLAS() ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                           : CUBLAS_COMPUTE_32F);
+                                                                         : CUBLAS_COMPUTE_32F);
     const cudaDataType_t scale_t = dbl ? CUDA_R_64F : CUDA_R_32F;
     LtHandle<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy> desc;
     TCE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc.h, compute, scale_t));
     const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     TCE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     TCE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-    TCE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+    TCE_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
     if (bias) {
       TCE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
       TCE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
@@ -181,20 +182,20 @@ struct LtGemm {
     const at::Tensor ws = at::empty({static_cast<int64_t>(kWorkspace)}, at::TensorOptions(device).dtype(at::kByte));
     LtHandle<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy> pref;
     TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
-    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                          &kWorkspace, sizeof(kWorkspace)));
+    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
+                                                          sizeof(kWorkspace)));
     // Without these cuBLASLt assumes 256-byte aligned operands and may pick a
     // kernel that fails on a view with a storage offset (PyTorch hit this in
     // F.linear; its gemm_and_bias sets the same preferences).
     const uint32_t align_a = alignment(a), align_b = alignment(b), align_d = alignment(d);
-    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                                          &align_a, sizeof(align_a)));
-    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                                          &align_b, sizeof(align_b)));
-    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                                          &align_d, sizeof(align_d)));
-    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                                          &align_d, sizeof(align_d)));
+    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                          sizeof(align_a)));
+    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                          sizeof(align_b)));
+    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
+                                                          sizeof(align_d)));
+    TCE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
+                                                          sizeof(align_d)));
     cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
@@ -207,8 +208,8 @@ struct LtGemm {
     const void* alpha = dbl ? static_cast<const void*>(&one_d) : static_cast<const void*>(&one_f);
     const void* beta = dbl ? static_cast<const void*>(&zero_d) : static_cast<const void*>(&zero_f);
     // A refusal here leaves D untouched: the caller's fallback recomputes everything.
-    return cublasLtMatmul(handle, desc.h, alpha, a, la.h, b, lb.h, beta, d, ld.h, d, ld.h, &result.algo,
-                          ws.data_ptr(), kWorkspace, at::cuda::getCurrentCUDAStream()) == CUBLAS_STATUS_SUCCESS;
+    return cublasLtMatmul(handle, desc.h, alpha, a, la.h, b, lb.h, beta, d, ld.h, d, ld.h, &result.algo, ws.data_ptr(),
+                          kWorkspace, at::cuda::getCurrentCUDAStream()) == CUBLAS_STATUS_SUCCESS;
   }
 };
 
@@ -274,8 +275,8 @@ void fused_linear_kernel(const at::Tensor& x, const at::Tensor& weight, const at
       forward_epilogue_kernel<scalar_t><<<elementwise_blocks(total), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
           y.const_data_ptr<scalar_t>(), (!bias_done && b.defined()) ? b.const_data_ptr<scalar_t>() : nullptr,
           // pre already holds x W^T + b when the GEMM added the bias: not rewritten.
-          keep_pre && !bias_done ? pre.mutable_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
-          total, s.n, act);
+          keep_pre && !bias_done ? pre.mutable_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), total,
+          s.n, act);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

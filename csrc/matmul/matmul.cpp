@@ -112,9 +112,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward(const at::T
 
 at::Tensor fused_linear_composite(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                   c10::string_view activation) {
-  static auto op = find_op<std::tuple<at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view, bool)>(
-      "teachcompute_ext::fused_linear_forward");
+  static auto op =
+      find_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                                 c10::string_view, bool)>("teachcompute_ext::fused_linear_forward");
   // The pre-activation is kept only when a backward can follow: inference
   // writes one [M, N] tensor, not two.
   const bool grad = at::GradMode::is_enabled() &&

@@ -50,12 +50,12 @@ inline LinearShape check_linear(const char* op, const at::Tensor& x, const at::T
   TORCH_CHECK(weight.dim() == 2 || (vector_weight_ok && weight.dim() == 1), "teachcompute_ext.", op,
               ": argument 'weight' must be ", vector_weight_ok ? "1-D [in_features] or " : "",
               "2-D [out_features, in_features], got shape ", weight.sizes());
-  TORCH_CHECK(x.dim() >= 1, "teachcompute_ext.", op, ": argument 'x' must have at least 1 dim [..., in_features], got a 0-d tensor");
+  TORCH_CHECK(x.dim() >= 1, "teachcompute_ext.", op,
+              ": argument 'x' must have at least 1 dim [..., in_features], got a 0-d tensor");
   check_same(op, "weight", weight, "x", x);
   const int64_t k = weight.size(-1);
-  TORCH_CHECK(x.size(-1) == k, "teachcompute_ext.", op, ": in_features mismatch: 'x' has shape ",
-              x.sizes(), " (last dim ", x.size(-1), ") but 'weight' has shape ", weight.sizes(), " (in_features ",
-              k, ")");
+  TORCH_CHECK(x.size(-1) == k, "teachcompute_ext.", op, ": in_features mismatch: 'x' has shape ", x.sizes(),
+              " (last dim ", x.size(-1), ") but 'weight' has shape ", weight.sizes(), " (in_features ", k, ")");
   const bool vec = weight.dim() == 1;
   if (bias.has_value()) {
     check_same(op, "bias", *bias, "x", x);
@@ -104,8 +104,8 @@ struct LinearBackward {
                 grad.sizes(), " but the output has shape ", at::IntArrayRef(out_shape));
     if (act != Act::None) {
       TORCH_CHECK(aux.sizes() == grad.sizes(), "teachcompute_ext.", op, ": argument 'aux' (the saved ",
-                  act == Act::Relu ? "output" : "pre-activation", ") has shape ", aux.sizes(),
-                  " but 'grad' has shape ", grad.sizes());
+                  act == Act::Relu ? "output" : "pre-activation", ") has shape ", aux.sizes(), " but 'grad' has shape ",
+                  grad.sizes());
       check_same(op, "aux", aux, "x", x);
     }
     gx = at::empty({want_x ? s.m : 0, want_x ? s.k : 0}, x.options());
@@ -118,9 +118,7 @@ struct LinearBackward {
     }
   }
   bool done() const { return s.m == 0 || s.n == 0 || !(want_x || want_w || want_b); }
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const {
-    return {want_x ? gx.view(x_shape) : gx, gw, gb};
-  }
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const { return {want_x ? gx.view(x_shape) : gx, gw, gb}; }
 };
 
 // fused_matmul: op(a) is a, or a with its last two dims swapped. 1-D operands
@@ -130,8 +128,8 @@ struct LinearBackward {
 struct MatmulShape {
   std::vector<int64_t> batch;  // broadcast batch dims
   int64_t m, n, k;
-  bool a_vec, b_vec;           // 1-D operands
-  std::vector<int64_t> out;    // batch, then m unless a_vec, then n unless b_vec
+  bool a_vec, b_vec;         // 1-D operands
+  std::vector<int64_t> out;  // batch, then m unless a_vec, then n unless b_vec
 };
 
 inline MatmulShape check_matmul(const char* op, const at::Tensor& a, const at::Tensor& b, bool trans_a, bool trans_b) {

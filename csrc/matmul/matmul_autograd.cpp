@@ -139,9 +139,7 @@ struct FusedLinearBackward : FunctionalNode<FusedLinearBackward> {
   }
 };
 
-bool act_needs_pre(const std::string& act) {
-  return act == "gelu" || act == "gelu_tanh" || act == "silu";
-}
+bool act_needs_pre(const std::string& act) { return act == "gelu" || act == "gelu_tanh" || act == "silu"; }
 
 at::Tensor matmul_with_history(const at::Tensor& a, const at::Tensor& b, double alpha, bool ta, bool tb) {
   at::Tensor out;
@@ -183,8 +181,7 @@ std::tuple<at::Tensor, at::Tensor> linear_with_history(const at::Tensor& x, cons
   return {out, pre};
 }
 
-at::Tensor fused_matmul_autograd(const at::Tensor& a, const at::Tensor& b, double alpha, bool trans_a,
-                                 bool trans_b) {
+at::Tensor fused_matmul_autograd(const at::Tensor& a, const at::Tensor& b, double alpha, bool trans_a, bool trans_b) {
   reject_forward_ad("fused_matmul", a, b);
   if (!needs_grad(a) && !needs_grad(b)) {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -194,8 +191,8 @@ at::Tensor fused_matmul_autograd(const at::Tensor& a, const at::Tensor& b, doubl
   if (!a_vec && !b_vec) return matmul_with_history(a, b, alpha, trans_a, trans_b);
   // torch.matmul's vectors: a as [1, k], b as [k, 1], by views autograd
   // records; the transpose of a vector is the vector.
-  at::Tensor out = matmul_with_history(a_vec ? a.unsqueeze(0) : a, b_vec ? b.unsqueeze(1) : b, alpha,
-                                       trans_a && !a_vec, trans_b && !b_vec);
+  at::Tensor out = matmul_with_history(a_vec ? a.unsqueeze(0) : a, b_vec ? b.unsqueeze(1) : b, alpha, trans_a && !a_vec,
+                                       trans_b && !b_vec);
   if (b_vec) out = out.squeeze(-1);
   if (a_vec) out = out.squeeze(b_vec ? -1 : -2);
   return out;

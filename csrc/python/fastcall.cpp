@@ -48,8 +48,15 @@ struct Entry {
 // __self__ is a module by its name (teachcompute_ext.<name>), as torch.softmax,
 // where a capsule made pickle (torch.save of a module holding the function,
 // functools.partial in spawned workers) fail.
-PyModuleDef kEntryHolder = {PyModuleDef_HEAD_INIT, "teachcompute_ext._fastcall.entry", nullptr,
-                            static_cast<Py_ssize_t>(sizeof(Entry*)), nullptr, nullptr, nullptr, nullptr, nullptr};
+PyModuleDef kEntryHolder = {PyModuleDef_HEAD_INIT,
+                            "teachcompute_ext._fastcall.entry",
+                            nullptr,
+                            static_cast<Py_ssize_t>(sizeof(Entry*)),
+                            nullptr,
+                            nullptr,
+                            nullptr,
+                            nullptr,
+                            nullptr};
 
 Entry* entry_of(PyObject* holder) { return *static_cast<Entry**>(PyModule_GetState(holder)); }
 
@@ -231,8 +238,8 @@ PyObject* make(PyObject* /*module*/, PyObject* a) {
   }
   e->returns = schema.returns().size();
   const auto& args = schema.arguments();
-  e->returns_first = e->returns == 0 && !args.empty() && args[0].alias_info() != nullptr &&
-                     args[0].alias_info()->isWrite();
+  e->returns_first =
+      e->returns == 0 && !args.empty() && args[0].alias_info() != nullptr && args[0].alias_info()->isWrite();
   Py_INCREF(fallback);  // both live as long as the process: the functions are module globals
   e->name = name;
   e->doc = doc;
@@ -252,8 +259,15 @@ PyMethodDef kMethods[] = {
      "function(qualified_name, fallback, name, doc, module): the fast public function of an op, or None"},
     {nullptr, nullptr, 0, nullptr}};
 
-PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_fastcall", "Fast public functions of the teachcompute_ext ops", -1,
-                       kMethods, nullptr, nullptr, nullptr, nullptr};
+PyModuleDef kModule = {PyModuleDef_HEAD_INIT,
+                       "_fastcall",
+                       "Fast public functions of the teachcompute_ext ops",
+                       -1,
+                       kMethods,
+                       nullptr,
+                       nullptr,
+                       nullptr,
+                       nullptr};
 
 }  // namespace
 

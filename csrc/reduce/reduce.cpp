@@ -21,7 +21,7 @@ namespace {
 
 // sum, mean and logsumexp: one value per output.
 at::Tensor reduce_values(const char* op, const at::Tensor& input, at::OptionalIntArrayRef dim, bool keepdim,
-                       ReduceOp rop) {
+                         ReduceOp rop) {
   // Integer and bool sums are int64, as torch.sum's; mean and logsumexp stay floating-only.
   if (rop == ReduceOp::SUM) {
     check_float_or_int_dtype(op, "x", input);
@@ -31,8 +31,7 @@ at::Tensor reduce_values(const char* op, const at::Tensor& input, at::OptionalIn
   const at::OptionalDeviceGuard guard(at::device_of(input));
   at::Tensor x = input;
   const ReducePlan p = plan_reduction(op, x, dim, keepdim);
-  const at::TensorOptions out_options =
-      is_supported_int(x.scalar_type()) ? x.options().dtype(at::kLong) : x.options();
+  const at::TensorOptions out_options = is_supported_int(x.scalar_type()) ? x.options().dtype(at::kLong) : x.options();
   if (p.count == 0) {
     // torch: 0 for an empty sum, NaN for an empty mean, -inf for an empty logsumexp.
     const double empty = rop == ReduceOp::SUM    ? 0.0
@@ -71,8 +70,7 @@ at::Tensor softmax_forward(const char* op, const at::Tensor& x, int64_t dim, boo
   return y;
 }
 
-at::Tensor softmax_backward_impl(const char* op, const at::Tensor& grad, const at::Tensor& out, int64_t dim,
-                                 bool log) {
+at::Tensor softmax_backward_impl(const char* op, const at::Tensor& grad, const at::Tensor& out, int64_t dim, bool log) {
   check_softmax_backward(op, grad, out);
   const SoftmaxShape sh = softmax_shape(op, out, dim);
   const at::OptionalDeviceGuard guard(at::device_of(out));
@@ -110,12 +108,8 @@ std::tuple<at::Tensor, at::Tensor> reduce_max(const at::Tensor& x, int64_t dim, 
 std::tuple<at::Tensor, at::Tensor> reduce_min(const at::Tensor& x, int64_t dim, bool keepdim) {
   return max_or_min("reduce_min", x, dim, keepdim, ReduceOp::MIN);
 }
-at::Tensor softmax(const at::Tensor& x, int64_t dim) {
-  return softmax_forward("softmax", x, dim, false);
-}
-at::Tensor log_softmax(const at::Tensor& x, int64_t dim) {
-  return softmax_forward("log_softmax", x, dim, true);
-}
+at::Tensor softmax(const at::Tensor& x, int64_t dim) { return softmax_forward("softmax", x, dim, false); }
+at::Tensor log_softmax(const at::Tensor& x, int64_t dim) { return softmax_forward("log_softmax", x, dim, true); }
 at::Tensor softmax_backward(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
   return softmax_backward_impl("softmax_backward", grad, out, dim, false);
 }

@@ -65,11 +65,10 @@ inline std::vector<bool> reduced_mask(const char* op, const at::Tensor& x, at::O
   std::vector<bool> seen(wrap, false);
   for (int64_t d : *dims) {
     TORCH_CHECK_INDEX(d >= -wrap && d < wrap, "teachcompute_ext.", op, ": dim ", d,
-                      " out of range for argument 'dim' of a ", ndim, "-d tensor (expected in [", -wrap, ", ",
-                      wrap - 1, "])");
+                      " out of range for argument 'dim' of a ", ndim, "-d tensor (expected in [", -wrap, ", ", wrap - 1,
+                      "])");
     const int64_t w = d < 0 ? d + wrap : d;
-    TORCH_CHECK(!seen[w], "teachcompute_ext.", op, ": dim ", w, " appears more than once in argument 'dim' ",
-                *dims);
+    TORCH_CHECK(!seen[w], "teachcompute_ext.", op, ": dim ", w, " appears more than once in argument 'dim' ", *dims);
     seen[w] = true;
     if (ndim > 0) mask[w] = true;
   }
@@ -199,8 +198,8 @@ struct SoftmaxShape {
 inline SoftmaxShape softmax_shape(const char* op, const at::Tensor& x, int64_t dim) {
   const int64_t ndim = std::max<int64_t>(x.dim(), 1);
   TORCH_CHECK_INDEX(dim >= -ndim && dim < ndim, "teachcompute_ext.", op, ": dim ", dim,
-                    " out of range for argument 'dim' of a ", x.dim(), "-d tensor (expected in [", -ndim,
-                    ", ", ndim - 1, "])");
+                    " out of range for argument 'dim' of a ", x.dim(), "-d tensor (expected in [", -ndim, ", ",
+                    ndim - 1, "])");
   if (dim < 0) dim += ndim;
   SoftmaxShape s{1, 1, 1};
   if (x.dim() == 0) return s;
@@ -213,8 +212,8 @@ inline SoftmaxShape softmax_shape(const char* op, const at::Tensor& x, int64_t d
 inline void check_softmax_backward(const char* op, const at::Tensor& grad, const at::Tensor& out) {
   check_float_dtype(op, "grad", grad);
   check_same_device(op, "out", out, "grad", grad);
-  TORCH_CHECK(grad.sizes() == out.sizes(), "teachcompute_ext.", op, ": argument 'grad' has shape ",
-              grad.sizes(), " but 'out' has shape ", out.sizes());
+  TORCH_CHECK(grad.sizes() == out.sizes(), "teachcompute_ext.", op, ": argument 'grad' has shape ", grad.sizes(),
+              " but 'out' has shape ", out.sizes());
   TORCH_CHECK(grad.scalar_type() == out.scalar_type(), "teachcompute_ext.", op, ": argument 'grad' has dtype ",
               dtype_name(grad.scalar_type()), " but 'out' has dtype ", dtype_name(out.scalar_type()));
 }

@@ -99,8 +99,8 @@ void sum_cols(const T* p, int64_t R, int64_t stride, int64_t width, double* out)
 // ---- max / min ---------------------------------------------------------------
 // Lane-wise update: take v where it beats best, or is the first NaN.
 template <typename A>
-inline void maxmin_update(Vectorized<A>& best, Vectorized<A>& idx, const Vectorized<A>& v,
-                          const Vectorized<A>& pos, bool is_max) {
+inline void maxmin_update(Vectorized<A>& best, Vectorized<A>& idx, const Vectorized<A>& v, const Vectorized<A>& pos,
+                          bool is_max) {
   using V = Vectorized<A>;
   const V better = is_max ? (v > best) : (v < best);
   const V take = better | ((v != v) & (best == best));
@@ -150,7 +150,8 @@ void maxmin_tile(const T* p, int64_t R, int64_t stride, int64_t width, bool is_m
   }
   for (int64_t r = 1; r < R; ++r) {
     const V pos(static_cast<A>(r));
-    for (int j = 0; j < K; ++j) maxmin_update<A>(best[j], bidx[j], tile_load<T, K>(p + r * stride, j, tail), pos, is_max);
+    for (int j = 0; j < K; ++j)
+      maxmin_update<A>(best[j], bidx[j], tile_load<T, K>(p + r * stride, j, tail), pos, is_max);
   }
   store_tile(best, width, val);
   store_tile(bidx, width, idx);
@@ -174,9 +175,8 @@ void lse_row(const T* p, int64_t n, double* m_out, double* s_out) {
     const V v0 = IO<T>::load(p + i), v1 = IO<T>::load(p + i + L);
     const V v2 = IO<T>::load(p + i + 2 * L), v3 = IO<T>::load(p + i + 3 * L);
     const V bm = at::vec::maximum(at::vec::maximum(v0, v1), at::vec::maximum(v2, v3));
-    online_update<A>(m, s, bm, [&](const V& mn) {
-      return (vexp(v0 - mn) + vexp(v1 - mn)) + (vexp(v2 - mn) + vexp(v3 - mn));
-    });
+    online_update<A>(m, s, bm,
+                     [&](const V& mn) { return (vexp(v0 - mn) + vexp(v1 - mn)) + (vexp(v2 - mn) + vexp(v3 - mn)); });
   }
   for (; i < n; i += L) {
     const V v = i + L <= n ? IO<T>::load(p + i) : IO<T>::load_part(p + i, n - i, ninf);

@@ -44,8 +44,9 @@ struct DimsArg {
 };
 
 DimsArg to_arg(const std::vector<Dim>& dims) {
-  TORCH_CHECK(dims.size() <= static_cast<size_t>(kMaxReduceDims), "teachcompute_ext: internal error: a reduction plan with ",
-              dims.size(), " dims reached the CUDA kernel (at most ", kMaxReduceDims, ")");
+  TORCH_CHECK(dims.size() <= static_cast<size_t>(kMaxReduceDims),
+              "teachcompute_ext: internal error: a reduction plan with ", dims.size(),
+              " dims reached the CUDA kernel (at most ", kMaxReduceDims, ")");
   DimsArg a{};
   a.n = static_cast<int>(dims.size());
   for (int d = 0; d < a.n; ++d) {
@@ -255,9 +256,7 @@ using cuda::ceil_div;
 
 // Grid x: the blocks, capped (each kernel loops over the rest): a grid of one
 // block per output failed at 2^31 outputs.
-unsigned grid_x(int64_t blocks) {
-  return static_cast<unsigned>(std::min<int64_t>(blocks, 64LL * cuda::sm_count()));
-}
+unsigned grid_x(int64_t blocks) { return static_cast<unsigned>(std::min<int64_t>(blocks, 64LL * cuda::sm_count())); }
 
 // T: x's dtype, O: out's (int64 for integer sums, T otherwise).
 template <typename T, typename O, typename Op>
@@ -297,15 +296,16 @@ void launch(const at::Tensor& x, const ReducePlan& p, const Op& op, at::Tensor& 
     rows_kernel<T, O, Op, kWarp, kWarpRows>
         <<<grid, dim3(kWarp, kWarpRows), 0, stream>>>(xp, kept, p.nout, p.count, piece_len, op, sink);
   } else if (rows) {
-    rows_kernel<T, O, Op, kRowThreads, 1><<<grid, kRowThreads, 0, stream>>>(xp, kept, p.nout, p.count, piece_len, op, sink);
+    rows_kernel<T, O, Op, kRowThreads, 1>
+        <<<grid, kRowThreads, 0, stream>>>(xp, kept, p.nout, p.count, piece_len, op, sink);
   } else {
-    tile_kernel<T, O, Op><<<grid, dim3(bx, by), 0, stream>>>(xp, kept, to_arg(p.red), p.nout, p.count, piece_len, op,
-                                                         sink);
+    tile_kernel<T, O, Op>
+        <<<grid, dim3(bx, by), 0, stream>>>(xp, kept, to_arg(p.red), p.nout, p.count, piece_len, op, sink);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (pieces > 1) {
-    finalize_kernel<O, Op><<<grid_x(ceil_div(p.nout, kTileThreads)), kTileThreads, 0, stream>>>(pp, pieces, p.nout,
-                                                                                               op, o, out_idx);
+    finalize_kernel<O, Op>
+        <<<grid_x(ceil_div(p.nout, kTileThreads)), kTileThreads, 0, stream>>>(pp, pieces, p.nout, op, o, out_idx);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -323,9 +323,7 @@ void reduce_kernel(const at::Tensor& x, const ReducePlan& p, ReduceOp rop, at::T
         case ReduceOp::MIN:
           launch<scalar_t, scalar_t>(x, p, MaxMinOp<int64_t, false>{}, out, indices.mutable_data_ptr<int64_t>());
           break;
-        default:
-          launch<scalar_t, int64_t>(x, p, IntSumOp{}, out, nullptr);
-          break;
+        default: launch<scalar_t, int64_t>(x, p, IntSumOp{}, out, nullptr); break;
       }
     });
     return;
@@ -344,9 +342,7 @@ void reduce_kernel(const at::Tensor& x, const ReducePlan& p, ReduceOp rop, at::T
       case ReduceOp::MIN:
         launch<scalar_t, scalar_t>(x, p, MaxMinOp<A, false>{}, out, indices.mutable_data_ptr<int64_t>());
         break;
-      case ReduceOp::LOGSUMEXP:
-        launch<scalar_t, scalar_t>(x, p, LseOp<A>{}, out, nullptr);
-        break;
+      case ReduceOp::LOGSUMEXP: launch<scalar_t, scalar_t>(x, p, LseOp<A>{}, out, nullptr); break;
     }
   });
 }

@@ -316,9 +316,8 @@ void fwd_cols(const T* x, T* y, int64_t n, int64_t inner, int64_t u0, int64_t u1
   for (int64_t u = u0; u < u1; ++u) {
     const auto [off, c0] = col_tile(u, n, inner);
     const int64_t width = std::min(kSoftmaxColTile, inner - c0);
-    with_tile<T, kSoftmaxColTile>(width, [&](auto k) {
-      fwd_tile<T, decltype(k)::value>(x + off, y + off, n, inner, width, log);
-    });
+    with_tile<T, kSoftmaxColTile>(
+        width, [&](auto k) { fwd_tile<T, decltype(k)::value>(x + off, y + off, n, inner, width, log); });
   }
 }
 
@@ -389,9 +388,8 @@ void bwd_cols(const T* g, const T* y, T* gx, int64_t n, int64_t inner, int64_t u
   for (int64_t u = u0; u < u1; ++u) {
     const auto [off, c0] = col_tile(u, n, inner);
     const int64_t width = std::min(kSoftmaxColTile, inner - c0);
-    with_tile<T, kSoftmaxColTile>(width, [&](auto k) {
-      bwd_tile<T, decltype(k)::value>(g + off, y + off, gx + off, n, inner, width, log);
-    });
+    with_tile<T, kSoftmaxColTile>(
+        width, [&](auto k) { bwd_tile<T, decltype(k)::value>(g + off, y + off, gx + off, n, inner, width, log); });
   }
 }
 
@@ -411,9 +409,8 @@ void softmax_kernel(const at::Tensor& x, at::Tensor& y, const SoftmaxShape& sh, 
                        [&](int64_t r0, int64_t r1) { fwd_rows<scalar_t>(xp, yp, sh.n, r0, r1, log, stream); });
     } else {
       const int64_t units = sh.outer * ((sh.inner + kSoftmaxColTile - 1) / kSoftmaxColTile);
-      at::parallel_for(0, units, grain(sh.n * kSoftmaxColTile), [&](int64_t u0, int64_t u1) {
-        fwd_cols<scalar_t>(xp, yp, sh.n, sh.inner, u0, u1, log);
-      });
+      at::parallel_for(0, units, grain(sh.n * kSoftmaxColTile),
+                       [&](int64_t u0, int64_t u1) { fwd_cols<scalar_t>(xp, yp, sh.n, sh.inner, u0, u1, log); });
     }
   });
 }
@@ -430,9 +427,8 @@ void softmax_backward_kernel(const at::Tensor& grad, const at::Tensor& out, at::
                        [&](int64_t r0, int64_t r1) { bwd_rows<scalar_t>(gp, yp, gxp, sh.n, r0, r1, log, stream); });
     } else {
       const int64_t units = sh.outer * ((sh.inner + kSoftmaxColTile - 1) / kSoftmaxColTile);
-      at::parallel_for(0, units, grain(sh.n * kSoftmaxColTile), [&](int64_t u0, int64_t u1) {
-        bwd_cols<scalar_t>(gp, yp, gxp, sh.n, sh.inner, u0, u1, log);
-      });
+      at::parallel_for(0, units, grain(sh.n * kSoftmaxColTile),
+                       [&](int64_t u0, int64_t u1) { bwd_cols<scalar_t>(gp, yp, gxp, sh.n, sh.inner, u0, u1, log); });
     }
   });
 }

@@ -69,7 +69,7 @@ __device__ MaxSum<A> block_merge(MaxSum<A> v) {
 // ---- forward --------------------------------------------------------------------
 // kWarpRow: a warp per row (blockDim = 32 x 8); otherwise a block per row.
 template <typename T, bool kWarpRow>
-__global__ void __launch_bounds__(kWarpRow ? kWarp * kRowsPerWarpBlock : kBlockThreads)
+__global__ void __launch_bounds__(kWarpRow ? kWarp* kRowsPerWarpBlock : kBlockThreads)
     fwd_rows(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int64_t n, bool log) {
   using A = acc_type<T>;
   const int tid = threadIdx.x;
@@ -93,8 +93,8 @@ __global__ void __launch_bounds__(kWarpRow ? kWarp * kRowsPerWarpBlock : kBlockT
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kColThreads) fwd_cols(const T* __restrict__ x, T* __restrict__ y, int64_t outer, int64_t n, int64_t inner,
-                         bool log) {
+__global__ void __launch_bounds__(kColThreads)
+    fwd_cols(const T* __restrict__ x, T* __restrict__ y, int64_t outer, int64_t n, int64_t inner, bool log) {
   using A = acc_type<T>;
   const int64_t total = outer * inner;
   for (int64_t col = static_cast<int64_t>(blockIdx.x) * kColThreads + threadIdx.x; col < total;
@@ -112,9 +112,8 @@ __global__ void __launch_bounds__(kColThreads) fwd_cols(const T* __restrict__ x,
 
 // ---- backward -------------------------------------------------------------------
 template <typename T, bool kWarpRow>
-__global__ void __launch_bounds__(kWarpRow ? kWarp * kRowsPerWarpBlock : kBlockThreads)
-    bwd_rows(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ gx, int64_t rows, int64_t n,
-             bool log) {
+__global__ void __launch_bounds__(kWarpRow ? kWarp* kRowsPerWarpBlock : kBlockThreads)
+    bwd_rows(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ gx, int64_t rows, int64_t n, bool log) {
   using A = acc_type<T>;
   const int tid = threadIdx.x;
   const int nthreads = kWarpRow ? kWarp : kBlockThreads;
@@ -137,8 +136,9 @@ __global__ void __launch_bounds__(kWarpRow ? kWarp * kRowsPerWarpBlock : kBlockT
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kColThreads) bwd_cols(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ gx, int64_t outer,
-                         int64_t n, int64_t inner, bool log) {
+__global__ void __launch_bounds__(kColThreads)
+    bwd_cols(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ gx, int64_t outer, int64_t n,
+             int64_t inner, bool log) {
   using A = acc_type<T>;
   const int64_t total = outer * inner;
   for (int64_t col = static_cast<int64_t>(blockIdx.x) * kColThreads + threadIdx.x; col < total;
@@ -277,9 +277,7 @@ __global__ void __launch_bounds__(kSplitThreads)
 
 // Whether a columns layout should be split: too few columns to fill the GPU
 // with one thread each, and columns long enough to share.
-bool split_columns(int64_t cols, int64_t n) {
-  return cols < 16LL * cuda::sm_count() * kColThreads / 4 && n >= 1024;
-}
+bool split_columns(int64_t cols, int64_t n) { return cols < 16LL * cuda::sm_count() * kColThreads / 4 && n >= 1024; }
 
 template <typename T, bool kBackward>
 void launch_split(const T* a, const T* b, T* out, const SoftmaxShape& sh, bool log, const at::Tensor& like) {
@@ -296,14 +294,12 @@ void launch_split(const T* a, const T* b, T* out, const SoftmaxShape& sh, bool l
   const dim3 block(c.bx, c.by);
   split_stats<T, kBackward><<<grid, block, 0, stream>>>(a, b, cols, sh.n, sh.inner, c.piece_len, log, part, dot);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  split_write<T, kBackward><<<grid, block, 0, stream>>>(a, b, out, cols, sh.n, sh.inner, c.piece_len, c.pieces, log,
-                                                        part, dot);
+  split_write<T, kBackward>
+      <<<grid, block, 0, stream>>>(a, b, out, cols, sh.n, sh.inner, c.piece_len, c.pieces, log, part, dot);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-int64_t col_grid(int64_t cols) {
-  return cuda::capped_grid(cols, kColThreads, 8);
-}
+int64_t col_grid(int64_t cols) { return cuda::capped_grid(cols, kColThreads, 8); }
 
 // Row grids: capped, the kernels loop over the remaining rows.
 unsigned row_grid(int64_t blocks) {
@@ -326,8 +322,8 @@ void softmax_kernel(const at::Tensor& x, at::Tensor& y, const SoftmaxShape& sh, 
     } else if (split_columns(sh.outer * sh.inner, sh.n)) {
       launch_split<scalar_t, false>(xp, nullptr, yp, sh, log, x);
     } else {
-      fwd_cols<scalar_t><<<col_grid(sh.outer * sh.inner), kColThreads, 0, stream>>>(xp, yp, sh.outer, sh.n,
-                                                                                   sh.inner, log);
+      fwd_cols<scalar_t>
+          <<<col_grid(sh.outer * sh.inner), kColThreads, 0, stream>>>(xp, yp, sh.outer, sh.n, sh.inner, log);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -349,8 +345,8 @@ void softmax_backward_kernel(const at::Tensor& grad, const at::Tensor& out, at::
     } else if (split_columns(sh.outer * sh.inner, sh.n)) {
       launch_split<scalar_t, true>(gp, yp, gxp, sh, log, out);
     } else {
-      bwd_cols<scalar_t><<<col_grid(sh.outer * sh.inner), kColThreads, 0, stream>>>(gp, yp, gxp, sh.outer, sh.n,
-                                                                                    sh.inner, log);
+      bwd_cols<scalar_t>
+          <<<col_grid(sh.outer * sh.inner), kColThreads, 0, stream>>>(gp, yp, gxp, sh.outer, sh.n, sh.inner, log);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

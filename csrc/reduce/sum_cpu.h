@@ -22,9 +22,7 @@ double sum_span(const scalar_t* p, int64_t n, int64_t stride);
 constexpr int64_t kSumChunk = 1 << 16;
 constexpr int64_t kCacheResidentChunk = 1 << 18;
 constexpr int64_t kCacheResidentMax = 1 << 22;
-inline int64_t sum_chunk_for(int64_t n) {
-  return n <= kCacheResidentMax ? kCacheResidentChunk : kSumChunk;
-}
+inline int64_t sum_chunk_for(int64_t n) { return n <= kCacheResidentMax ? kCacheResidentChunk : kSumChunk; }
 
 // Pairwise sum of n partial results (the chunk totals).
 inline double pairwise_combine(const double* v, int64_t n) {

@@ -60,13 +60,14 @@ double horizontal_sum(const Vectorized<T>& v) {
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, float>) {
     const __m512 f = v;
-    return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)),
-                                              _mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1))));
+    return _mm512_reduce_add_pd(
+        _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)), _mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1))));
   }
 #elif defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<T, float>) {
     const __m256 f = v;
-    const __m256d d = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(f)), _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+    const __m256d d =
+        _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(f)), _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
     const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(d), _mm256_extractf128_pd(d, 1));
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
   }
@@ -242,8 +243,8 @@ double sum_strided(const scalar_t* base, const std::vector<Dim>& dims) {
           rem /= dims[d].size;
         }
         const int64_t start = (u % pieces) * kSumChunk;
-        partial[u] = sum_span(base + offset + start * inner.stride, std::min(kSumChunk, inner.size - start),
-                              inner.stride);
+        partial[u] =
+            sum_span(base + offset + start * inner.stride, std::min(kSumChunk, inner.size - start), inner.stride);
       }
     });
     return pairwise_combine(partial.data(), rows * pieces);

@@ -38,8 +38,8 @@ __device__ __forceinline__ void block_store(acc_t acc, acc_t* out) {
 // Dense span: a scalar head up to the first 16-byte boundary, the aligned
 // body as packs, a scalar tail.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) dense_partials(const scalar_t* __restrict__ x, int64_t n,
-                                                           int64_t head, acc_t* __restrict__ partials) {
+__global__ void __launch_bounds__(kThreads)
+    dense_partials(const scalar_t* __restrict__ x, int64_t n, int64_t head, acc_t* __restrict__ partials) {
   constexpr int N = kPack16<scalar_t>;
   using P = Pack<scalar_t, N>;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -78,9 +78,8 @@ struct StridedLayout {
 
 // General view (sliced, expanded): each linear index is turned into an offset.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) strided_partials(const scalar_t* __restrict__ x, int64_t n,
-                                                             StridedLayout layout,
-                                                             acc_t* __restrict__ partials) {
+__global__ void __launch_bounds__(kThreads)
+    strided_partials(const scalar_t* __restrict__ x, int64_t n, StridedLayout layout, acc_t* __restrict__ partials) {
   const int64_t nthreads = static_cast<int64_t>(gridDim.x) * kThreads;
   acc_t acc = 0;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += nthreads) {
@@ -95,8 +94,8 @@ __global__ void __launch_bounds__(kThreads) strided_partials(const scalar_t* __r
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) finalize(const acc_t* __restrict__ partials, int64_t n,
-                                                     scalar_t* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads)
+    finalize(const acc_t* __restrict__ partials, int64_t n, scalar_t* __restrict__ out) {
   acc_t acc = 0;
   for (int64_t i = threadIdx.x; i < n; i += kThreads) acc += partials[i];
   using BlockReduce = cub::BlockReduce<acc_t, kThreads>;

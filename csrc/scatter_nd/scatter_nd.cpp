@@ -13,12 +13,13 @@ TCE_DEFINE_STUB(scatter_nd_stub, scatter_nd_kernel);
 
 namespace {
 
-void scatter_into(const char* op, at::Tensor& out, at::IntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates,
-                  ScatterReduction red, const ScatterShape& s, const int64_t* masked_value) {
+void scatter_into(const char* op, at::Tensor& out, at::IntArrayRef shape, const at::Tensor& indices,
+                  const at::Tensor& updates, ScatterReduction red, const ScatterShape& s, const int64_t* masked_value) {
   // No update: nothing to check or write. Otherwise the kernel checks every
   // index, even when there is nothing to write (an empty slice or output).
   if (s.n_updates == 0) return;
-  scatter_nd_stub(out.device().type(), op, out, shape, indices.contiguous(), updates.contiguous(), red, s, masked_value);
+  scatter_nd_stub(out.device().type(), op, out, shape, indices.contiguous(), updates.contiguous(), red, s,
+                  masked_value);
 }
 
 }  // namespace

@@ -73,17 +73,18 @@ inline ScatterShape check_scatter(const char* op, at::IntArrayRef shape, c10::Sc
   check_float_or_int_dtype(op, "updates", updates);
   // bool data: none only (torch's index_put_ with accumulate on bool is an "or", ONNX has no bool reductions).
   TORCH_CHECK_TYPE(updates.scalar_type() != at::kBool || red == ScatterReduction::NONE, "teachcompute_ext.", op,
-                   ": reduction '", reduction_name(red), "' is not supported for bool data (argument 'reduction'; "
+                   ": reduction '", reduction_name(red),
+                   "' is not supported for bool data (argument 'reduction'; "
                    "bool takes 'none' only)");
   TORCH_CHECK_TYPE(!data_is_tensor || updates.scalar_type() == data_dtype, "teachcompute_ext.", op,
                    ": 'updates' has dtype ", dtype_name(updates.scalar_type()), " but 'data' has dtype ",
                    dtype_name(data_dtype));
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt, "teachcompute_ext.",
-                   op, ": unsupported dtype ", dtype_name(indices.scalar_type()),
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt, "teachcompute_ext.", op,
+                   ": unsupported dtype ", dtype_name(indices.scalar_type()),
                    " for argument 'indices' (expected int64 or int32)");
   const int64_t rank = static_cast<int64_t>(shape.size());
-  TORCH_CHECK(indices.dim() >= 1, "teachcompute_ext.", op, ": 'indices' must have at least one dim [..., k], got shape ",
-              indices.sizes());
+  TORCH_CHECK(indices.dim() >= 1, "teachcompute_ext.", op,
+              ": 'indices' must have at least one dim [..., k], got shape ", indices.sizes());
   const int64_t k = indices.size(-1);
   TORCH_CHECK(k >= 1 && k <= rank, "teachcompute_ext.", op, ": the last dim of 'indices' (k = ", k,
               ") must be in [1, rank of data = ", rank, "]; indices ", indices.sizes(), ", data ", shape);
@@ -114,8 +115,9 @@ inline ScatterShape check_masked_scatter(at::IntArrayRef shape, const at::Tensor
 // `shape`), n_updates >= 1: checks every index (out of range is an error
 // naming op, see above), skips those whose first index equals *masked_value when it is not
 // null, and writes nothing when slice or out is empty.
-using ScatterFn = void(const char* op, at::Tensor& out, at::IntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates,
-                       ScatterReduction red, const ScatterShape& s, const int64_t* masked_value);
+using ScatterFn = void(const char* op, at::Tensor& out, at::IntArrayRef shape, const at::Tensor& indices,
+                       const at::Tensor& updates, ScatterReduction red, const ScatterShape& s,
+                       const int64_t* masked_value);
 TCE_DECLARE_KERNEL(ScatterFn, scatter_nd_kernel)
 
 }  // namespace teachcompute_ext

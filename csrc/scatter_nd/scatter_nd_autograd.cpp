@@ -76,9 +76,8 @@ struct ScatterNdBackward : FunctionalNode<ScatterNdBackward> {
   std::string reduction;
   std::vector<c10::SymInt> updates_shape;
   auto state() { return std::tie(indices_, reduction, updates_shape); }
-  static variable_list backward(const variable_list& grads, const std::vector<bool>& needs,
-                                const at::Tensor& indices, const std::string& reduction,
-                                const std::vector<c10::SymInt>& updates_shape) {
+  static variable_list backward(const variable_list& grads, const std::vector<bool>& needs, const at::Tensor& indices,
+                                const std::string& reduction, const std::vector<c10::SymInt>& updates_shape) {
     check_differentiable("scatter_nd", reduction);
     const at::Tensor& grad = grads[0];
     if (!grad.defined()) return {at::Tensor(), at::Tensor()};
@@ -92,7 +91,8 @@ struct ScatterNdBackward : FunctionalNode<ScatterNdBackward> {
       const auto gs = grad.sym_sizes();
       const c10::SymInt n_rows = prod(gs, 0, k);
       if (needs[0]) {
-        const at::Tensor written = at::zeros_symint({n_rows}, grad.options().dtype(at::kBool)).index_fill(0, rows, true);
+        const at::Tensor written =
+            at::zeros_symint({n_rows}, grad.options().dtype(at::kBool)).index_fill(0, rows, true);
         grad_data = grad.reshape_symint({n_rows, prod(gs, k, grad.dim())})
                         .masked_fill(written.unsqueeze(1), 0)
                         .reshape_symint(gs);
@@ -131,8 +131,8 @@ struct OfShapeBackward : FunctionalNode<OfShapeBackward> {
     if (reduction == "none") {
       const c10::SymInt n_rows = prod(grad.sym_sizes(), 0, k);
       // Masked updates compete for an extra row n_rows, so they never win a real one.
-      const at::Tensor win = keep.defined() ? winners(at::where(keep, rows, c10::Scalar(n_rows)), n_rows + 1)
-                                            : winners(rows, n_rows);
+      const at::Tensor win =
+          keep.defined() ? winners(at::where(keep, rows, c10::Scalar(n_rows)), n_rows + 1) : winners(rows, n_rows);
       keep = keep.defined() ? win.logical_and(keep) : win;
     }
     return {gather_rows(grad, rows, k, updates_shape, keep)};
@@ -201,8 +201,8 @@ void scatter_nd_inplace_autograd(const at::Tensor& data, const at::Tensor& indic
   if (grad) torch::autograd::rebase_history(data, node);
 }
 
-at::Tensor scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices,
-                                        const at::Tensor& updates, c10::string_view reduction) {
+at::Tensor scatter_nd_of_shape_autograd(c10::SymIntArrayRef shape, const at::Tensor& indices, const at::Tensor& updates,
+                                        c10::string_view reduction) {
   reject_forward_ad("scatter_nd_of_shape", updates);
   static auto op = TCE_OP(scatter_nd_of_shape);
   at::Tensor out;

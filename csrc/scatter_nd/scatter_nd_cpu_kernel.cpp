@@ -59,18 +59,26 @@ inline void prefetch_row(const T* p, int64_t slice) {
 
 template <ScatterReduction kRed, typename A>
 inline A combine_scalar(A a, A b) {
-  if constexpr (kRed == ScatterReduction::ADD) return a + b;
-  else if constexpr (kRed == ScatterReduction::MUL) return a * b;
-  else if constexpr (kRed == ScatterReduction::MAX) return (a != a || a > b) ? a : b;
-  else return (a != a || a < b) ? a : b;
+  if constexpr (kRed == ScatterReduction::ADD)
+    return a + b;
+  else if constexpr (kRed == ScatterReduction::MUL)
+    return a * b;
+  else if constexpr (kRed == ScatterReduction::MAX)
+    return (a != a || a > b) ? a : b;
+  else
+    return (a != a || a < b) ? a : b;
 }
 
 template <ScatterReduction kRed, typename V>
 inline V combine_vec(const V& a, const V& b) {
-  if constexpr (kRed == ScatterReduction::ADD) return a + b;
-  else if constexpr (kRed == ScatterReduction::MUL) return a * b;
-  else if constexpr (kRed == ScatterReduction::MAX) return at::vec::maximum(a, b);
-  else return at::vec::minimum(a, b);
+  if constexpr (kRed == ScatterReduction::ADD)
+    return a + b;
+  else if constexpr (kRed == ScatterReduction::MUL)
+    return a * b;
+  else if constexpr (kRed == ScatterReduction::MAX)
+    return at::vec::maximum(a, b);
+  else
+    return at::vec::minimum(a, b);
 }
 
 // The reduction (and whether rows are scaled) is a template parameter: the
@@ -131,8 +139,7 @@ void apply_impl(T* dst, RowSource<T> rs, const int64_t* order, int64_t count, in
 }
 
 template <typename T>
-void apply(T* dst, RowSource<T> rs, const int64_t* order, int64_t count, int64_t ahead, int64_t slice,
-           int reduction) {
+void apply(T* dst, RowSource<T> rs, const int64_t* order, int64_t count, int64_t ahead, int64_t slice, int reduction) {
   switch (static_cast<ScatterReduction>(reduction)) {
     case ScatterReduction::NONE: {
       // The last update in index order wins.
@@ -179,10 +186,14 @@ void apply_int(T* dst, const T* src, const int64_t* src_row, const int64_t* orde
     TORCH_INTERNAL_ASSERT(red == ScatterReduction::NONE, "bool scatter takes none only");
   } else {
     switch (red) {
-      case ScatterReduction::ADD: return apply_int_impl<T, ScatterReduction::ADD>(dst, src, src_row, order, count, slice);
-      case ScatterReduction::MUL: return apply_int_impl<T, ScatterReduction::MUL>(dst, src, src_row, order, count, slice);
-      case ScatterReduction::MAX: return apply_int_impl<T, ScatterReduction::MAX>(dst, src, src_row, order, count, slice);
-      case ScatterReduction::MIN: return apply_int_impl<T, ScatterReduction::MIN>(dst, src, src_row, order, count, slice);
+      case ScatterReduction::ADD:
+        return apply_int_impl<T, ScatterReduction::ADD>(dst, src, src_row, order, count, slice);
+      case ScatterReduction::MUL:
+        return apply_int_impl<T, ScatterReduction::MUL>(dst, src, src_row, order, count, slice);
+      case ScatterReduction::MAX:
+        return apply_int_impl<T, ScatterReduction::MAX>(dst, src, src_row, order, count, slice);
+      case ScatterReduction::MIN:
+        return apply_int_impl<T, ScatterReduction::MIN>(dst, src, src_row, order, count, slice);
       default: break;
     }
   }
@@ -272,8 +283,7 @@ void bag_sum(T* dst, const T* src, const int64_t* rows, int64_t count, int64_t a
 }
 
 template void bag_sum<float>(float*, const float*, const int64_t*, int64_t, int64_t, int64_t, const float*, double);
-template void bag_sum<double>(double*, const double*, const int64_t*, int64_t, int64_t, int64_t, const double*,
-                              double);
+template void bag_sum<double>(double*, const double*, const int64_t*, int64_t, int64_t, int64_t, const double*, double);
 template void bag_sum<c10::Half>(c10::Half*, const c10::Half*, const int64_t*, int64_t, int64_t, int64_t,
                                  const c10::Half*, double);
 template void bag_sum<c10::BFloat16>(c10::BFloat16*, const c10::BFloat16*, const int64_t*, int64_t, int64_t, int64_t,
@@ -285,8 +295,8 @@ constexpr int64_t kSkip = -1;  // a masked update
 
 // Destination row of every update, or kSkip for masked ones.
 template <typename index_t>
-std::vector<int64_t> destination_rows(const char* op, const index_t* idx, const ScatterShape& s,
-                                      at::IntArrayRef shape, const int64_t* masked_value) {
+std::vector<int64_t> destination_rows(const char* op, const index_t* idx, const ScatterShape& s, at::IntArrayRef shape,
+                                      const int64_t* masked_value) {
   std::vector<int64_t> rows(s.n_updates);
   at::parallel_for(0, s.n_updates, kScatterRowTaskItems, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
@@ -299,8 +309,8 @@ std::vector<int64_t> destination_rows(const char* op, const index_t* idx, const 
       for (int64_t d = 0; d < s.k; ++d) {
         const int64_t v = static_cast<int64_t>(t[d]), size = shape[d];
         // Compared before any arithmetic: no value can wrap into range.
-        TORCH_CHECK_INDEX(v >= -size && v < size, "teachcompute_ext.", op, ": index ", v, " out of range for dim ",
-                          d, " of size ", size, " (argument 'indices', entry ", i, ")");
+        TORCH_CHECK_INDEX(v >= -size && v < size, "teachcompute_ext.", op, ": index ", v, " out of range for dim ", d,
+                          " of size ", size, " (argument 'indices', entry ", i, ")");
         row = row * size + (v < 0 ? v + size : v);
       }
       rows[i] = row;

@@ -14,10 +14,10 @@
 // Bound: memory (each update read once). Not yet run on a GPU.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/Atomic.cuh>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/cuda/Atomic.cuh>
 
 #include <cstring>
 #include <type_traits>
@@ -151,8 +151,8 @@ __device__ __forceinline__ A combine(A a, A b, ScatterReduction red) {
 template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads)
     segment_kernel(T* __restrict__ out, const T* __restrict__ src, const int64_t* __restrict__ sorted,
-                   const int64_t* __restrict__ perm, const int64_t* __restrict__ src_row,
-                   const A* __restrict__ scale, int64_t n, int64_t slice, ScatterReduction red) {
+                   const int64_t* __restrict__ perm, const int64_t* __restrict__ src_row, const A* __restrict__ scale,
+                   int64_t n, int64_t slice, ScatterReduction red) {
   const int64_t total = n * slice;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -170,9 +170,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-int64_t grid_for(int64_t work) {
-  return cuda::capped_grid(work, kThreads);
-}
+int64_t grid_for(int64_t work) { return cuda::capped_grid(work, kThreads); }
 
 template <typename P>
 const P* ptr_or_null(const at::Tensor& t) {
@@ -239,8 +237,8 @@ void scatter_rows(at::Tensor& out, const at::Tensor& dest, const at::Tensor& src
     }
     // Half types combine in a float copy of out, rounded once at the end.
     at::Tensor acc = std::is_same_v<A, scalar_t> ? out : out.to(at::kFloat);
-    atomic_kernel<scalar_t, A><<<grid_for(total), kThreads, 0, stream>>>(acc.mutable_data_ptr<A>(), up, dp, rp, sp, n,
-                                                                         slice, red);
+    atomic_kernel<scalar_t, A>
+        <<<grid_for(total), kThreads, 0, stream>>>(acc.mutable_data_ptr<A>(), up, dp, rp, sp, n, slice, red);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (!std::is_same_v<A, scalar_t>) out.copy_(acc);
   });

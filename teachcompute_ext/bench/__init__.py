@@ -21,6 +21,7 @@ Adding an op family is one module and one line:
 - its name goes into FAMILIES below; benchmarks/bench_<family>.py, a copy of
   another family's three-line script, runs it alone.
 """
+
 import importlib
 
 # The report's op families, in the order it runs them.

@@ -16,6 +16,7 @@ speedup-<device>.png and pct_of_bound-<device>.png.
 
     python -m teachcompute_ext.bench --sweep      # every op over a grid of sizes (sweep.py)
 """
+
 import argparse
 import json
 import os
@@ -64,40 +65,64 @@ def default_devices():
         if "CUDA" in teachcompute_ext.compiled_backends():
             devices.append("cuda")
         else:
-            print("a GPU is visible but this build has no CUDA kernels: CPU only "
-                  "(rebuild with TEACHCOMPUTE_EXT_CUDA=1)", file=sys.stderr)
+            print(
+                "a GPU is visible but this build has no CUDA kernels: CPU only (rebuild with TEACHCOMPUTE_EXT_CUDA=1)",
+                file=sys.stderr,
+            )
     return devices
 
 
 def parser(description, default_out, families):
     # Under -m, argv[0] is this file's path: show the command a user types instead.
     prog = "python -m teachcompute_ext.bench" if os.path.basename(sys.argv[0]) == "__main__.py" else None
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="small sizes, few repeats, no torch.compile baselines: well under a minute on a CPU (CI)")
-    p.add_argument("--device", action="append", choices=["cpu", "cuda"],
-                   help="device to run on (repeatable); default: cpu, and cuda when a GPU is visible "
-                        "and the build has CUDA kernels")
-    p.add_argument("--family", action="append", choices=list(families),
-                   help="op family (repeatable); default: all")
-    p.add_argument("--op", metavar="REGEX",
-                   help="only the cases whose op name matches (re.search), e.g. 'softmax' or '^reduce_sum'")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="add torch.compile baselines where torch.compile generates kernels of its own; "
-                        "compiling takes seconds per case, so the default is on, off with --quick")
-    p.add_argument("--out", default=default_out,
-                   help=f"folder for the JSON and the plots (default: {default_out})")
-    p.add_argument("--cold-allocator", action="store_true",
-                   help="leave glibc returning large blocks to the OS (each big output page-faults anew, "
-                        "for ours and torch's alike); default: freed memory is reused, as in a training loop")
-    p.add_argument("--replot", action="store_true",
-                   help="measure nothing: print the table and redraw the plots from the JSON already in --out")
-    p.add_argument("--sweep", action="store_true",
-                   help="instead of the report: every op, forward and forward+backward, over a log-spaced grid "
-                        "of sizes (one row to the report's shapes), float32 and bfloat16; writes "
-                        "sweep-<family>-<device>.json and .png and prints the worst ratio per op "
-                        "(torch.compile with dynamic=True when compiling)")
+    p = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, few repeats, no torch.compile baselines: well under a minute on a CPU (CI)",
+    )
+    p.add_argument(
+        "--device",
+        action="append",
+        choices=["cpu", "cuda"],
+        help="device to run on (repeatable); default: cpu, and cuda when a GPU is visible "
+        "and the build has CUDA kernels",
+    )
+    p.add_argument("--family", action="append", choices=list(families), help="op family (repeatable); default: all")
+    p.add_argument(
+        "--op",
+        metavar="REGEX",
+        help="only the cases whose op name matches (re.search), e.g. 'softmax' or '^reduce_sum'",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add torch.compile baselines where torch.compile generates kernels of its own; "
+        "compiling takes seconds per case, so the default is on, off with --quick",
+    )
+    p.add_argument("--out", default=default_out, help=f"folder for the JSON and the plots (default: {default_out})")
+    p.add_argument(
+        "--cold-allocator",
+        action="store_true",
+        help="leave glibc returning large blocks to the OS (each big output page-faults anew, "
+        "for ours and torch's alike); default: freed memory is reused, as in a training loop",
+    )
+    p.add_argument(
+        "--replot",
+        action="store_true",
+        help="measure nothing: print the table and redraw the plots from the JSON already in --out",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead of the report: every op, forward and forward+backward, over a log-spaced grid "
+        "of sizes (one row to the report's shapes), float32 and bfloat16; writes "
+        "sweep-<family>-<device>.json and .png and prints the worst ratio per op "
+        "(torch.compile with dynamic=True when compiling)",
+    )
     return p
 
 
@@ -128,8 +153,10 @@ def measure(args, families):
             with open(path) as f:
                 doc = json.load(f)
             bounds = ", ".join(f"{k} {v:.1f}" for k, v in doc["bounds"].items())
-            print(f"{name} on {device}: {len(results)} cases in {time.perf_counter() - t0:.1f} s "
-                  f"({bounds}) -> {path}", flush=True)
+            print(
+                f"{name} on {device}: {len(results)} cases in {time.perf_counter() - t0:.1f} s ({bounds}) -> {path}",
+                flush=True,
+            )
             docs.append(doc)
     return docs
 
@@ -167,8 +194,11 @@ def main(argv=None, default_out="bench-out", families=None, description=None):
     for path in paths:
         print(f"wrote {path}")
     errors = sum("error" in r for r in results)
-    print(f"{len(results)} cases in {time.perf_counter() - start:.1f} s"
-          + (f", {errors} WRONG RESULT(S)" if errors else ""), file=sys.stderr)
+    print(
+        f"{len(results)} cases in {time.perf_counter() - start:.1f} s"
+        + (f", {errors} WRONG RESULT(S)" if errors else ""),
+        file=sys.stderr,
+    )
     return 1 if errors else 0
 
 

@@ -1,7 +1,8 @@
 """Embedding family benchmarks against torch.nn.functional, same process.
 
-    python -m teachcompute_ext.bench --family embedding [--device cpu|cuda] [--quick] [--out DIR]
+python -m teachcompute_ext.bench --family embedding [--device cpu|cuda] [--quick] [--out DIR]
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -32,12 +33,17 @@ def cases(device, quick):
     # aten::_embedding_bag call eager torch makes (TORCH_LOGS=output_code, torch
     # 2.15), so it would time eager torch plus Dynamo's guards.
     for mode in ("sum", "mean"):
-        out.append(harness.Case(
-            op=f"embedding_bag {mode}", shape=shape, dtype=torch.float32, device=device,
-            ours=lambda m=mode: teachcompute_ext.embedding_bag(weight, idx, offsets, m),
-            baselines={"F.embedding_bag": lambda m=mode: F.embedding_bag(idx, weight, offsets, mode=m)},
-            bytes_moved=idx.numel() * dim * 4 + bags * dim * 4,
-        ))
+        out.append(
+            harness.Case(
+                op=f"embedding_bag {mode}",
+                shape=shape,
+                dtype=torch.float32,
+                device=device,
+                ours=lambda m=mode: teachcompute_ext.embedding_bag(weight, idx, offsets, m),
+                baselines={"F.embedding_bag": lambda m=mode: F.embedding_bag(idx, weight, offsets, mode=m)},
+                bytes_moved=idx.numel() * dim * 4 + bags * dim * 4,
+            )
+        )
         wr = weight.clone().requires_grad_()
 
         def fwd_bwd(fn, m=mode, wr=wr):
@@ -52,13 +58,20 @@ def cases(device, quick):
         # The weight gradient of a popular Zipf row sums thousands of float32
         # terms, in another order than torch's (CUDA: 1.19e-5 apart in the first
         # GPU run): checked against the float64 gradient when the two differ.
-        out.append(harness.Case(
-            op=f"embedding_bag {mode} fwd+bwd", shape=shape, dtype=torch.float32, device=device,
-            ours=lambda fb=fwd_bwd: fb(lambda w, m: teachcompute_ext.embedding_bag(w, idx, offsets, m)),
-            baselines={"F.embedding_bag": lambda fb=fwd_bwd: fb(lambda w, m: F.embedding_bag(idx, w, offsets, mode=m))},
-            check=lambda a, b, ex=exact_grad: harness.check_near_exact(a, b, ex, torch.float32),
-            bytes_moved=2 * idx.numel() * dim * 4 + 2 * num * dim * 4,
-        ))
+        out.append(
+            harness.Case(
+                op=f"embedding_bag {mode} fwd+bwd",
+                shape=shape,
+                dtype=torch.float32,
+                device=device,
+                ours=lambda fb=fwd_bwd: fb(lambda w, m: teachcompute_ext.embedding_bag(w, idx, offsets, m)),
+                baselines={
+                    "F.embedding_bag": lambda fb=fwd_bwd: fb(lambda w, m: F.embedding_bag(idx, w, offsets, mode=m))
+                },
+                check=lambda a, b, ex=exact_grad: harness.check_near_exact(a, b, ex, torch.float32),
+                bytes_moved=2 * idx.numel() * dim * 4 + 2 * num * dim * 4,
+            )
+        )
     num2, dim2, ishape = (20000, 64, (16, 256)) if quick else (100000, 256, (64, 1024))
     w2 = torch.randn(num2, dim2, generator=g).to(device).requires_grad_()
     idx2 = zipf_indices(ishape[0] * ishape[1], num2, g, device).view(ishape)
@@ -68,29 +81,40 @@ def cases(device, quick):
         (gw,) = torch.autograd.grad(fn(), w2, g2)
         return gw
 
-    out.append(harness.Case(
-        op="embedding", shape=f"{num2}x{dim2}[{ishape[0]}x{ishape[1]}]", dtype=torch.float32, device=device,
-        ours=lambda: teachcompute_ext.embedding(w2.detach(), idx2),
-        baselines={"F.embedding": lambda: F.embedding(idx2, w2.detach()),
-                   **harness.compiled_baseline(lambda i, w: F.embedding(i, w), idx2, w2.detach())},
-        bytes_moved=2 * idx2.numel() * dim2 * 4,
-    ))
+    out.append(
+        harness.Case(
+            op="embedding",
+            shape=f"{num2}x{dim2}[{ishape[0]}x{ishape[1]}]",
+            dtype=torch.float32,
+            device=device,
+            ours=lambda: teachcompute_ext.embedding(w2.detach(), idx2),
+            baselines={
+                "F.embedding": lambda: F.embedding(idx2, w2.detach()),
+                **harness.compiled_baseline(lambda i, w: F.embedding(i, w), idx2, w2.detach()),
+            },
+            bytes_moved=2 * idx2.numel() * dim2 * 4,
+        )
+    )
     fwd_bwd_baselines = {"F.embedding": lambda: emb_fwd_bwd(lambda: F.embedding(idx2, w2))}
     compiled = harness.compile_fn(lambda i, w: F.embedding(i, w))
     if compiled is not None:  # the compiled forward brings its compiled backward (AOTAutograd)
         fwd_bwd_baselines[harness.COMPILED] = lambda: emb_fwd_bwd(lambda: compiled(idx2, w2))
-    out.append(harness.Case(
-        op="embedding fwd+bwd", shape=f"{num2}x{dim2}[{ishape[0]}x{ishape[1]}]", dtype=torch.float32, device=device,
-        ours=lambda: emb_fwd_bwd(lambda: teachcompute_ext.embedding(w2, idx2)),
-        baselines=fwd_bwd_baselines,
-        bytes_moved=4 * idx2.numel() * dim2 * 4 + 2 * num2 * dim2 * 4,
-    ))
+    out.append(
+        harness.Case(
+            op="embedding fwd+bwd",
+            shape=f"{num2}x{dim2}[{ishape[0]}x{ishape[1]}]",
+            dtype=torch.float32,
+            device=device,
+            ours=lambda: emb_fwd_bwd(lambda: teachcompute_ext.embedding(w2, idx2)),
+            baselines=fwd_bwd_baselines,
+            bytes_moved=4 * idx2.numel() * dim2 * 4 + 2 * num2 * dim2 * 4,
+        )
+    )
     return out
 
 
 def run(device, quick, out_dir, progress=None):
     return harness.run_family("embedding", cases(device, quick), device, quick, out_dir, progress)
-
 
 
 # The sweep (sweep.py): the x-axis is the count of elements gathered (rows looked up x dim).
@@ -104,13 +128,28 @@ def sweep_cases(device, quick):
     index to 64x1024 into 100000x256."""
     if quick:
         bag_grid = [(1000, 7, 1, 1), (20000, 96, 64, 32)]  # (num, dim, bags, per bag)
-        emb_grid = [(1000, 32, 1), (20000, 33, 4096)]        # (num, dim, indices)
+        emb_grid = [(1000, 32, 1), (20000, 33, 4096)]  # (num, dim, indices)
     else:
-        bag_grid = [(1000, 7, 1, 1), (1000, 33, 1, 32), (100000, 128, 1, 32), (100000, 128, 64, 32),
-                    (20000, 96, 512, 32), (20000, 300, 512, 32), (100000, 128, 4096, 32),
-                    (20000, 1000, 512, 32), (100000, 128, 16384, 32)]
-        emb_grid = [(1000, 32, 1), (1000, 32, 64), (1000, 7, 1000), (20000, 33, 4096), (20000, 96, 4096),
-                    (100000, 300, 4096), (100000, 256, 65536)]
+        bag_grid = [
+            (1000, 7, 1, 1),
+            (1000, 33, 1, 32),
+            (100000, 128, 1, 32),
+            (100000, 128, 64, 32),
+            (20000, 96, 512, 32),
+            (20000, 300, 512, 32),
+            (100000, 128, 4096, 32),
+            (20000, 1000, 512, 32),
+            (100000, 128, 16384, 32),
+        ]
+        emb_grid = [
+            (1000, 32, 1),
+            (1000, 32, 64),
+            (1000, 7, 1000),
+            (20000, 33, 4096),
+            (20000, 96, 4096),
+            (100000, 300, 4096),
+            (100000, 256, 65536),
+        ]
     g = torch.Generator().manual_seed(9)
     cases = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -125,11 +164,22 @@ def sweep_cases(device, quick):
             # No torch.compile baseline: inductor emits eager torch's own
             # aten::_embedding_bag call (see cases()).
             for mode in ("sum", "mean"):
-                cases.append(sweep.point(
-                    f"embedding_bag {mode}", "fwd", params, size, dtype=dtype, device=device,
-                    ours=lambda w=weight, i=idx, o=offsets, m=mode: teachcompute_ext.embedding_bag(w, i, o, m),
-                    baselines={"F.embedding_bag": lambda w=weight, i=idx, o=offsets, m=mode:
-                               F.embedding_bag(i, w, o, mode=m)}))
+                cases.append(
+                    sweep.point(
+                        f"embedding_bag {mode}",
+                        "fwd",
+                        params,
+                        size,
+                        dtype=dtype,
+                        device=device,
+                        ours=lambda w=weight, i=idx, o=offsets, m=mode: teachcompute_ext.embedding_bag(w, i, o, m),
+                        baselines={
+                            "F.embedding_bag": lambda w=weight, i=idx, o=offsets, m=mode: F.embedding_bag(
+                                i, w, o, mode=m
+                            )
+                        },
+                    )
+                )
 
                 def fwd_bwd(fn, wr=wr, grad=grad):
                     (gw,) = torch.autograd.grad(fn(wr), wr, grad)
@@ -139,13 +189,25 @@ def sweep_cases(device, quick):
                     w64 = w.double().requires_grad_()
                     return torch.autograd.grad(F.embedding_bag(i, w64, o, mode=m), w64, grad.double())[0]
 
-                cases.append(sweep.point(
-                    f"embedding_bag {mode}", "fwd+bwd", params, size, dtype=dtype, device=device,
-                    check=sweep.near_exact(dtype, exact),
-                    ours=lambda fb=fwd_bwd, i=idx, o=offsets, m=mode: fb(
-                        lambda w: teachcompute_ext.embedding_bag(w, i, o, m)),
-                    baselines={"F.embedding_bag": lambda fb=fwd_bwd, i=idx, o=offsets, m=mode: fb(
-                        lambda w: F.embedding_bag(i, w, o, mode=m))}))
+                cases.append(
+                    sweep.point(
+                        f"embedding_bag {mode}",
+                        "fwd+bwd",
+                        params,
+                        size,
+                        dtype=dtype,
+                        device=device,
+                        check=sweep.near_exact(dtype, exact),
+                        ours=lambda fb=fwd_bwd, i=idx, o=offsets, m=mode: fb(
+                            lambda w: teachcompute_ext.embedding_bag(w, i, o, m)
+                        ),
+                        baselines={
+                            "F.embedding_bag": lambda fb=fwd_bwd, i=idx, o=offsets, m=mode: fb(
+                                lambda w: F.embedding_bag(i, w, o, mode=m)
+                            )
+                        },
+                    )
+                )
         for num, dim, n in emb_grid:
             weight = torch.randn(num, dim, generator=g).to(device, dtype)
             idx = zipf_indices(n, num, g, device)
@@ -155,8 +217,18 @@ def sweep_cases(device, quick):
             base = {"F.embedding": lambda w=weight, i=idx: F.embedding(i, w)}
             if compiled is not None:
                 base[harness.COMPILED] = lambda w=weight, i=idx, c=compiled: c(i, w)
-            cases.append(sweep.point("embedding", "fwd", params, n * dim, dtype=dtype, device=device,
-                                     ours=lambda w=weight, i=idx: teachcompute_ext.embedding(w, i), baselines=base))
+            cases.append(
+                sweep.point(
+                    "embedding",
+                    "fwd",
+                    params,
+                    n * dim,
+                    dtype=dtype,
+                    device=device,
+                    ours=lambda w=weight, i=idx: teachcompute_ext.embedding(w, i),
+                    baselines=base,
+                )
+            )
             wr = weight.clone().requires_grad_()
 
             def emb_fwd_bwd(fn, wr=wr, idx=idx, grad=grad):
@@ -166,12 +238,22 @@ def sweep_cases(device, quick):
             base = {"F.embedding": lambda fb=emb_fwd_bwd: fb(F.embedding)}
             if compiled is not None:
                 base[harness.COMPILED] = lambda fb=emb_fwd_bwd, c=compiled: fb(c)
+
             def exact(w=weight, i=idx, grad=grad):
                 w64 = w.double().requires_grad_()
                 return torch.autograd.grad(F.embedding(i, w64), w64, grad.double())[0]
 
-            cases.append(sweep.point(
-                "embedding", "fwd+bwd", params, n * dim, dtype=dtype, device=device,
-                check=sweep.near_exact(dtype, exact),
-                ours=lambda fb=emb_fwd_bwd: fb(lambda i, w: teachcompute_ext.embedding(w, i)), baselines=base))
+            cases.append(
+                sweep.point(
+                    "embedding",
+                    "fwd+bwd",
+                    params,
+                    n * dim,
+                    dtype=dtype,
+                    device=device,
+                    check=sweep.near_exact(dtype, exact),
+                    ours=lambda fb=emb_fwd_bwd: fb(lambda i, w: teachcompute_ext.embedding(w, i)),
+                    baselines=base,
+                )
+            )
     return cases

@@ -13,6 +13,7 @@ A family module builds a list of Case and hands it to run_family (or to
 run_cases and write_json when its bound is not the copy bandwidth); see
 teachcompute_ext/bench/__init__.py for the registry.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -38,26 +39,27 @@ SMALL_US = 20.0
 
 @dataclass
 class Case:
-    op: str                              # our op, e.g. "vector_sum"
-    shape: str                           # human-readable sizes, e.g. "1e8"
+    op: str  # our op, e.g. "vector_sum"
+    shape: str  # human-readable sizes, e.g. "1e8"
     dtype: torch.dtype
     device: str
     ours: Callable[[], object]
-    baselines: dict                      # label -> callable, e.g. {"torch.sum": ...}
-    bytes_moved: Optional[int] = None    # fewest bytes the op must move (for GB/s)
-    flops: Optional[float] = None        # for TFLOP/s
+    baselines: dict  # label -> callable, e.g. {"torch.sum": ...}
+    bytes_moved: Optional[int] = None  # fewest bytes the op must move (for GB/s)
+    flops: Optional[float] = None  # for TFLOP/s
     check: Optional[Callable[[object, object], None]] = None  # raises if ours != baseline
     note: str = ""
-    sweep: Optional[dict] = None         # a sweep point's variant, pass, parameters and size (sweep.point)
+    sweep: Optional[dict] = None  # a sweep point's variant, pass, parameters and size (sweep.point)
 
 
 @dataclass
 class Options:
     """What the command line chose for this run; families read it through OPTIONS."""
-    allocator: str = "default"           # what keep_allocator_warm did, for the JSON
-    compile: bool = False                # add torch.compile baselines (compiled_baseline)
-    compile_dynamic: bool = False        # torch.compile(dynamic=...): the sweep reuses one kernel across sizes
-    op_filter: Optional[str] = None      # regular expression on Case.op; None: every case
+
+    allocator: str = "default"  # what keep_allocator_warm did, for the JSON
+    compile: bool = False  # add torch.compile baselines (compiled_baseline)
+    compile_dynamic: bool = False  # torch.compile(dynamic=...): the sweep reuses one kernel across sizes
+    op_filter: Optional[str] = None  # regular expression on Case.op; None: every case
     bounds: dict = field(default_factory=dict)  # bounds measured so far in this run (shared_bound)
 
 
@@ -104,8 +106,16 @@ def _stable(samples, rel_tol):
     return True
 
 
-def time_interleaved(fns: dict, device: str, rounds: int = 15, min_batch_s: float = 0.02, warmup: int = 3,
-                     min_rounds: Optional[int] = None, rel_tol: float = 0.0, max_s: Optional[float] = None):
+def time_interleaved(
+    fns: dict,
+    device: str,
+    rounds: int = 15,
+    min_batch_s: float = 0.02,
+    warmup: int = 3,
+    min_rounds: Optional[int] = None,
+    rel_tol: float = 0.0,
+    max_s: Optional[float] = None,
+):
     """Times every callable of `fns` in alternating rounds; returns label -> Timing.
 
     With min_rounds, the rounds may stop early, once at least min_rounds are
@@ -129,7 +139,8 @@ def time_interleaved(fns: dict, device: str, rounds: int = 15, min_batch_s: floa
             samples[label].append(_time_batch(fns[label], device, iters[label]))
         if min_rounds is not None and r + 1 >= min_rounds and r + 1 < rounds:
             if (rel_tol > 0 and _stable(samples, rel_tol)) or (
-                    max_s is not None and time.perf_counter() - start > max_s):
+                max_s is not None and time.perf_counter() - start > max_s
+            ):
                 break
     return {label: Timing(statistics.median(s), len(s) * iters[label], s) for label, s in samples.items()}
 
@@ -282,8 +293,9 @@ def check_near_exact(ours, theirs, exact, dtype):
         ref = exact()
         err_ours, err_theirs = relative_error(ours, ref), relative_error(theirs, ref)
         if not (err_ours <= max(2 * err_theirs, TOLERANCE[dtype])):
-            raise AssertionError(f"{e}; from the float64 result: ours {err_ours:.3e}, "
-                                 f"the baseline {err_theirs:.3e}") from None
+            raise AssertionError(
+                f"{e}; from the float64 result: ours {err_ours:.3e}, the baseline {err_theirs:.3e}"
+            ) from None
 
 
 def select(cases):
@@ -318,8 +330,9 @@ def check_case(case) -> dict:
     return disagree
 
 
-def run_cases(cases, bound_bytes_per_s=None, bound_flops_per_s=None, rounds=15, min_batch_s=0.02,
-              progress=None, **timing):
+def run_cases(
+    cases, bound_bytes_per_s=None, bound_flops_per_s=None, rounds=15, min_batch_s=0.02, progress=None, **timing
+):
     """Checks and times each case; returns a list of result dicts, one per selected case, in order.
 
     progress(case, index, total) is called before each case; timing: more
@@ -330,8 +343,11 @@ def run_cases(cases, bound_bytes_per_s=None, bound_flops_per_s=None, rounds=15, 
         if progress:
             progress(case, i, len(cases))
         row = {
-            "op": case.op, "shape": case.shape, "dtype": str(case.dtype).replace("torch.", ""),
-            "device": case.device, "note": case.note,
+            "op": case.op,
+            "shape": case.shape,
+            "dtype": str(case.dtype).replace("torch.", ""),
+            "device": case.device,
+            "note": case.note,
         }
         try:
             disagree = check_case(case)
@@ -341,8 +357,9 @@ def run_cases(cases, bound_bytes_per_s=None, bound_flops_per_s=None, rounds=15, 
             continue
         # "disagrees", not "error": CI fails on "error", which is reserved for our results.
         baselines = {label: fn for label, fn in case.baselines.items() if label not in disagree}
-        timings = time_interleaved({"ours": case.ours, **baselines}, case.device,
-                                   rounds=rounds, min_batch_s=min_batch_s, **timing)
+        timings = time_interleaved(
+            {"ours": case.ours, **baselines}, case.device, rounds=rounds, min_batch_s=min_batch_s, **timing
+        )
         ours_s = timings["ours"].median_s
         row["ours_ms"] = ours_s * 1e3
         row["rounds"] = len(timings["ours"].samples)
@@ -355,7 +372,9 @@ def run_cases(cases, bound_bytes_per_s=None, bound_flops_per_s=None, rounds=15, 
             # Ratio of medians, and the median of per-round ratios (robust to drift).
             per_round = [b / a for a, b in zip(timings["ours"].samples, timings[label].samples)]
             row["baselines"][label] = {
-                "ms": t * 1e3, "ratio": t / ours_s, "ratio_per_round_median": statistics.median(per_round),
+                "ms": t * 1e3,
+                "ratio": t / ours_s,
+                "ratio_per_round_median": statistics.median(per_round),
             }
         if case.bytes_moved:
             row["GB_per_s"] = case.bytes_moved / ours_s / 1e9
@@ -385,8 +404,18 @@ def _rate(r) -> str:
 
 def format_table(results) -> str:
     """One line per (case, baseline); the case's own figures on its first line."""
-    cols = [("op", "<"), ("shape", "<"), ("dtype", "<"), ("device", "<"), ("ours ms", ">"),
-            ("baseline", "<"), ("ms", ">"), ("ratio", ">"), ("rate", ">"), ("% bound", ">")]
+    cols = [
+        ("op", "<"),
+        ("shape", "<"),
+        ("dtype", "<"),
+        ("device", "<"),
+        ("ours ms", ">"),
+        ("baseline", "<"),
+        ("ms", ">"),
+        ("ratio", ">"),
+        ("rate", ">"),
+        ("% bound", ">"),
+    ]
     rows = []  # lists of cells, or (head cells, error text)
     for r in results:
         head = [r["op"], r["shape"], r["dtype"], r["device"]]
@@ -399,13 +428,21 @@ def format_table(results) -> str:
                 rows.append(([""] * 4 + ["", label], "differs from ours, not timed: " + _one_line(b["disagrees"])))
                 continue
             pct = f"{r['pct_of_bound']:.1f}%" if first and "pct_of_bound" in r else ""
-            rows.append((head if first else [""] * 4)
-                        + [f"{r['ours_ms']:.4f}" if first else "", label, f"{b['ms']:.4f}",
-                           f"{b['ratio']:.2f}x", _rate(r) if first else "", pct])
+            rows.append(
+                (head if first else [""] * 4)
+                + [
+                    f"{r['ours_ms']:.4f}" if first else "",
+                    label,
+                    f"{b['ms']:.4f}",
+                    f"{b['ratio']:.2f}x",
+                    _rate(r) if first else "",
+                    pct,
+                ]
+            )
     widths = [len(name) for name, _ in cols]
     for row in rows:
         cells = row[0] if isinstance(row, tuple) else row
-        widths = [max(w, len(c)) for w, c in zip(widths, cells)] + widths[len(cells):]
+        widths = [max(w, len(c)) for w, c in zip(widths, cells)] + widths[len(cells) :]
 
     def line(cells):
         return "  ".join(f"{c:{a}{w}}" for c, (_, a), w in zip(cells, cols, widths)).rstrip()
@@ -440,9 +477,14 @@ def run_family(family, cases, device, quick, out_dir, progress=None, rounds=None
     nbytes = (64 << 20) if quick else (512 << 20)
     bound = shared_bound(("copy", device, nbytes), lambda: copy_bandwidth(device, nbytes=nbytes))
     results = run_cases(cases, bound_bytes_per_s=bound, rounds=rounds, min_batch_s=min_batch_s, progress=progress)
-    path = write_json(os.path.join(out_dir, f"{family}-{device}.json"), family, device, results,
-                      {"copy_GB_per_s": bound / 1e9},
-                      {"quick": quick, "rounds": rounds, "min_batch_s": min_batch_s})
+    path = write_json(
+        os.path.join(out_dir, f"{family}-{device}.json"),
+        family,
+        device,
+        results,
+        {"copy_GB_per_s": bound / 1e9},
+        {"quick": quick, "rounds": rounds, "min_batch_s": min_batch_s},
+    )
     return results, bound, path
 
 

@@ -9,6 +9,7 @@ and torch.compile.
 
     python -m teachcompute_ext.bench --family llama [--device cpu|cuda] [--quick] [--out DIR]
 """
+
 import contextlib
 import importlib
 import os
@@ -80,6 +81,7 @@ def _halves(gu):
 def _exact_of(fn, inputs, grad=None, wrt=None):
     """fn's result in float64 on inputs (a tuple of tensors), or with grad (a tensor or a
     tuple) the gradients of its outputs with respect to inputs[i] for i in wrt."""
+
     def exact():
         x64 = [t.detach().double() for t in inputs]
         if grad is None:
@@ -89,6 +91,7 @@ def _exact_of(fn, inputs, grad=None, wrt=None):
         out = fn(*x64)
         grads = tuple(g.double() for g in grad) if isinstance(grad, tuple) else grad.double()
         return torch.autograd.grad(out, [x64[i] for i in wrt], grads)
+
     return exact
 
 
@@ -130,9 +133,17 @@ def _pair(op, shape, dtype, device, ours, theirs, inputs, grad, wrt, bytes_fwd, 
     """The report's fwd and fwd+bwd cases of one op (see _passes); bytes_bwd: what the
     backward adds to the forward's bytes."""
     compiled = harness.compile_fn(theirs)
-    return [harness.Case(op=op if pass_ == "fwd" else f"{op} {pass_}", shape=shape, dtype=dtype, device=device,
-                         bytes_moved=bytes_fwd if pass_ == "fwd" else bytes_fwd + bytes_bwd, **kw)
-            for pass_, kw in _passes(ours, theirs, compiled, inputs, grad, wrt, label, dtype)]
+    return [
+        harness.Case(
+            op=op if pass_ == "fwd" else f"{op} {pass_}",
+            shape=shape,
+            dtype=dtype,
+            device=device,
+            bytes_moved=bytes_fwd if pass_ == "fwd" else bytes_fwd + bytes_bwd,
+            **kw,
+        )
+        for pass_, kw in _passes(ours, theirs, compiled, inputs, grad, wrt, label, dtype)
+    ]
 
 
 # ---- the report's cases ---------------------------------------------------------------------
@@ -151,12 +162,35 @@ def norm_cases(device, quick):
         w = (1 + 0.1 * torch.randn(dim, generator=g)).to(device, dtype)
         nbytes = x.numel() * x.element_size()
         shape = f"{rows}x{dim}"
-        cases += _pair("rms_norm", shape, dtype, device, lambda x, w: teachcompute_ext.rms_norm(x, w, EPS), _rms_norm,
-                       (x, w), go, (0, 1), 2 * nbytes, 3 * nbytes, "F.rms_norm")
+        cases += _pair(
+            "rms_norm",
+            shape,
+            dtype,
+            device,
+            lambda x, w: teachcompute_ext.rms_norm(x, w, EPS),
+            _rms_norm,
+            (x, w),
+            go,
+            (0, 1),
+            2 * nbytes,
+            3 * nbytes,
+            "F.rms_norm",
+        )
         # Both outputs carry a gradient, as in a decoder where the sum goes on down the residual stream.
-        cases += _pair("add_rms_norm", shape, dtype, device,
-                       lambda x, r, w: teachcompute_ext.add_rms_norm(x, r, w, EPS), torch_add_rms_norm,
-                       (x, r, w), (go, gh), (0, 1, 2), 4 * nbytes, 4 * nbytes, "x + r, F.rms_norm")
+        cases += _pair(
+            "add_rms_norm",
+            shape,
+            dtype,
+            device,
+            lambda x, r, w: teachcompute_ext.add_rms_norm(x, r, w, EPS),
+            torch_add_rms_norm,
+            (x, r, w),
+            (go, gh),
+            (0, 1, 2),
+            4 * nbytes,
+            4 * nbytes,
+            "x + r, F.rms_norm",
+        )
     return cases
 
 
@@ -183,9 +217,20 @@ def rotary_cases(device, quick):
                 return torch_rotary(q, c, s_), torch_rotary(k, c, s_)
 
             nbytes = q.numel() * q.element_size()
-            cases += _pair("rotary_embedding q,k", f"{b}x{h}x{s}x{d} {layout}, cos [{s}, {d // 2}]", dtype, device,
-                           ours, theirs, (q, k), (gq, gk), (0, 1), 4 * nbytes, 4 * nbytes,
-                           "q*cos + rotate_half(q)*sin")
+            cases += _pair(
+                "rotary_embedding q,k",
+                f"{b}x{h}x{s}x{d} {layout}, cos [{s}, {d // 2}]",
+                dtype,
+                device,
+                ours,
+                theirs,
+                (q, k),
+                (gq, gk),
+                (0, 1),
+                4 * nbytes,
+                4 * nbytes,
+                "q*cos + rotate_half(q)*sin",
+            )
     return cases
 
 
@@ -201,11 +246,34 @@ def glu_cases(device, quick):
             if quick and name != "swiglu":
                 continue
             label = "F.silu(g) * u" if name == "swiglu" else "F.gelu(g) * u"
-            cases += _pair(name, f"{rows}x{inter}", dtype, device, ours, theirs, (gate, up), grad, (0, 1),
-                           3 * nbytes, 5 * nbytes, label)
-            cases += _pair(f"{name} one-tensor", f"{rows}x{2 * inter}", dtype, device,
-                           lambda t, f=ours: f(t, None), lambda t, f=theirs: f(*_halves(t)), (gu,), grad, (0,),
-                           3 * nbytes, 5 * nbytes, label)
+            cases += _pair(
+                name,
+                f"{rows}x{inter}",
+                dtype,
+                device,
+                ours,
+                theirs,
+                (gate, up),
+                grad,
+                (0, 1),
+                3 * nbytes,
+                5 * nbytes,
+                label,
+            )
+            cases += _pair(
+                f"{name} one-tensor",
+                f"{rows}x{2 * inter}",
+                dtype,
+                device,
+                lambda t, f=ours: f(t, None),
+                lambda t, f=theirs: f(*_halves(t)),
+                (gu,),
+                grad,
+                (0,),
+                3 * nbytes,
+                5 * nbytes,
+                label,
+            )
     return cases
 
 
@@ -237,14 +305,24 @@ def gemm_glu_cases(device, quick):
 
     compiled = harness.compile_fn(eager)
     shape = f"x{m}x{hidden} W{2 * inter}x{hidden}"
-    base = {"F.silu(linear) * linear": lambda: eager(x, wg, wu),
-            **({} if compiled is None else {harness.COMPILED: lambda: compiled(x, wg, wu)}),
-            "2 F.linear + swiglu": lambda: two_gemms_swiglu(x, wg, wu),
-            "fused_linear silu * linear": lambda: epilogue(x, wg, wu)}
-    cases.append(harness.Case(
-        op="linear + swiglu", shape=shape, dtype=dtype, device=device, flops=flops,
-        ours=lambda: ours(x, wg, wu, w), baselines=base,
-        check=_check(dtype, _exact_of(eager, (x, wg, wu)))))
+    base = {
+        "F.silu(linear) * linear": lambda: eager(x, wg, wu),
+        **({} if compiled is None else {harness.COMPILED: lambda: compiled(x, wg, wu)}),
+        "2 F.linear + swiglu": lambda: two_gemms_swiglu(x, wg, wu),
+        "fused_linear silu * linear": lambda: epilogue(x, wg, wu),
+    }
+    cases.append(
+        harness.Case(
+            op="linear + swiglu",
+            shape=shape,
+            dtype=dtype,
+            device=device,
+            flops=flops,
+            ours=lambda: ours(x, wg, wu, w),
+            baselines=base,
+            check=_check(dtype, _exact_of(eager, (x, wg, wu))),
+        )
+    )
     # Backward: the gradients of x and of the gate and up weights (ours: the halves of one).
     xl, wgl, wul, wl = _leaves(x, wg, wu, w)
 
@@ -255,14 +333,24 @@ def gemm_glu_cases(device, quick):
         gx, gw = torch.autograd.grad(fn(xl, None, None, wl), (xl, wl), grad)
         return gx, gw[:inter], gw[inter:]
 
-    base = {"F.silu(linear) * linear": lambda: split_weights(eager),
-            **({} if compiled is None else {harness.COMPILED: lambda: split_weights(compiled)}),
-            "2 F.linear + swiglu": lambda: split_weights(two_gemms_swiglu),
-            "fused_linear silu * linear": lambda: split_weights(epilogue)}
-    cases.append(harness.Case(
-        op="linear + swiglu fwd+bwd", shape=shape, dtype=dtype, device=device, flops=3 * flops,
-        ours=lambda: one_weight(ours), baselines=base,
-        check=_check(dtype, _exact_of(eager, (x, wg, wu), grad, (0, 1, 2)))))
+    base = {
+        "F.silu(linear) * linear": lambda: split_weights(eager),
+        **({} if compiled is None else {harness.COMPILED: lambda: split_weights(compiled)}),
+        "2 F.linear + swiglu": lambda: split_weights(two_gemms_swiglu),
+        "fused_linear silu * linear": lambda: split_weights(epilogue),
+    }
+    cases.append(
+        harness.Case(
+            op="linear + swiglu fwd+bwd",
+            shape=shape,
+            dtype=dtype,
+            device=device,
+            flops=3 * flops,
+            ours=lambda: one_weight(ours),
+            baselines=base,
+            check=_check(dtype, _exact_of(eager, (x, wg, wu), grad, (0, 1, 2))),
+        )
+    )
     return cases
 
 
@@ -324,8 +412,10 @@ def block_cases(device, quick):
     the head's GEMM would otherwise dominate a step whose subject is the block."""
     models = _models()
     if models is None:
-        print("llama: teachcompute_ext.models.llama is missing: the decoder block's training step is skipped",
-              file=sys.stderr)
+        print(
+            "llama: teachcompute_ext.models.llama is missing: the decoder block's training step is skipped",
+            file=sys.stderr,
+        )
         return []
     if quick:
         cfg = dict(vocab_size=256, hidden_size=64, num_heads=4, intermediate_size=176, num_layers=1)
@@ -336,8 +426,9 @@ def block_cases(device, quick):
     config = models.LlamaConfig(**cfg, max_position=seq)
     g = torch.Generator().manual_seed(25)
     ids = torch.randint(0, cfg["vocab_size"], (batch, seq), generator=g).to(device)
-    shape = f"hidden {cfg['hidden_size']}, {cfg['num_heads']} heads, inter {cfg['intermediate_size']}, " \
-            f"{batch}x{seq} tokens"
+    shape = (
+        f"hidden {cfg['hidden_size']}, {cfg['num_heads']} heads, inter {cfg['intermediate_size']}, {batch}x{seq} tokens"
+    )
     cases = []
     for dtype in _dtypes(device, quick):
         torch.manual_seed(26)
@@ -360,28 +451,54 @@ def block_cases(device, quick):
         check = _check(dtype, exact)
         op = "llama block step"
         compiled_twin = harness.compile_fn(twin)
-        base = {"twin (torch)": lambda t=twin: step(t, t),
-                **({} if compiled_twin is None else {harness.COMPILED: lambda c=compiled_twin, t=twin: step(c, t)})}
-        cases.append(harness.Case(op=op, shape=shape, dtype=dtype, device=device,
-                                  ours=lambda f=fused: step(f, f), baselines=base, check=check))
+        base = {
+            "twin (torch)": lambda t=twin: step(t, t),
+            **({} if compiled_twin is None else {harness.COMPILED: lambda c=compiled_twin, t=twin: step(c, t)}),
+        }
+        cases.append(
+            harness.Case(
+                op=op,
+                shape=shape,
+                dtype=dtype,
+                device=device,
+                ours=lambda f=fused: step(f, f),
+                baselines=base,
+                check=check,
+            )
+        )
         _MEMORY[(op, str(dtype))] = lambda f=fused, t=twin: {
-            "ours": peak_memory(lambda: step(f, f), device), "twin (torch)": peak_memory(lambda: step(t, t), device)}
+            "ours": peak_memory(lambda: step(f, f), device),
+            "twin (torch)": peak_memory(lambda: step(t, t), device),
+        }
         compiled_fused = harness.compile_fn(fused)
         if compiled_fused is not None:
             # Under torch.compile both ways: what compiling the fused model buys over compiling the twin.
-            cases.append(harness.Case(
-                op=f"{op} compiled", shape=shape, dtype=dtype, device=device,
-                ours=lambda c=compiled_fused, f=fused: step(c, f),
-                baselines={harness.COMPILED: lambda c=compiled_twin, t=twin: step(c, t)}, check=check))
+            cases.append(
+                harness.Case(
+                    op=f"{op} compiled",
+                    shape=shape,
+                    dtype=dtype,
+                    device=device,
+                    ours=lambda c=compiled_fused, f=fused: step(c, f),
+                    baselines={harness.COMPILED: lambda c=compiled_twin, t=twin: step(c, t)},
+                    check=check,
+                )
+            )
             _MEMORY[(f"{op} compiled", str(dtype))] = lambda cf=compiled_fused, f=fused, ct=compiled_twin, t=twin: {
                 "ours": peak_memory(lambda: step(cf, f), device),
-                harness.COMPILED: peak_memory(lambda: step(ct, t), device)}
+                harness.COMPILED: peak_memory(lambda: step(ct, t), device),
+            }
     return cases
 
 
 def cases(device, quick):
-    return (norm_cases(device, quick) + rotary_cases(device, quick) + glu_cases(device, quick)
-            + gemm_glu_cases(device, quick) + block_cases(device, quick))
+    return (
+        norm_cases(device, quick)
+        + rotary_cases(device, quick)
+        + glu_cases(device, quick)
+        + gemm_glu_cases(device, quick)
+        + block_cases(device, quick)
+    )
 
 
 def run(device, quick, out_dir, progress=None):
@@ -404,9 +521,14 @@ def run(device, quick, out_dir, progress=None):
             row["peak_memory_MiB"] = {label: b / 2**20 for label, b in peaks.items()}
             row["note"] = "peak memory " + ", ".join(f"{label} {b / 2**20:.0f} MiB" for label, b in peaks.items())
         results.append(row)
-    path = harness.write_json(os.path.join(out_dir, f"llama-{device}.json"), "llama", device, results,
-                              {"copy_GB_per_s": bound / 1e9},
-                              {"quick": quick, "rounds": rounds, "min_batch_s": min_batch_s})
+    path = harness.write_json(
+        os.path.join(out_dir, f"llama-{device}.json"),
+        "llama",
+        device,
+        results,
+        {"copy_GB_per_s": bound / 1e9},
+        {"quick": quick, "rounds": rounds, "min_batch_s": min_batch_s},
+    )
     return results, bound, path
 
 
@@ -416,8 +538,10 @@ SWEEP_SIZE = "elements of x (of the gate for swiglu, geglu)"
 
 def _sweep_pair(variant, params, size, dtype, device, ours, theirs, compiled, inputs, grad, wrt):
     """The sweep's fwd and fwd+bwd points of one op (see _passes)."""
-    return [sweep.point(variant, pass_, params, size, dtype=dtype, device=device, **kw)
-            for pass_, kw in _passes(ours, theirs, compiled, inputs, grad, wrt, "torch", dtype)]
+    return [
+        sweep.point(variant, pass_, params, size, dtype=dtype, device=device, **kw)
+        for pass_, kw in _passes(ours, theirs, compiled, inputs, grad, wrt, "torch", dtype)
+    ]
 
 
 def sweep_cases(device, quick):
@@ -431,13 +555,44 @@ def sweep_cases(device, quick):
         rope_grid = [(1, 8, 1, 64, 64), (1, 4, 64, 128, 32)]  # (batch, heads, seq, head_dim, rotary_dim)
         glu_grid = [(1, 33), (64, 1000)]
     else:
-        norm_grid = [(1, 7), (1, 33), (1, 96), (1, 300), (1, 1000), (1, 4096), (32, 33), (4, 4096), (64, 96),
-                     (256, 300), (1024, 1000), (512, 4096), (2048, 4096), (8192, 4096)]
-        rope_grid = [(1, 1, 1, 64, 64), (1, 8, 1, 64, 64), (1, 32, 1, 128, 128), (1, 8, 16, 64, 32),
-                     (1, 8, 64, 128, 128), (2, 16, 128, 64, 64), (1, 32, 256, 128, 64), (2, 32, 512, 128, 128),
-                     (2, 32, 1024, 128, 128)]
-        glu_grid = [(1, 7), (1, 33), (1, 300), (1, 1000), (1, 11008), (32, 1000), (256, 2816), (1024, 2816),
-                    (4096, 11008)]
+        norm_grid = [
+            (1, 7),
+            (1, 33),
+            (1, 96),
+            (1, 300),
+            (1, 1000),
+            (1, 4096),
+            (32, 33),
+            (4, 4096),
+            (64, 96),
+            (256, 300),
+            (1024, 1000),
+            (512, 4096),
+            (2048, 4096),
+            (8192, 4096),
+        ]
+        rope_grid = [
+            (1, 1, 1, 64, 64),
+            (1, 8, 1, 64, 64),
+            (1, 32, 1, 128, 128),
+            (1, 8, 16, 64, 32),
+            (1, 8, 64, 128, 128),
+            (2, 16, 128, 64, 64),
+            (1, 32, 256, 128, 64),
+            (2, 32, 512, 128, 128),
+            (2, 32, 1024, 128, 128),
+        ]
+        glu_grid = [
+            (1, 7),
+            (1, 33),
+            (1, 300),
+            (1, 1000),
+            (1, 11008),
+            (32, 1000),
+            (256, 2816),
+            (1024, 2816),
+            (4096, 11008),
+        ]
     g = torch.Generator().manual_seed(27)
     cases = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -445,13 +600,32 @@ def sweep_cases(device, quick):
             x, r, go, gh = (torch.randn(rows, dim, generator=g).to(device, dtype) for _ in range(4))
             w = (1 + 0.1 * torch.randn(dim, generator=g)).to(device, dtype)
             params, size = {"rows": rows, "cols": dim}, rows * dim
-            cases += _sweep_pair("rms_norm", params, size, dtype, device,
-                                 lambda x, w: teachcompute_ext.rms_norm(x, w, EPS), _rms_norm,
-                                 sweep.compiled(("llama", "rms_norm"), _rms_norm), (x, w), go, (0, 1))
-            cases += _sweep_pair("add_rms_norm", params, size, dtype, device,
-                                 lambda x, r, w: teachcompute_ext.add_rms_norm(x, r, w, EPS), torch_add_rms_norm,
-                                 sweep.compiled(("llama", "add_rms_norm"), torch_add_rms_norm), (x, r, w),
-                                 (go, gh), (0, 1, 2))
+            cases += _sweep_pair(
+                "rms_norm",
+                params,
+                size,
+                dtype,
+                device,
+                lambda x, w: teachcompute_ext.rms_norm(x, w, EPS),
+                _rms_norm,
+                sweep.compiled(("llama", "rms_norm"), _rms_norm),
+                (x, w),
+                go,
+                (0, 1),
+            )
+            cases += _sweep_pair(
+                "add_rms_norm",
+                params,
+                size,
+                dtype,
+                device,
+                lambda x, r, w: teachcompute_ext.add_rms_norm(x, r, w, EPS),
+                torch_add_rms_norm,
+                sweep.compiled(("llama", "add_rms_norm"), torch_add_rms_norm),
+                (x, r, w),
+                (go, gh),
+                (0, 1, 2),
+            )
         for b, h, s, d, rd in rope_grid:
             x, grad = (torch.randn(b, h, s, d, generator=g).to(device, dtype) for _ in range(2))
             theta = torch.rand(s, rd // 2, generator=g) * 6.3
@@ -462,30 +636,67 @@ def sweep_cases(device, quick):
             # The tables are inputs of the compiled function (not closed over), so that one
             # dynamic kernel serves every size; they need no gradient, as in a model.
             cases += _sweep_pair(
-                "rotary_embedding", params, size, dtype, device,
+                "rotary_embedding",
+                params,
+                size,
+                dtype,
+                device,
                 lambda x, c=cos, s_=sin: teachcompute_ext.rotary_embedding(x, c, s_),
                 lambda x, c=cos_full, s_=sin_full: torch_rotary(x, c, s_),
-                _with(sweep.compiled(("llama", "rotary"), torch_rotary), cos_full, sin_full), (x,), grad, (0,))
+                _with(sweep.compiled(("llama", "rotary"), torch_rotary), cos_full, sin_full),
+                (x,),
+                grad,
+                (0,),
+            )
             cases += _sweep_pair(
-                "rotary_embedding interleaved", params, size, dtype, device,
+                "rotary_embedding interleaved",
+                params,
+                size,
+                dtype,
+                device,
                 lambda x, c=cos, s_=sin: teachcompute_ext.rotary_embedding(x, c, s_, True),
                 lambda x, c=cos, s_=sin: torch_rotary_interleaved(x, c, s_),
-                _with(sweep.compiled(("llama", "rotary interleaved"), torch_rotary_interleaved), cos, sin), (x,),
-                grad, (0,))
+                _with(sweep.compiled(("llama", "rotary interleaved"), torch_rotary_interleaved), cos, sin),
+                (x,),
+                grad,
+                (0,),
+            )
         for rows, inter in glu_grid:
             gate, up, grad = (torch.randn(rows, inter, generator=g).to(device, dtype) for _ in range(3))
             gu = torch.cat((gate, up), dim=-1)
             params, size = {"rows": rows, "inter": inter}, rows * inter
             for name, (ours, theirs) in GLUS.items():
-                cases += _sweep_pair(name, params, size, dtype, device, ours, theirs,
-                                     sweep.compiled(("llama", name), theirs), (gate, up), grad, (0, 1))
+                cases += _sweep_pair(
+                    name,
+                    params,
+                    size,
+                    dtype,
+                    device,
+                    ours,
+                    theirs,
+                    sweep.compiled(("llama", name), theirs),
+                    (gate, up),
+                    grad,
+                    (0, 1),
+                )
             ours, theirs = GLUS["swiglu"]
 
             def one(t, f=theirs):
                 return f(*_halves(t))
 
-            cases += _sweep_pair("swiglu one-tensor", params, size, dtype, device, lambda t, f=ours: f(t, None), one,
-                                 sweep.compiled(("llama", "swiglu one-tensor"), one), (gu,), grad, (0,))
+            cases += _sweep_pair(
+                "swiglu one-tensor",
+                params,
+                size,
+                dtype,
+                device,
+                lambda t, f=ours: f(t, None),
+                one,
+                sweep.compiled(("llama", "swiglu one-tensor"), one),
+                (gu,),
+                grad,
+                (0,),
+            )
     return cases
 
 

@@ -6,6 +6,7 @@ FLOP rate measured in the same run. Memory kept for the backward is reported too
 
     python -m teachcompute_ext.bench --family matmul [--device cpu|cuda] [--quick] [--out DIR]
 """
+
 import os
 
 import torch
@@ -69,12 +70,20 @@ def cases(device, quick):
                 with torch.no_grad():
                     return fn(x, w, b)
 
-            out.append(harness.Case(
-                op=f"fused_linear {act}", shape=shape, dtype=dtype, device=device, flops=flops,
-                ours=lambda act=act: fwd(lambda *a: teachcompute_ext.fused_linear(*a, act)),
-                baselines={"eager": lambda eager=eager: fwd(eager),
-                           **({} if compiled is None else {harness.COMPILED: lambda c=compiled: fwd(c)})},
-            ))
+            out.append(
+                harness.Case(
+                    op=f"fused_linear {act}",
+                    shape=shape,
+                    dtype=dtype,
+                    device=device,
+                    flops=flops,
+                    ours=lambda act=act: fwd(lambda *a: teachcompute_ext.fused_linear(*a, act)),
+                    baselines={
+                        "eager": lambda eager=eager: fwd(eager),
+                        **({} if compiled is None else {harness.COMPILED: lambda c=compiled: fwd(c)}),
+                    },
+                )
+            )
             params = [t.clone().requires_grad_() for t in (x, w, b)]
 
             def fwd_bwd(fn, params=params):
@@ -88,20 +97,34 @@ def cases(device, quick):
             eager_fb = lambda eager=eager: fwd_bwd(eager)  # noqa: E731
             ours_mem, what = peak_bytes(ours_fb, device)
             eager_mem, _ = peak_bytes(eager_fb, device)
-            out.append(harness.Case(
-                op=f"fused_linear {act} fwd+bwd", shape=shape, dtype=dtype, device=device, flops=3 * flops,
-                ours=ours_fb,
-                baselines={"eager": eager_fb,
-                           **({} if compiled is None else {harness.COMPILED: lambda c=compiled: fwd_bwd(c)})},
-                check=check,
-                note=f"{what}: ours {ours_mem / 2**20:.0f} MiB, eager {eager_mem / 2**20:.0f} MiB",
-            ))
+            out.append(
+                harness.Case(
+                    op=f"fused_linear {act} fwd+bwd",
+                    shape=shape,
+                    dtype=dtype,
+                    device=device,
+                    flops=3 * flops,
+                    ours=ours_fb,
+                    baselines={
+                        "eager": eager_fb,
+                        **({} if compiled is None else {harness.COMPILED: lambda c=compiled: fwd_bwd(c)}),
+                    },
+                    check=check,
+                    note=f"{what}: ours {ours_mem / 2**20:.0f} MiB, eager {eager_mem / 2**20:.0f} MiB",
+                )
+            )
         # fused_matmul: alpha and the transpose of b inside the GEMM call
-        out.append(harness.Case(
-            op="fused_matmul trans_b", shape=f"a{m}x{k} b{n}x{k}", dtype=dtype, device=device, flops=flops,
-            ours=lambda x=x, w=w: teachcompute_ext.fused_matmul(x, w, 0.5, False, True),
-            baselines={"alpha*torch.matmul": lambda x=x, w=w: 0.5 * torch.matmul(x, w.mT)},
-        ))
+        out.append(
+            harness.Case(
+                op="fused_matmul trans_b",
+                shape=f"a{m}x{k} b{n}x{k}",
+                dtype=dtype,
+                device=device,
+                flops=flops,
+                ours=lambda x=x, w=w: teachcompute_ext.fused_matmul(x, w, 0.5, False, True),
+                baselines={"alpha*torch.matmul": lambda x=x, w=w: 0.5 * torch.matmul(x, w.mT)},
+            )
+        )
     return out
 
 
@@ -112,14 +135,22 @@ def run(device, quick, out_dir, progress=None):
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     # The compute bound: torch.matmul's rate on square matrices, this run.
     n = 1024 if quick else (2048 if device == "cpu" else 8192)
-    bound = harness.shared_bound(("matmul", device, str(dtype), n),
-                                 lambda: harness.matmul_rate(device, dtype=dtype, n=n, rounds=3 if quick else 10))
+    bound = harness.shared_bound(
+        ("matmul", device, str(dtype), n),
+        lambda: harness.matmul_rate(device, dtype=dtype, n=n, rounds=3 if quick else 10),
+    )
     rounds, min_batch_s = (3, 0.01) if quick else (11, 0.05)
-    results = harness.run_cases(selected, bound_flops_per_s=bound, rounds=rounds, min_batch_s=min_batch_s,
-                                progress=progress)
-    path = harness.write_json(os.path.join(out_dir, f"matmul-{device}.json"), "matmul", device, results,
-                              {f"matmul_{str(dtype).replace('torch.', '')}_TFLOP_per_s": bound / 1e12},
-                              {"quick": quick, "rounds": rounds, "min_batch_s": min_batch_s})
+    results = harness.run_cases(
+        selected, bound_flops_per_s=bound, rounds=rounds, min_batch_s=min_batch_s, progress=progress
+    )
+    path = harness.write_json(
+        os.path.join(out_dir, f"matmul-{device}.json"),
+        "matmul",
+        device,
+        results,
+        {f"matmul_{str(dtype).replace('torch.', '')}_TFLOP_per_s": bound / 1e12},
+        {"quick": quick, "rounds": rounds, "min_batch_s": min_batch_s},
+    )
     return results, bound, path
 
 
@@ -134,8 +165,17 @@ def sweep_cases(device, quick):
     if quick:
         grid = [(1, 128, 64), (32, 96, 300)]  # (M, K, N)
     else:
-        grid = [(1, 128, 64), (32, 128, 64), (32, 96, 300), (128, 300, 33), (64, 256, 256), (256, 512, 1000),
-                (256, 1024, 1024), (512, 1024, 4096), (2048, 1024, 4096)]
+        grid = [
+            (1, 128, 64),
+            (32, 128, 64),
+            (32, 96, 300),
+            (128, 300, 33),
+            (64, 256, 256),
+            (256, 512, 1000),
+            (256, 1024, 1024),
+            (512, 1024, 4096),
+            (2048, 1024, 4096),
+        ]
     g = torch.Generator().manual_seed(10)
     cases = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -148,6 +188,7 @@ def sweep_cases(device, quick):
             flops = 2.0 * m * n * k
             params_r = [t.clone().requires_grad_() for t in (x, w, b)]
             for act, f in ACTS.items():
+
                 def eager(x, w, b, f=f):
                     return f(F.linear(x, w, b))
 
@@ -160,9 +201,18 @@ def sweep_cases(device, quick):
                 base = {"eager": lambda fw=fwd, e=eager: fw(e)}
                 if compiled is not None:
                     base[harness.COMPILED] = lambda fw=fwd, c=compiled: fw(c)
-                cases.append(sweep.point(
-                    f"fused_linear {act}", "fwd", params, flops, dtype=dtype, device=device,
-                    ours=lambda fw=fwd, a=act: fw(lambda *t: teachcompute_ext.fused_linear(*t, a)), baselines=base))
+                cases.append(
+                    sweep.point(
+                        f"fused_linear {act}",
+                        "fwd",
+                        params,
+                        flops,
+                        dtype=dtype,
+                        device=device,
+                        ours=lambda fw=fwd, a=act: fw(lambda *t: teachcompute_ext.fused_linear(*t, a)),
+                        baselines=base,
+                    )
+                )
 
                 def fwd_bwd(fn, p=params_r, grad=grad):
                     return torch.autograd.grad(fn(*p), p, grad)
@@ -175,12 +225,29 @@ def sweep_cases(device, quick):
                 base = {"eager": lambda fb=fwd_bwd, e=eager: fb(e)}
                 if compiled is not None:
                     base[harness.COMPILED] = lambda fb=fwd_bwd, c=compiled: fb(c)
-                cases.append(sweep.point(
-                    f"fused_linear {act}", "fwd+bwd", params, flops, dtype=dtype, device=device, check=check,
-                    ours=lambda fb=fwd_bwd, a=act: fb(lambda *t: teachcompute_ext.fused_linear(*t, a)),
-                    baselines=base))
-            cases.append(sweep.point(
-                "fused_matmul trans_b", "fwd", params, flops, dtype=dtype, device=device,
-                ours=lambda x=x, w=w: teachcompute_ext.fused_matmul(x, w, 0.5, False, True),
-                baselines={"alpha*torch.matmul": lambda x=x, w=w: 0.5 * torch.matmul(x, w.mT)}))
+                cases.append(
+                    sweep.point(
+                        f"fused_linear {act}",
+                        "fwd+bwd",
+                        params,
+                        flops,
+                        dtype=dtype,
+                        device=device,
+                        check=check,
+                        ours=lambda fb=fwd_bwd, a=act: fb(lambda *t: teachcompute_ext.fused_linear(*t, a)),
+                        baselines=base,
+                    )
+                )
+            cases.append(
+                sweep.point(
+                    "fused_matmul trans_b",
+                    "fwd",
+                    params,
+                    flops,
+                    dtype=dtype,
+                    device=device,
+                    ours=lambda x=x, w=w: teachcompute_ext.fused_matmul(x, w, 0.5, False, True),
+                    baselines={"alpha*torch.matmul": lambda x=x, w=w: 0.5 * torch.matmul(x, w.mT)},
+                )
+            )
     return cases

@@ -1,6 +1,7 @@
 """The report's plots, drawn from the family JSON documents alone (so that
 --replot can redraw them): per device, the speed-up of each case against each
 baseline, and each case's percentage of the bound measured in the same run."""
+
 import os
 
 from .harness import COMPILED, SMALL_US
@@ -52,8 +53,11 @@ def _figure(plt, n_rows, title):
 
 def plot_speedup(rows, device, path):
     plt = _pyplot()
-    fig, ax = _figure(plt, len(rows) * 1.4, f"Speed-up of teachcompute_ext on {device}\n"
-                                            "baseline time / our time: right of 1x, we are faster")
+    fig, ax = _figure(
+        plt,
+        len(rows) * 1.4,
+        f"Speed-up of teachcompute_ext on {device}\nbaseline time / our time: right of 1x, we are faster",
+    )
     ratios = [b["ratio"] for r in rows if "error" not in r for b in r["baselines"].values() if "ratio" in b]
     ratios = ratios or [1.0]
     lo, hi = min(min(ratios), 1.0) / 3, max(max(ratios), 1.0) * 3  # room for the labels
@@ -66,19 +70,30 @@ def plot_speedup(rows, device, path):
         for i, (label, b) in enumerate(r["baselines"].items()):
             role = _role(i, label)
             if "ratio" not in b:  # a baseline that disagreed with ours was not timed
-                ax.text(1.0, y - 0.4 + height * (i + 0.5), f" {label}: differs from ours, not timed",
-                        va="center", fontsize=6, color="tab:red")
+                ax.text(
+                    1.0,
+                    y - 0.4 + height * (i + 0.5),
+                    f" {label}: differs from ours, not timed",
+                    va="center",
+                    fontsize=6,
+                    color="tab:red",
+                )
                 continue
             yy = y - 0.4 + height * (i + 0.5)
             # From the 1x line: left of it slower, right of it faster.
-            ax.barh(yy, b["ratio"] - 1.0, height=height * 0.9, left=1.0, color=COLORS[role],
-                    label=None if role in seen else f"vs {role}" + (" (named)" if role == "other" else ""))
+            ax.barh(
+                yy,
+                b["ratio"] - 1.0,
+                height=height * 0.9,
+                left=1.0,
+                color=COLORS[role],
+                label=None if role in seen else f"vs {role}" + (" (named)" if role == "other" else ""),
+            )
             seen.add(role)
             text = f"{b['ratio']:.2f}x" + (f" {label}" if role == "other" else "")
             # At the outer end of the bar: right of it when faster, left of it when slower.
             faster = b["ratio"] >= 1.0
-            ax.text(b["ratio"], yy, f" {text} ", va="center", fontsize=6,
-                    ha="left" if faster else "right")
+            ax.text(b["ratio"], yy, f" {text} ", va="center", fontsize=6, ha="left" if faster else "right")
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
     _log_ticks(ax, lo, hi, lambda t: f"{t:g}x")
@@ -107,8 +122,11 @@ def _bound_text(doc):
 
 def plot_pct_of_bound(rows, bounds, device, path):
     plt = _pyplot()
-    fig, ax = _figure(plt, len(rows), f"Percentage of the bound measured in the same run on {device}\n"
-                                      f"{'; '.join(sorted(set(bounds)))}")
+    fig, ax = _figure(
+        plt,
+        len(rows),
+        f"Percentage of the bound measured in the same run on {device}\n{'; '.join(sorted(set(bounds)))}",
+    )
     pcts = [r["pct_of_bound"] for r in rows if "pct_of_bound" in r] or [100.0]
     # A log axis when cache-resident cases (far above 100%) would flatten the rest.
     log = max(pcts) / max(min(pcts), 1e-9) > 10
@@ -127,8 +145,10 @@ def plot_pct_of_bound(rows, bounds, device, path):
     ax.axvline(100.0, color="black", linewidth=1)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([_label(r) for r in rows], fontsize=7)
-    ax.set_xlabel("% of the bound (above 100%: the data stayed in cache, or reads alone outran a copy's "
-                  "reads and writes)", fontsize=8)
+    ax.set_xlabel(
+        "% of the bound (above 100%: the data stayed in cache, or reads alone outran a copy's reads and writes)",
+        fontsize=8,
+    )
     _mark_errors(ax, rows, lo if log else 0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")  # long case labels must not be cut
@@ -155,8 +175,12 @@ def plot_all(docs, out_dir):
 # The sweep: one color per (pass, dtype); solid against torch eager, dashed
 # against torch.compile; a filled marker where torch's call takes SMALL_US or
 # more (target: ratio >= 1x), a hollow one below (target: within 1 us).
-SWEEP_COLORS = {("fwd", "float32"): "tab:blue", ("fwd", "bfloat16"): "tab:purple",
-                ("fwd+bwd", "float32"): "tab:green", ("fwd+bwd", "bfloat16"): "tab:olive"}
+SWEEP_COLORS = {
+    ("fwd", "float32"): "tab:blue",
+    ("fwd", "bfloat16"): "tab:purple",
+    ("fwd+bwd", "float32"): "tab:green",
+    ("fwd+bwd", "bfloat16"): "tab:olive",
+}
 SWEEP_OTHER = ["tab:brown", "tab:pink", "tab:gray", "tab:cyan"]
 
 
@@ -172,8 +196,9 @@ def plot_sweep(doc, path):
     variants = list(dict.fromkeys(p["op"] for p in points)) or ["(no point)"]
     ncols = min(3, len(variants))
     nrows = math.ceil(len(variants) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.3 * nrows + 1.2), squeeze=False,
-                             sharey=True, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(5.2 * ncols, 3.3 * nrows + 1.2), squeeze=False, sharey=True, layout="constrained"
+    )
     ratios = [p[k] for p in points for k in ("ratio", "ratio_compile") if k in p] or [1.0]
     lo, hi = min(min(ratios), 1.0) / 1.5, max(max(ratios), 1.0) * 1.5
     keys = list(dict.fromkeys((p["pass"], p["dtype"]) for p in points))
@@ -182,8 +207,9 @@ def plot_sweep(doc, path):
     for ax, variant in zip(axes.flat, variants):
         mine = [p for p in points if p["op"] == variant]
         for key in keys:
-            series = sorted((p for p in mine if (p["pass"], p["dtype"]) == key and "ratio" in p),
-                            key=lambda p: p["size"])
+            series = sorted(
+                (p for p in mine if (p["pass"], p["dtype"]) == key and "ratio" in p), key=lambda p: p["size"]
+            )
             for field, style in (("ratio", "-"), ("ratio_compile", "--")):
                 s = [p for p in series if field in p]
                 if not s:
@@ -200,15 +226,21 @@ def plot_sweep(doc, path):
         wrong = [p for p in mine if "error" in p]
         if wrong:
             ax.scatter([p["size"] for p in wrong], [lo * 1.1] * len(wrong), marker="x", color="tab:red", zorder=4)
-            ax.text(0.02, 0.04, f"{len(wrong)} WRONG RESULT(S), not timed", transform=ax.transAxes,
-                    color="tab:red", fontsize=7)
+            ax.text(
+                0.02,
+                0.04,
+                f"{len(wrong)} WRONG RESULT(S), not timed",
+                transform=ax.transAxes,
+                color="tab:red",
+                fontsize=7,
+            )
         ax.axhline(1.0, color="black", linewidth=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(variant, fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(variants):]:
+    for ax in list(axes.flat)[len(variants) :]:
         ax.set_visible(False)
     ax0 = axes.flat[0]
     ax0.set_ylim(lo, hi)
@@ -225,11 +257,17 @@ def plot_sweep(doc, path):
     if compiled_any:
         handles.append(Line2D([], [], color="black", linestyle="--", label="vs torch.compile (dynamic)"))
     handles.append(Line2D([], [], color="gray", marker="o", linestyle="", label=f"torch >= {SMALL_US:g} us"))
-    handles.append(Line2D([], [], color="gray", marker="o", markerfacecolor="white", linestyle="",
-                          label=f"torch < {SMALL_US:g} us"))
+    handles.append(
+        Line2D(
+            [], [], color="gray", marker="o", markerfacecolor="white", linestyle="", label=f"torch < {SMALL_US:g} us"
+        )
+    )
     env = doc["environment"]
-    fig.suptitle(f"Sweep of the {doc['family']} family on {env['device']} ({env['device_name']})\n"
-                 f"torch time / our time against size: above the 1x line we are faster", fontsize=10)
+    fig.suptitle(
+        f"Sweep of the {doc['family']} family on {env['device']} ({env['device_name']})\n"
+        f"torch time / our time against size: above the 1x line we are faster",
+        fontsize=10,
+    )
     for i, ax in enumerate(axes.flat):  # the last row's panels may be hidden: label the ones above them
         if i >= len(variants) - ncols and i < len(variants):
             ax.set_xlabel(f"size: {doc['size_unit']}", fontsize=8)

@@ -4,6 +4,7 @@ log_softmax (forward, and forward+backward).
 
     python -m teachcompute_ext.bench --family reduce [--device cpu|cuda] [--quick] [--out DIR]
 """
+
 import torch
 
 import teachcompute_ext
@@ -24,11 +25,17 @@ def vector_sum_cases(device, quick):
         for label, n in sizes:
             x = torch.rand(n, device=device, generator=g).to(dtype)
             baselines = {"torch.sum": lambda x=x: torch.sum(x), **harness.compiled_baseline(lambda t: torch.sum(t), x)}
-            cases.append(harness.Case(
-                op="vector_sum", shape=label, dtype=dtype, device=device,
-                ours=lambda x=x: teachcompute_ext.vector_sum(x), baselines=baselines,
-                bytes_moved=x.numel() * x.element_size(),
-            ))
+            cases.append(
+                harness.Case(
+                    op="vector_sum",
+                    shape=label,
+                    dtype=dtype,
+                    device=device,
+                    ours=lambda x=x: teachcompute_ext.vector_sum(x),
+                    baselines=baselines,
+                    bytes_moved=x.numel() * x.element_size(),
+                )
+            )
     return cases
 
 
@@ -48,13 +55,20 @@ def softmax_cases(device, quick):
             nbytes = x.numel() * x.element_size()
             for name, torch_fn in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax)):
                 ours_fn = getattr(teachcompute_ext, name)
-                cases.append(harness.Case(
-                    op=name, shape=label, dtype=dtype, device=device,
-                    ours=lambda f=ours_fn, x=x: f(x, -1),
-                    baselines={f"torch.{name}": lambda f=torch_fn, x=x: f(x, -1),
-                               **harness.compiled_baseline(lambda t, d, f=torch_fn: f(t, d), x, -1)},
-                    bytes_moved=2 * nbytes,  # read x, write y
-                ))
+                cases.append(
+                    harness.Case(
+                        op=name,
+                        shape=label,
+                        dtype=dtype,
+                        device=device,
+                        ours=lambda f=ours_fn, x=x: f(x, -1),
+                        baselines={
+                            f"torch.{name}": lambda f=torch_fn, x=x: f(x, -1),
+                            **harness.compiled_baseline(lambda t, d, f=torch_fn: f(t, d), x, -1),
+                        },
+                        bytes_moved=2 * nbytes,  # read x, write y
+                    )
+                )
                 xr = x.clone().requires_grad_()
 
                 def fwd_bwd(f, xr=xr, grad=grad):
@@ -69,12 +83,17 @@ def softmax_cases(device, quick):
                 compiled = harness.compile_fn(lambda t, d, f=torch_fn: f(t, d))
                 if compiled is not None:
                     baselines[harness.COMPILED] = lambda f=compiled, fb=fwd_bwd: fb(f)
-                cases.append(harness.Case(
-                    op=f"{name} fwd+bwd", shape=label, dtype=dtype, device=device,
-                    ours=lambda f=ours_fn, fb=fwd_bwd: fb(f),
-                    baselines=baselines,
-                    bytes_moved=5 * nbytes,  # fwd: read x, write y; bwd: read grad and y, write gx
-                ))
+                cases.append(
+                    harness.Case(
+                        op=f"{name} fwd+bwd",
+                        shape=label,
+                        dtype=dtype,
+                        device=device,
+                        ours=lambda f=ours_fn, fb=fwd_bwd: fb(f),
+                        baselines=baselines,
+                        bytes_moved=5 * nbytes,  # fwd: read x, write y; bwd: read grad and y, write gx
+                    )
+                )
     return cases
 
 
@@ -84,8 +103,12 @@ _DIM_OPS = [
     ("reduce_mean", lambda x, d: teachcompute_ext.reduce_mean(x, d), "torch.mean", lambda x, d: torch.mean(x, d)),
     ("reduce_max", lambda x, d: teachcompute_ext.reduce_max(x, d), "torch.max", lambda x, d: torch.max(x, d)),
     ("reduce_min", lambda x, d: teachcompute_ext.reduce_min(x, d), "torch.min", lambda x, d: torch.min(x, d)),
-    ("logsumexp", lambda x, d: teachcompute_ext.logsumexp(x, [d]), "torch.logsumexp",
-     lambda x, d: torch.logsumexp(x, d)),
+    (
+        "logsumexp",
+        lambda x, d: teachcompute_ext.logsumexp(x, [d]),
+        "torch.logsumexp",
+        lambda x, d: torch.logsumexp(x, d),
+    ),
 ]
 
 
@@ -111,21 +134,27 @@ def dim_reduction_cases(device, quick):
             x = torch.randn(shape, device=device, generator=g).to(dtype)
             for dim in (0, 1):
                 for name, ours, tname, theirs in _DIM_OPS:
-                    cases.append(harness.Case(
-                        op=f"{name} dim{dim}", shape="x".join(map(str, shape)), dtype=dtype, device=device,
-                        ours=lambda f=ours, x=x, d=dim: f(x, d),
-                        baselines={tname: lambda f=theirs, x=x, d=dim: f(x, d),
-                                   **harness.compiled_baseline(theirs, x, dim)},
-                        bytes_moved=x.numel() * x.element_size(),
-                        check=lambda a, b, dt=dtype: _check_outputs(a, b, dt),
-                    ))
+                    cases.append(
+                        harness.Case(
+                            op=f"{name} dim{dim}",
+                            shape="x".join(map(str, shape)),
+                            dtype=dtype,
+                            device=device,
+                            ours=lambda f=ours, x=x, d=dim: f(x, d),
+                            baselines={
+                                tname: lambda f=theirs, x=x, d=dim: f(x, d),
+                                **harness.compiled_baseline(theirs, x, dim),
+                            },
+                            bytes_moved=x.numel() * x.element_size(),
+                            check=lambda a, b, dt=dtype: _check_outputs(a, b, dt),
+                        )
+                    )
     return cases
 
 
 def run(device, quick, out_dir, progress=None):
     cases = vector_sum_cases(device, quick) + dim_reduction_cases(device, quick) + softmax_cases(device, quick)
     return harness.run_family("reduce", cases, device, quick, out_dir, progress, rounds=None if quick else 21)
-
 
 
 # The sweep (sweep.py): the x-axis is the input's element count.
@@ -169,9 +198,19 @@ def _sweep_pair(variant, dim_label, x, ours, theirs, dim, dtype, device, size, p
     base = {"torch": lambda: theirs(x, dim)}
     if compiled is not None:
         base[harness.COMPILED] = lambda: compiled(x, dim)
-    cases.append(sweep.point(name, "fwd", params, size, dtype=dtype, device=device,
-                             ours=lambda: ours(x, dim), baselines=base,
-                             check=lambda a, b: _check_outputs(a, b, dtype)))
+    cases.append(
+        sweep.point(
+            name,
+            "fwd",
+            params,
+            size,
+            dtype=dtype,
+            device=device,
+            ours=lambda: ours(x, dim),
+            baselines=base,
+            check=lambda a, b: _check_outputs(a, b, dtype),
+        )
+    )
     xr = x.clone().requires_grad_()
 
     def fwd_bwd(f):
@@ -181,14 +220,25 @@ def _sweep_pair(variant, dim_label, x, ours, theirs, dim, dtype, device, size, p
     base = {"torch": lambda: fwd_bwd(theirs)}
     if compiled is not None:
         base[harness.COMPILED] = lambda: fwd_bwd(compiled)
+
     def exact():
         x64 = x.double().requires_grad_()
         (gx,) = torch.autograd.grad(_first(theirs(x64, dim)), x64, grad.double())
         return gx
 
-    cases.append(sweep.point(name, "fwd+bwd", params, size, dtype=dtype, device=device,
-                             ours=lambda: fwd_bwd(ours), baselines=base,
-                             check=lambda a, b: harness.check_near_exact(a, b, exact, dtype)))
+    cases.append(
+        sweep.point(
+            name,
+            "fwd+bwd",
+            params,
+            size,
+            dtype=dtype,
+            device=device,
+            ours=lambda: fwd_bwd(ours),
+            baselines=base,
+            check=lambda a, b: harness.check_near_exact(a, b, exact, dtype),
+        )
+    )
     return cases
 
 
@@ -204,10 +254,20 @@ def sweep_cases(device, quick):
         tall = [(1000, 1), (4096, 33)]
     else:
         vector = [1, 7, 33, 300, 1000, 4096, 33000, 10**5, 10**6, 10**7, 10**8]
-        rows = [(1, 1), (1, 7), (1, 33), (1, 96), (1, 1000), (4, 1024), (16, 1024), (64, 96), (256, 300),
-                (1024, 1000), (4096, 4096)]
-        tall = [(33, 1), (1000, 7), (4096, 33), (100000, 1), (100000, 7), (16384, 96), (4096, 300),
-                (4096, 4096)]
+        rows = [
+            (1, 1),
+            (1, 7),
+            (1, 33),
+            (1, 96),
+            (1, 1000),
+            (4, 1024),
+            (16, 1024),
+            (64, 96),
+            (256, 300),
+            (1024, 1000),
+            (4096, 4096),
+        ]
+        tall = [(33, 1), (1000, 7), (4096, 33), (100000, 1), (100000, 7), (16384, 96), (4096, 300), (4096, 4096)]
     g = torch.Generator().manual_seed(6)
     cases = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -218,8 +278,18 @@ def sweep_cases(device, quick):
             base = {"torch": lambda x=x: torch.sum(x)}
             if compiled is not None:
                 base[harness.COMPILED] = lambda x=x, c=compiled: c(x)
-            cases.append(sweep.point("vector_sum", "fwd", params, n, dtype=dtype, device=device,
-                                     ours=lambda x=x: teachcompute_ext.vector_sum(x), baselines=base))
+            cases.append(
+                sweep.point(
+                    "vector_sum",
+                    "fwd",
+                    params,
+                    n,
+                    dtype=dtype,
+                    device=device,
+                    ours=lambda x=x: teachcompute_ext.vector_sum(x),
+                    baselines=base,
+                )
+            )
             xr = x.clone().requires_grad_()
             gs = torch.tensor(0.5, dtype=dtype, device=device)
 
@@ -230,8 +300,18 @@ def sweep_cases(device, quick):
             base = {"torch": lambda fb=fwd_bwd: fb(torch.sum)}
             if compiled is not None:
                 base[harness.COMPILED] = lambda fb=fwd_bwd, c=compiled: fb(c)
-            cases.append(sweep.point("vector_sum", "fwd+bwd", params, n, dtype=dtype, device=device,
-                                     ours=lambda fb=fwd_bwd: fb(teachcompute_ext.vector_sum), baselines=base))
+            cases.append(
+                sweep.point(
+                    "vector_sum",
+                    "fwd+bwd",
+                    params,
+                    n,
+                    dtype=dtype,
+                    device=device,
+                    ours=lambda fb=fwd_bwd: fb(teachcompute_ext.vector_sum),
+                    baselines=base,
+                )
+            )
         for shape in rows:
             params = {"rows": shape[0], "cols": shape[1]}
             size = shape[0] * shape[1]
@@ -239,12 +319,21 @@ def sweep_cases(device, quick):
             for variant, ours, _, theirs in _DIM_OPS:
                 cases += _sweep_pair(variant, " dim1", x, ours, theirs, 1, dtype, device, size, params)
             for variant in ("softmax", "log_softmax"):
-                cases += _sweep_pair(variant, "", x, getattr(teachcompute_ext, variant), getattr(torch, variant),
-                                     -1, dtype, device, size, params)
+                cases += _sweep_pair(
+                    variant,
+                    "",
+                    x,
+                    getattr(teachcompute_ext, variant),
+                    getattr(torch, variant),
+                    -1,
+                    dtype,
+                    device,
+                    size,
+                    params,
+                )
         for shape in tall:
             params = {"rows": shape[0], "cols": shape[1]}
             x = _distinct(shape, 0, dtype, device, g)
             for variant, ours, _, theirs in _DIM_OPS:
-                cases += _sweep_pair(variant, " dim0", x, ours, theirs, 0, dtype, device, shape[0] * shape[1],
-                                     params)
+                cases += _sweep_pair(variant, " dim0", x, ours, theirs, 0, dtype, device, shape[0] * shape[1], params)
     return cases

@@ -3,6 +3,7 @@ onnxruntime's ScatterND when installed), same process.
 
     python -m teachcompute_ext.bench --family scatter_nd [--device cpu|cuda] [--quick] [--out DIR]
 """
+
 import torch
 
 import teachcompute_ext
@@ -20,11 +21,15 @@ def _ort_scatter(reduction):
     attrs = {} if reduction == "none" else {"reduction": reduction}
     node = helper.make_node("ScatterND", ["data", "indices", "updates"], ["out"], **attrs)
     graph = helper.make_graph(
-        [node], "scatter",
-        [helper.make_tensor_value_info("data", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("indices", TensorProto.INT64, None),
-         helper.make_tensor_value_info("updates", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+        [node],
+        "scatter",
+        [
+            helper.make_tensor_value_info("data", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("indices", TensorProto.INT64, None),
+            helper.make_tensor_value_info("updates", TensorProto.FLOAT, None),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
@@ -51,23 +56,37 @@ def cases(device, quick):
     put_buf = torch.zeros(rows, width, device=device)
     add_buf = torch.zeros(rows, width, device=device)
     compiled_buf = torch.zeros(rows, width, device=device)
-    out.append(harness.Case(
-        op="scatter_nd_ add", shape=shape, dtype=torch.float32, device=device,
-        ours=lambda: teachcompute_ext.scatter_nd_(ours_buf, idx, upd, "add"),
-        baselines={"index_put_(acc=True)": lambda: put_buf.index_put_((idx[:, 0],), upd, accumulate=True),
-                   "index_add_": lambda: add_buf.index_add_(0, idx[:, 0], upd),
-                   **harness.compiled_baseline(lambda b, i, u: b.index_put_((i[:, 0],), u, accumulate=True),
-                                               compiled_buf, idx, upd)},
-        bytes_moved=bytes_add,
-        check=lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4),
-    ))
+    out.append(
+        harness.Case(
+            op="scatter_nd_ add",
+            shape=shape,
+            dtype=torch.float32,
+            device=device,
+            ours=lambda: teachcompute_ext.scatter_nd_(ours_buf, idx, upd, "add"),
+            baselines={
+                "index_put_(acc=True)": lambda: put_buf.index_put_((idx[:, 0],), upd, accumulate=True),
+                "index_add_": lambda: add_buf.index_add_(0, idx[:, 0], upd),
+                **harness.compiled_baseline(
+                    lambda b, i, u: b.index_put_((i[:, 0],), u, accumulate=True), compiled_buf, idx, upd
+                ),
+            },
+            bytes_moved=bytes_add,
+            check=lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4),
+        )
+    )
     # scatter_nd_of_shape: against zeros + index_put_(accumulate=True)
     of_shape = dict(
         ours=lambda: teachcompute_ext.scatter_nd_of_shape([rows, width], idx, upd, "add"),
-        baselines={"zeros.index_put_(acc)": lambda: torch.zeros(rows, width, device=device).index_put_(
-            (idx[:, 0],), upd, accumulate=True),
-            **harness.compiled_baseline(lambda i, u: torch.zeros(rows, width, device=device).index_put_(
-                (i[:, 0],), u, accumulate=True), idx, upd)},
+        baselines={
+            "zeros.index_put_(acc)": lambda: torch.zeros(rows, width, device=device).index_put_(
+                (idx[:, 0],), upd, accumulate=True
+            ),
+            **harness.compiled_baseline(
+                lambda i, u: torch.zeros(rows, width, device=device).index_put_((i[:, 0],), u, accumulate=True),
+                idx,
+                upd,
+            ),
+        },
     )
     # onnxruntime's ScatterND add races on duplicate indices with more than one
     # thread (72 wrong results in 1000 runs here, onnxruntime 1.31, 2 threads):
@@ -77,28 +96,42 @@ def cases(device, quick):
         zeros_np = torch.zeros(rows, width).numpy()
         idx_np, upd_np = idx.cpu().numpy(), upd.cpu().numpy()
         of_shape["baselines"]["onnxruntime ScatterND"] = lambda: torch.from_numpy(ort_add(zeros_np, idx_np, upd_np))
-    out.append(harness.Case(op="scatter_nd_of_shape add", shape=shape, dtype=torch.float32, device=device,
-                            bytes_moved=bytes_add,
-                            check=lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4), **of_shape))
+    out.append(
+        harness.Case(
+            op="scatter_nd_of_shape add",
+            shape=shape,
+            dtype=torch.float32,
+            device=device,
+            bytes_moved=bytes_add,
+            check=lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4),
+            **of_shape,
+        )
+    )
     # none, unique indices, in place: against index_put_
     ours_none = torch.zeros(rows, width, device=device)
     put_none = torch.zeros(rows, width, device=device)
     compiled_none = torch.zeros(rows, width, device=device)
-    out.append(harness.Case(
-        op="scatter_nd_ none (unique)", shape=f"{rows}x{width} <- {unique_idx.shape[0]}", dtype=torch.float32,
-        device=device,
-        ours=lambda: teachcompute_ext.scatter_nd_(ours_none, unique_idx, unique_upd, "none"),
-        baselines={"index_put_": lambda: put_none.index_put_((unique_idx[:, 0],), unique_upd),
-                   **harness.compiled_baseline(lambda b, i, u: b.index_put_((i[:, 0],), u),
-                                               compiled_none, unique_idx, unique_upd)},
-        bytes_moved=2 * unique_upd.numel() * 4,
-    ))
+    out.append(
+        harness.Case(
+            op="scatter_nd_ none (unique)",
+            shape=f"{rows}x{width} <- {unique_idx.shape[0]}",
+            dtype=torch.float32,
+            device=device,
+            ours=lambda: teachcompute_ext.scatter_nd_(ours_none, unique_idx, unique_upd, "none"),
+            baselines={
+                "index_put_": lambda: put_none.index_put_((unique_idx[:, 0],), unique_upd),
+                **harness.compiled_baseline(
+                    lambda b, i, u: b.index_put_((i[:, 0],), u), compiled_none, unique_idx, unique_upd
+                ),
+            },
+            bytes_moved=2 * unique_upd.numel() * 4,
+        )
+    )
     return out
 
 
 def run(device, quick, out_dir, progress=None):
     return harness.run_family("scatter_nd", cases(device, quick), device, quick, out_dir, progress)
-
 
 
 # The sweep (sweep.py): the x-axis is the count of update elements (indices x width).
@@ -114,8 +147,16 @@ def sweep_cases(device, quick):
     if quick:
         grid = [(16, 1, 1), (1000, 33, 1000)]
     else:
-        grid = [(16, 1, 1), (100, 7, 7), (1000, 33, 64), (1000, 96, 1000), (4096, 300, 1000),
-                (10000, 64, 40000), (100000, 33, 100000), (100000, 256, 400000)]
+        grid = [
+            (16, 1, 1),
+            (100, 7, 7),
+            (1000, 33, 64),
+            (1000, 96, 1000),
+            (4096, 300, 1000),
+            (10000, 64, 40000),
+            (100000, 33, 100000),
+            (100000, 256, 400000),
+        ]
     g = torch.Generator().manual_seed(8)
     cases = []
 
@@ -135,9 +176,17 @@ def sweep_cases(device, quick):
         if compiled is not None:
             base[harness.COMPILED] = lambda c=compiled, b=bufs[2], i=idx, u=upd: c(b, i, u)
         variant = "scatter_nd_ add" if acc else "scatter_nd_ none (unique)"
-        return sweep.point(variant, "fwd", params, size, dtype=dtype, device=device, check=check,
-                           ours=lambda b=bufs[0], i=idx, u=upd: teachcompute_ext.scatter_nd_(b, i, u, reduction),
-                           baselines=base)
+        return sweep.point(
+            variant,
+            "fwd",
+            params,
+            size,
+            dtype=dtype,
+            device=device,
+            check=check,
+            ours=lambda b=bufs[0], i=idx, u=upd: teachcompute_ext.scatter_nd_(b, i, u, reduction),
+            baselines=base,
+        )
 
     for dtype in (torch.float32, torch.bfloat16):
         for rows, width, n in grid:
@@ -145,9 +194,11 @@ def sweep_cases(device, quick):
             size = n * width
             idx = torch.randint(0, rows, (n, 1), generator=g).to(device)
             upd = torch.randn(n, width, generator=g).to(device, dtype)
+
             def exact(i=idx, u=upd, rows=rows, width=width):
                 return torch.zeros(rows, width, dtype=torch.float64, device=u.device).index_put_(
-                    (i[:, 0],), u.double(), accumulate=True)
+                    (i[:, 0],), u.double(), accumulate=True
+                )
 
             check = sweep.near_exact(dtype, exact)  # add, from zeros: the checked first call
             cases.append(in_place("add", params, size, idx, upd, dtype, check))
@@ -159,10 +210,21 @@ def sweep_cases(device, quick):
             base = {"torch": lambda i=idx, u=upd, like=like: zeros_put(like, i, u)}
             if c_shape is not None:
                 base[harness.COMPILED] = lambda c=c_shape, i=idx, u=upd, like=like: c(like, i, u)
-            cases.append(sweep.point(
-                "scatter_nd_of_shape add", "fwd", params, size, dtype=dtype, device=device, check=check,
-                ours=lambda i=idx, u=upd, r=rows, w=width: teachcompute_ext.scatter_nd_of_shape([r, w], i, u, "add"),
-                baselines=base))
+            cases.append(
+                sweep.point(
+                    "scatter_nd_of_shape add",
+                    "fwd",
+                    params,
+                    size,
+                    dtype=dtype,
+                    device=device,
+                    check=check,
+                    ours=lambda i=idx, u=upd, r=rows, w=width: teachcompute_ext.scatter_nd_of_shape(
+                        [r, w], i, u, "add"
+                    ),
+                    baselines=base,
+                )
+            )
             ur = upd.clone().requires_grad_()
             grad = torch.randn(rows, width, generator=g).to(device, dtype)
 
@@ -173,13 +235,23 @@ def sweep_cases(device, quick):
             base = {"torch": lambda fb=fwd_bwd, i=idx, like=like: fb(lambda u: zeros_put(like, i, u))}
             if c_shape is not None:
                 base[harness.COMPILED] = lambda fb=fwd_bwd, i=idx, c=c_shape, like=like: fb(lambda u: c(like, i, u))
-            cases.append(sweep.point(
-                "scatter_nd_of_shape add", "fwd+bwd", params, size, dtype=dtype, device=device,
-                ours=lambda fb=fwd_bwd, i=idx, r=rows, w=width: fb(
-                    lambda u: teachcompute_ext.scatter_nd_of_shape([r, w], i, u, "add")),
-                baselines=base))
+            cases.append(
+                sweep.point(
+                    "scatter_nd_of_shape add",
+                    "fwd+bwd",
+                    params,
+                    size,
+                    dtype=dtype,
+                    device=device,
+                    ours=lambda fb=fwd_bwd, i=idx, r=rows, w=width: fb(
+                        lambda u: teachcompute_ext.scatter_nd_of_shape([r, w], i, u, "add")
+                    ),
+                    baselines=base,
+                )
+            )
             uidx = torch.randperm(rows, generator=g)[: min(rows, n)].unsqueeze(1).to(device)
             uupd = torch.randn(uidx.shape[0], width, generator=g).to(device, dtype)
-            cases.append(in_place("none", {**params, "indices": uidx.shape[0]}, uidx.shape[0] * width, uidx, uupd,
-                                  dtype, None))
+            cases.append(
+                in_place("none", {**params, "indices": uidx.shape[0]}, uidx.shape[0] * width, uidx, uupd, dtype, None)
+            )
     return cases

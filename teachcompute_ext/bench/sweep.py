@@ -17,6 +17,7 @@ and prints, per op and pass, the worst ratio where torch's call takes
 SMALL_US or more, and the worst difference ours - torch in microseconds
 below that.
 """
+
 import json
 import os
 import sys
@@ -44,7 +45,8 @@ def point(op, pass_, params, size, **case):
         op=op if pass_ == "fwd" else f"{op} fwd+bwd",
         shape=", ".join(f"{k}={v}" for k, v in params.items()),
         sweep={"variant": op, "pass": pass_, "params": dict(params), "size": size},
-        **case)
+        **case,
+    )
 
 
 _COMPILED = {}
@@ -79,8 +81,14 @@ def near_exact(dtype, exact):
 def to_point(case, row):
     """One JSON entry from a Case and its harness result row."""
     meta = case.sweep
-    p = {"op": meta["variant"], "pass": meta["pass"], "params": meta["params"], "shape": case.shape,
-         "size": meta["size"], "dtype": row["dtype"]}
+    p = {
+        "op": meta["variant"],
+        "pass": meta["pass"],
+        "params": meta["params"],
+        "shape": case.shape,
+        "size": meta["size"],
+        "dtype": row["dtype"],
+    }
     if "error" in row:  # a wrong (or failing) result: reported, never timed
         p["error"] = row["error"]
         return p
@@ -122,21 +130,37 @@ def summarize(points):
 
 
 def _where(p):
-    return {"shape": p["shape"], "dtype": p["dtype"], "size": p["size"], "torch_us": p["torch_us"],
-            "ours_us": p["ours_us"]}
+    return {
+        "shape": p["shape"],
+        "dtype": p["dtype"],
+        "size": p["size"],
+        "torch_us": p["torch_us"],
+        "ours_us": p["ours_us"],
+    }
 
 
 def format_summary(summary, size_unit=""):
-    cols = ["op", "pass", "pts", f"worst ratio, torch >= {SMALL_US:g} us", "at",
-            f"worst ours - torch, torch < {SMALL_US:g} us", "at"]
+    cols = [
+        "op",
+        "pass",
+        "pts",
+        f"worst ratio, torch >= {SMALL_US:g} us",
+        "at",
+        f"worst ours - torch, torch < {SMALL_US:g} us",
+        "at",
+    ]
     rows = []
     for s in summary:
+
         def at(w):
             return f"{w['shape']} {w['dtype']} (size {w['size']:.3g}, torch {w['torch_us']:.1f} us)"
 
         big = (f"{s['worst_ratio']:.2f}x", at(s["worst_ratio_at"])) if "worst_ratio" in s else ("-", "")
-        small = ((f"{s['worst_small_diff_us']:+.2f} us", at(s["worst_small_at"]))
-                 if "worst_small_diff_us" in s else ("-", ""))
+        small = (
+            (f"{s['worst_small_diff_us']:+.2f} us", at(s["worst_small_at"]))
+            if "worst_small_diff_us" in s
+            else ("-", "")
+        )
         errors = f" ({s['errors']} WRONG)" if s["errors"] else ""
         rows.append([s["op"], s["pass"], f"{s['points']}{errors}", *big, *small])
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
@@ -158,11 +182,15 @@ def run_family(name, module, device, quick, out_dir, progress=None):
     rows = harness.run_cases(cases, progress=progress, **timing)
     points = [to_point(c, r) for c, r in zip(cases, rows)]
     doc = {
-        "kind": "sweep", "family": name, "environment": harness.environment(device),
+        "kind": "sweep",
+        "family": name,
+        "environment": harness.environment(device),
         "settings": {"quick": quick, **timing},
-        "size_unit": module.SWEEP_SIZE, "small_us": SMALL_US,
+        "size_unit": module.SWEEP_SIZE,
+        "small_us": SMALL_US,
         "ratio": "torch time / our time: above 1 we are faster",
-        "points": points, "summary": summarize(points),
+        "points": points,
+        "summary": summarize(points),
     }
     path = os.path.join(out_dir, f"sweep-{name}-{device}.json")
     os.makedirs(out_dir, exist_ok=True)
@@ -199,8 +227,11 @@ def main(args, names, progress):
                     progress.close()
                 if doc is None:
                     continue
-                print(f"sweep {name} on {device}: {len(doc['points'])} points in "
-                      f"{time.perf_counter() - t0:.1f} s -> {path}", flush=True)
+                print(
+                    f"sweep {name} on {device}: {len(doc['points'])} points in "
+                    f"{time.perf_counter() - t0:.1f} s -> {path}",
+                    flush=True,
+                )
                 docs.append(doc)
     for doc in docs:
         device = doc["environment"]["device"]
@@ -208,8 +239,9 @@ def main(args, names, progress):
         print(format_summary(doc["summary"], doc["size_unit"]))
     try:
         for doc in docs:
-            path = plots.plot_sweep(doc, os.path.join(
-                args.out, f"sweep-{doc['family']}-{doc['environment']['device']}.png"))
+            path = plots.plot_sweep(
+                doc, os.path.join(args.out, f"sweep-{doc['family']}-{doc['environment']['device']}.png")
+            )
             print(f"wrote {path}")
     except ImportError as e:  # matplotlib is a benchmark extra
         print(f"no plots ({e}): pip install matplotlib", file=sys.stderr)
@@ -217,8 +249,10 @@ def main(args, names, progress):
     errors = sum("error" in p for p in points)
     for p in points:
         if "error" in p:
-            print(f"WRONG RESULT, not timed: {p['op']} {p['pass']} {p['shape']} {p['dtype']}: "
-                  f"{harness._one_line(p['error'])}")
+            print(
+                f"WRONG RESULT, not timed: {p['op']} {p['pass']} {p['shape']} {p['dtype']}: "
+                f"{harness._one_line(p['error'])}"
+            )
     took = "" if args.replot else f" in {time.perf_counter() - start:.1f} s"
     print(f"{len(points)} sweep points{took}" + (f", {errors} WRONG RESULT(S)" if errors else ""), file=sys.stderr)
     return 1 if errors else 0

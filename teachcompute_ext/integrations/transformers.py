@@ -25,6 +25,7 @@ name is ours (the decorators' wrappers around it are rebuilt around the new func
 The scope is the patched model's attention modules only; the forward's code is
 transformers' code, whatever the installed version's body is.
 """
+
 import functools
 import types
 
@@ -67,9 +68,11 @@ def _with_global(fn, name, value):
     new_inner = _with_global(inner, name, value)
     closure = fn.__closure__ or ()
     if not any(_cell_holds(c, inner) for c in closure):
-        raise NotImplementedError(f"teachcompute_ext.integrations.transformers: cannot rebuild the wrapper "
-                                  f"{fn.__qualname__} around {inner.__qualname__} (the wrapped function is not "
-                                  "in its closure)")
+        raise NotImplementedError(
+            f"teachcompute_ext.integrations.transformers: cannot rebuild the wrapper "
+            f"{fn.__qualname__} around {inner.__qualname__} (the wrapped function is not "
+            "in its closure)"
+        )
     cells = tuple(types.CellType(new_inner) if _cell_holds(c, inner) else c for c in closure)
     new = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, cells)
     new.__kwdefaults__ = fn.__kwdefaults__
@@ -81,8 +84,9 @@ def _with_global(fn, name, value):
 @functools.cache
 def _patched_attention_class(cls):
     forward = _with_global(cls.forward, "apply_rotary_pos_emb", apply_rotary_pos_emb)
-    patched = type(cls.__name__, (cls,), {"forward": forward, "__module__": __name__,
-                                          "__qualname__": f"_Patched{cls.__name__}"})
+    patched = type(
+        cls.__name__, (cls,), {"forward": forward, "__module__": __name__, "__qualname__": f"_Patched{cls.__name__}"}
+    )
     # pickle finds a class by module and qualified name
     globals()[patched.__qualname__] = patched
     return patched

@@ -34,6 +34,7 @@ seq, head_dim]`` view that ``F.scaled_dot_product_attention`` takes: both are
 views of the same memory, and rotary is applied to the transposed view, which
 the op reads in place (no copy before attention).
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,7 @@ IGNORE_INDEX = -100  # labels equal to it do not count in the loss (torch's and 
 class LlamaConfig:
     """The shape of the model. ``num_kv_heads`` below ``num_heads`` is grouped-query
     attention (``num_heads`` must be a multiple of it); None means ``num_heads``."""
+
     vocab_size: int = 32000
     hidden_size: int = 512
     num_heads: int = 8
@@ -67,11 +69,13 @@ class LlamaConfig:
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"LlamaConfig: hidden_size={self.hidden_size} is not a multiple of "
-                             f"num_heads={self.num_heads}")
+            raise ValueError(
+                f"LlamaConfig: hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}"
+            )
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"LlamaConfig: num_heads={self.num_heads} is not a multiple of "
-                             f"num_kv_heads={self.num_kv_heads}")
+            raise ValueError(
+                f"LlamaConfig: num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig: head_dim={self.head_dim} must be even (rotary pairs channels)")
 
@@ -84,8 +88,9 @@ def _fused_set(fused) -> frozenset:
     names = frozenset((fused,) if isinstance(fused, str) else fused)
     unknown = names - ALL
     if unknown:
-        raise ValueError(f"LlamaForCausalLM: unknown fused piece(s) {sorted(unknown)} (expected a subset of "
-                         f"{list(PIECES)})")
+        raise ValueError(
+            f"LlamaForCausalLM: unknown fused piece(s) {sorted(unknown)} (expected a subset of {list(PIECES)})"
+        )
     return names
 
 
@@ -229,8 +234,9 @@ class LlamaForCausalLM(torch.nn.Module):
             return F.nll_loss(log_softmax(flat, -1), target, ignore_index=IGNORE_INDEX)
         return F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX)
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None):
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+    ):
         logits = self.lm_head(self.model(input_ids, position_ids))
         if labels is None:
             return logits

@@ -1,4 +1,5 @@
 """Drop-in modules: same constructor arguments, initialization and state_dict as torch.nn's."""
+
 from .embedding import Embedding, EmbeddingBag
 from .linear import FusedLinear
 from .llama import GatedMLP, RMSNorm, RotaryEmbedding

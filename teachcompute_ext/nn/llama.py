@@ -2,6 +2,7 @@
 torch.nn.RMSNorm that also fuses the residual add), GatedMLP (the Llama MLP's
 layout and state_dict keys, its gate fused by swiglu/geglu) and RotaryEmbedding
 (the cos/sin tables and their application by rotary_embedding)."""
+
 import torch
 import torch.nn.functional as F
 
@@ -51,11 +52,13 @@ class GatedMLP(torch.nn.Module):
     ``.bias`` with ``bias=True``), and a LlamaMLP's state_dict loads as is.
     """
 
-    def __init__(self, hidden: int, intermediate: int, activation: str = "silu", bias: bool = False,
-                 device=None, dtype=None):
+    def __init__(
+        self, hidden: int, intermediate: int, activation: str = "silu", bias: bool = False, device=None, dtype=None
+    ):
         if activation not in _GATES:
-            raise ValueError(f"teachcompute_ext.nn.GatedMLP: unknown activation '{activation}' (expected one of "
-                             f"{', '.join(_GATES)})")
+            raise ValueError(
+                f"teachcompute_ext.nn.GatedMLP: unknown activation '{activation}' (expected one of {', '.join(_GATES)})"
+            )
         super().__init__()
         kw = {"bias": bias, "device": device, "dtype": dtype}
         self.hidden = hidden
@@ -97,13 +100,23 @@ class RotaryEmbedding(torch.nn.Module):
     through.
     """
 
-    def __init__(self, head_dim: int, max_position: int, base: float = 10000.0, rotary_dim: int | None = None,
-                 interleaved: bool = False, device=None, dtype=None):
+    def __init__(
+        self,
+        head_dim: int,
+        max_position: int,
+        base: float = 10000.0,
+        rotary_dim: int | None = None,
+        interleaved: bool = False,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         rotary_dim = head_dim if rotary_dim is None else rotary_dim
         if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
-            raise ValueError(f"teachcompute_ext.nn.RotaryEmbedding: rotary_dim must be even, positive and at most "
-                             f"head_dim={head_dim}, got {rotary_dim}")
+            raise ValueError(
+                f"teachcompute_ext.nn.RotaryEmbedding: rotary_dim must be even, positive and at most "
+                f"head_dim={head_dim}, got {rotary_dim}"
+            )
         if max_position <= 0:
             raise ValueError(f"teachcompute_ext.nn.RotaryEmbedding: max_position must be positive, got {max_position}")
         self.head_dim = head_dim
@@ -128,8 +141,9 @@ class RotaryEmbedding(torch.nn.Module):
             self.cos.copy_(angles.cos())
             self.sin.copy_(angles.sin())
 
-    def cos_sin(self, position_ids: torch.Tensor | None = None, dtype: torch.dtype | None = None,
-                seq_len: int | None = None):
+    def cos_sin(
+        self, position_ids: torch.Tensor | None = None, dtype: torch.dtype | None = None, seq_len: int | None = None
+    ):
         """cos and sin for ``rotary_embedding``: ``[seq_len, rotary_dim // 2]`` (positions
         ``0..seq_len-1``) when ``position_ids`` is None, else ``[*position_ids.shape,
         rotary_dim // 2]``; cast to ``dtype`` (the op wants x's dtype)."""
@@ -153,5 +167,7 @@ class RotaryEmbedding(torch.nn.Module):
         return rotary_embedding(x, cos, sin, self.interleaved)
 
     def extra_repr(self) -> str:
-        return (f"head_dim={self.head_dim}, max_position={self.max_position}, base={self.base}, "
-                f"rotary_dim={self.rotary_dim}, interleaved={self.interleaved}")
+        return (
+            f"head_dim={self.head_dim}, max_position={self.max_position}, base={self.base}, "
+            f"rotary_dim={self.rotary_dim}, interleaved={self.interleaved}"
+        )

@@ -1,5 +1,6 @@
 """What every family module shares: the public function of an op (public), and the
 checks of the fake kernels (their messages match csrc/common/checks.h)."""
+
 import functools
 
 import torch
@@ -77,8 +78,12 @@ def public(name, doc):
     # An in-place op (no return, its first argument written) returns that
     # argument, as torch's x.add_() does: so do the fast function and its fallback.
     first_arg = schema.arguments[0] if schema.arguments else None
-    returns_first = not schema.returns and first_arg is not None and first_arg.alias_info is not None and \
-        first_arg.alias_info.is_write
+    returns_first = (
+        not schema.returns
+        and first_arg is not None
+        and first_arg.alias_info is not None
+        and first_arg.alias_info.is_write
+    )
     first = first_arg.name if first_arg is not None else None  # a str: dynamo traces it
     if returns_first:
         op_entry = entry
@@ -86,6 +91,7 @@ def public(name, doc):
         def entry(*args, **kwargs):
             op_entry(*args, **kwargs)
             return args[0] if args else kwargs[first]
+
     fn = None
     if _fastcall is not None:
         fn = _fastcall.function(f"teachcompute_ext::{name}", entry, name, doc, "teachcompute_ext")

@@ -4,6 +4,7 @@ A rule receives the physical tensors (the batch dim still inside, at in_dims)
 and must call our ops once on the whole batch: these helpers move the batch dim
 where a rule wants it and translate logical dims to physical ones.
 """
+
 import torch
 
 

@@ -3,6 +3,7 @@ wrappers and fake kernels (autograd is in C++). The dense weight gradients come 
 ScatterND family's scatter-add kernel: deterministic on the CPU always, on CUDA
 under torch.use_deterministic_algorithms(True).
 """
+
 import torch
 
 from ._common import check_float_dtype, check_same_device, public
@@ -11,65 +12,83 @@ _ops = torch.ops.teachcompute_ext
 MODES = ("sum", "mean", "max")
 
 
-embedding = public("embedding", """embedding(weight: torch.Tensor, indices: torch.Tensor, padding_idx=None)
+embedding = public(
+    "embedding",
+    """embedding(weight: torch.Tensor, indices: torch.Tensor, padding_idx=None)
 
     ``weight[indices]``, as ``torch.nn.functional.embedding(indices, weight, padding_idx)``
     (note the argument order: weight first, as in the schema).
-    """)
+    """,
+)
 
 
-embedding_bag = public("embedding_bag", """embedding_bag(weight: torch.Tensor, indices: torch.Tensor, offsets=None, mode: str = "mean", per_sample_weights=None, padding_idx=None, include_last_offset: bool = False)
+embedding_bag = public(
+    "embedding_bag",
+    """embedding_bag(weight: torch.Tensor, indices: torch.Tensor, offsets=None, mode: str = "mean", per_sample_weights=None, padding_idx=None, include_last_offset: bool = False)
 
     ``torch.nn.functional.embedding_bag(indices, weight, offsets, mode=..., ...)``: bags of
     rows reduced by sum, mean or max, without building the gathered matrix.
-    """)
+    """,
+)
 
 
 def _check_indices(op, t, name="indices"):
     if t.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"teachcompute_ext.{op}: unsupported dtype {t.dtype} for argument '{name}' "
-                        "(expected int64 or int32)")
+        raise TypeError(
+            f"teachcompute_ext.{op}: unsupported dtype {t.dtype} for argument '{name}' (expected int64 or int32)"
+        )
 
 
 def _check_weight(op, weight):
     check_float_dtype(op, "weight", weight)
     if weight.dim() != 2:
-        raise RuntimeError(f"teachcompute_ext.{op}: 'weight' must be 2-D [num_embeddings, dim], got shape "
-                           f"{list(weight.shape)}")
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: 'weight' must be 2-D [num_embeddings, dim], got shape {list(weight.shape)}"
+        )
 
 
 def _bag_count(indices, offsets, mode, psw, include_last_offset):
     op = "embedding_bag"
     if mode not in MODES:
-        raise ValueError(f"teachcompute_ext.{op}: unknown mode '{mode}' for argument 'mode' (expected one of sum, mean, max)")
+        raise ValueError(
+            f"teachcompute_ext.{op}: unknown mode '{mode}' for argument 'mode' (expected one of sum, mean, max)"
+        )
     _check_indices(op, indices)
     if indices.dim() == 2:
         if offsets is not None:
-            raise RuntimeError(f"teachcompute_ext.{op}: 'offsets' must be None when 'indices' is 2-D (fixed-length "
-                               f"bags), got shape {list(indices.shape)}")
+            raise RuntimeError(
+                f"teachcompute_ext.{op}: 'offsets' must be None when 'indices' is 2-D (fixed-length "
+                f"bags), got shape {list(indices.shape)}"
+            )
         bags = indices.shape[0]
     else:
         if indices.dim() != 1:
-            raise RuntimeError(f"teachcompute_ext.{op}: 'indices' must be 1-D (with offsets) or 2-D, got shape "
-                               f"{list(indices.shape)}")
+            raise RuntimeError(
+                f"teachcompute_ext.{op}: 'indices' must be 1-D (with offsets) or 2-D, got shape {list(indices.shape)}"
+            )
         if offsets is None:
             raise RuntimeError(f"teachcompute_ext.{op}: 'offsets' is required when 'indices' is 1-D")
         _check_indices(op, offsets, "offsets")
         bags = offsets.shape[0] - (1 if include_last_offset else 0)
     if psw is not None:
         if mode != "sum":
-            raise RuntimeError(f"teachcompute_ext.{op}: 'per_sample_weights' is only supported with mode='sum', "
-                               f"got mode='{mode}'")
+            raise RuntimeError(
+                f"teachcompute_ext.{op}: 'per_sample_weights' is only supported with mode='sum', got mode='{mode}'"
+            )
         if psw.shape != indices.shape:
-            raise RuntimeError(f"teachcompute_ext.{op}: 'per_sample_weights' has shape {list(psw.shape)} but "
-                               f"'indices' has shape {list(indices.shape)}")
+            raise RuntimeError(
+                f"teachcompute_ext.{op}: 'per_sample_weights' has shape {list(psw.shape)} but "
+                f"'indices' has shape {list(indices.shape)}"
+            )
     return bags
 
 
 def _check_padding(op, padding_idx, num):
     if padding_idx is not None and not -num <= padding_idx < num:
-        raise IndexError(f"teachcompute_ext.{op}: padding_idx {padding_idx} out of range for argument 'padding_idx' "
-                         f"of a weight with {num} rows")
+        raise IndexError(
+            f"teachcompute_ext.{op}: padding_idx {padding_idx} out of range for argument 'padding_idx' "
+            f"of a weight with {num} rows"
+        )
 
 
 def _check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset):
@@ -82,8 +101,10 @@ def _check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, includ
         check_same_device(op, "per_sample_weights", psw, "weight", weight)
     bags = _bag_count(indices, offsets, mode, psw, include_last_offset)
     if psw is not None and psw.dtype != weight.dtype:
-        raise TypeError(f"teachcompute_ext.embedding_bag: 'per_sample_weights' has dtype {psw.dtype} but 'weight' "
-                        f"has dtype {weight.dtype}")
+        raise TypeError(
+            f"teachcompute_ext.embedding_bag: 'per_sample_weights' has dtype {psw.dtype} but 'weight' "
+            f"has dtype {weight.dtype}"
+        )
     _check_padding(op, padding_idx, weight.shape[0])
     return bags
 
@@ -109,8 +130,10 @@ def _check_embedding_backward(grad, indices, num_weights, padding_idx):
     _check_indices(op, indices)
     check_same_device(op, "indices", indices, "grad", grad)
     if grad.dim() != indices.dim() + 1 or list(grad.shape[:-1]) != list(indices.shape):
-        raise RuntimeError(f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but 'indices' has "
-                           f"shape {list(indices.shape)} (expected indices.shape + [embedding_dim])")
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but 'indices' has "
+            f"shape {list(indices.shape)} (expected indices.shape + [embedding_dim])"
+        )
     if num_weights < 0:
         raise RuntimeError(f"teachcompute_ext.{op}: argument 'num_weights' must be non-negative, got {num_weights}")
     _check_padding(op, padding_idx, num_weights)
@@ -125,21 +148,26 @@ def _embedding_bag_forward_fake(weight, indices, offsets, mode, psw, padding_idx
 
 
 @torch.library.register_fake("teachcompute_ext::embedding_bag_backward")
-def _embedding_bag_backward_fake(grad, weight, indices, offsets, max_indices, mode, psw, padding_idx,
-                                 include_last_offset):
+def _embedding_bag_backward_fake(
+    grad, weight, indices, offsets, max_indices, mode, psw, padding_idx, include_last_offset
+):
     op = "embedding_bag_backward"
     check_float_dtype(op, "grad", grad)
     bags = _check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset)
     check_same_device(op, "grad", grad, "weight", weight)
     if grad.dim() != 2 or grad.shape[0] != bags or grad.shape[1] != weight.shape[1]:
-        raise RuntimeError(f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but the bags have "
-                           f"shape [{bags}, {weight.shape[1]}]")
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but the bags have "
+            f"shape [{bags}, {weight.shape[1]}]"
+        )
     if mode == "max":
         check_same_device(op, "max_indices", max_indices, "weight", weight)
         if max_indices.dtype != torch.int64 or max_indices.shape != grad.shape:
-            raise RuntimeError(f"teachcompute_ext.{op}: argument 'max_indices' must be int64 of shape "
-                               f"{list(grad.shape)} (the forward's argmax), got {max_indices.dtype} of shape "
-                               f"{list(max_indices.shape)}")
+            raise RuntimeError(
+                f"teachcompute_ext.{op}: argument 'max_indices' must be int64 of shape "
+                f"{list(grad.shape)} (the forward's argmax), got {max_indices.dtype} of shape "
+                f"{list(max_indices.shape)}"
+            )
     gpsw = psw.new_empty(psw.shape) if psw is not None else grad.new_empty((0,))
     return grad.new_empty(weight.shape), gpsw
 
@@ -247,13 +275,22 @@ def _flat_bags(batch, tables, weight, w_b, indices, i_b, offsets, o_b, psw, p_b,
 
 def _vmap_bag_forward(info, in_dims, weight, indices, offsets, mode, psw, padding_idx, include_last_offset):
     w_b, i_b, o_b, p_b = in_dims[0], in_dims[1], in_dims[2], in_dims[4]
-    _check_bag_args("embedding_bag", _vmap.logical(weight, w_b), _vmap.logical(indices, i_b),
-                    _vmap.logical(offsets, o_b), mode, _vmap.logical(psw, p_b), padding_idx, include_last_offset)
+    _check_bag_args(
+        "embedding_bag",
+        _vmap.logical(weight, w_b),
+        _vmap.logical(indices, i_b),
+        _vmap.logical(offsets, o_b),
+        mode,
+        _vmap.logical(psw, p_b),
+        padding_idx,
+        include_last_offset,
+    )
     batch = info.batch_size
     lw = _vmap.logical(weight, w_b)
     rows, dim = lw.shape[0], lw.shape[1]
-    w, idx, off, ps, pad, ilo, per, tail = _flat_bags(batch, w_b is not None, weight, w_b, indices, i_b, offsets,
-                                                      o_b, psw, p_b, padding_idx, include_last_offset)
+    w, idx, off, ps, pad, ilo, per, tail = _flat_bags(
+        batch, w_b is not None, weight, w_b, indices, i_b, offsets, o_b, psw, p_b, padding_idx, include_last_offset
+    )
     out, argmax = _ops.embedding_bag_forward.default(w, idx, off, mode, ps, pad, ilo)
     keep = per - 1 if tail else per
     out = out.view(batch, per, dim)[:, :keep]
@@ -265,25 +302,37 @@ def _vmap_bag_forward(info, in_dims, weight, indices, offsets, mode, psw, paddin
     return (out, argmax), (0, 0)
 
 
-def _vmap_bag(info, in_dims, weight, indices, offsets=None, mode="mean", psw=None, padding_idx=None,
-              include_last_offset=False):
+def _vmap_bag(
+    info, in_dims, weight, indices, offsets=None, mode="mean", psw=None, padding_idx=None, include_last_offset=False
+):
     in_dims = tuple(in_dims) + (None,) * (7 - len(in_dims))
-    (out, _), (out_dim, _) = _vmap_bag_forward(info, in_dims, weight, indices, offsets, mode, psw, padding_idx,
-                                               include_last_offset)
+    (out, _), (out_dim, _) = _vmap_bag_forward(
+        info, in_dims, weight, indices, offsets, mode, psw, padding_idx, include_last_offset
+    )
     return out, out_dim
 
 
-def _vmap_bag_backward(info, in_dims, grad, weight, indices, offsets, max_indices, mode, psw, padding_idx,
-                       include_last_offset):
+def _vmap_bag_backward(
+    info, in_dims, grad, weight, indices, offsets, max_indices, mode, psw, padding_idx, include_last_offset
+):
     g_b, w_b, i_b, o_b, m_b, p_b = in_dims[0], in_dims[1], in_dims[2], in_dims[3], in_dims[4], in_dims[6]
     lw = _vmap.logical(weight, w_b)
-    _check_bag_args("embedding_bag_backward", lw, _vmap.logical(indices, i_b), _vmap.logical(offsets, o_b), mode,
-                    _vmap.logical(psw, p_b), padding_idx, include_last_offset)
+    _check_bag_args(
+        "embedding_bag_backward",
+        lw,
+        _vmap.logical(indices, i_b),
+        _vmap.logical(offsets, o_b),
+        mode,
+        _vmap.logical(psw, p_b),
+        padding_idx,
+        include_last_offset,
+    )
     batch = info.batch_size
     rows, dim = lw.shape[0], lw.shape[1]
     # Per-sample weight gradients need one table per sample even when the weight is shared.
-    w, idx, off, ps, pad, ilo, per, tail = _flat_bags(batch, True, weight, w_b, indices, i_b, offsets, o_b, psw, p_b,
-                                                      padding_idx, include_last_offset)
+    w, idx, off, ps, pad, ilo, per, tail = _flat_bags(
+        batch, True, weight, w_b, indices, i_b, offsets, o_b, psw, p_b, padding_idx, include_last_offset
+    )
     g = _vmap.front_or_expand(grad, g_b, batch)
     if mode == "max":
         m = _vmap.front_or_expand(max_indices, m_b, batch)

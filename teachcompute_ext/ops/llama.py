@@ -8,6 +8,7 @@ per row and the weight's as a deterministic sum over rows. rotary_embedding's
 backward is the inverse rotation (rotary_embedding_backward); swiglu's and
 geglu's is one op for both gradients (glu_backward).
 """
+
 import math
 
 import torch
@@ -18,22 +19,30 @@ from ._common import check_float_dtype, check_same_device, public
 
 _ops = torch.ops.teachcompute_ext
 
-rms_norm = public("rms_norm", """rms_norm(x: torch.Tensor, weight=None, eps: float = 1e-6)
+rms_norm = public(
+    "rms_norm",
+    """rms_norm(x: torch.Tensor, weight=None, eps: float = 1e-6)
 
     ``F.rms_norm(x, (x.shape[-1],), weight, eps)``: ``x * rsqrt(mean(x**2, -1) + eps) * weight``
     over the last dim, in one pass over x, computed in float32 for float16/bfloat16 (float64 for
     float64) and rounded once. ``weight`` ``[D]`` may have another floating dtype than x, as torch
     allows; the result has x's dtype. The backward is one fused pass per row.
-    """)
+    """,
+)
 
-add_rms_norm = public("add_rms_norm", """add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight=None, eps: float = 1e-6)
+add_rms_norm = public(
+    "add_rms_norm",
+    """add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight=None, eps: float = 1e-6)
 
     The Llama residual pattern in one pass: ``h = x + residual`` (rounded to x's dtype), returns
     ``(rms_norm(h, weight, eps), h)``; ``h`` is the next residual. x and residual have the same
     shape and dtype.
-    """)
+    """,
+)
 
-rotary_embedding = public("rotary_embedding", """rotary_embedding(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False)
+rotary_embedding = public(
+    "rotary_embedding",
+    """rotary_embedding(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False)
 
     Rotary position embedding of ``x [..., head_dim]``. ``cos`` and ``sin`` (same shape, x's
     dtype) have last dim ``rotary_dim / 2`` and leading dims that broadcast to x's
@@ -42,37 +51,51 @@ rotary_embedding = public("rotary_embedding", """rotary_embedding(x: torch.Tenso
     (Llama, GPT-NeoX: transformers' ``x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)``);
     ``True`` the pairs ``(2i, 2i + 1)`` (GPT-J, Meta's original). x is read through its strides
     (a ``[batch, seq, heads, head_dim]`` view is not copied); the result is contiguous.
-    """)
+    """,
+)
 
-swiglu = public("swiglu", """swiglu(gate: torch.Tensor, up=None)
+swiglu = public(
+    "swiglu",
+    """swiglu(gate: torch.Tensor, up=None)
 
     ``F.silu(gate) * up`` in one pass (and one for the backward). With ``up=None``, ``gate`` is one
     tensor ``[..., 2 * I]`` (a single GEMM's output), its first half the gate and its second the
     up projection, read in place; the result is ``[..., I]``.
-    """)
+    """,
+)
 
-geglu = public("geglu", """geglu(gate: torch.Tensor, up=None, approximate: str = "none")
+geglu = public(
+    "geglu",
+    """geglu(gate: torch.Tensor, up=None, approximate: str = "none")
 
     ``F.gelu(gate, approximate=approximate) * up``, with the same forms as :func:`swiglu`.
-    """)
+    """,
+)
 
 
 # ---- checks, mirroring csrc/llama/llama.h ----------------------------------------------
+
 
 def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_shape_eq(op, arg, t, ref_arg, ref):
-    torch._check(t.shape == ref.shape, lambda: (
-        f"teachcompute_ext.{op}: argument '{arg}' has shape {list(t.shape)} but '{ref_arg}' has shape "
-        f"{list(ref.shape)} (expected the same shape)"))
+    torch._check(
+        t.shape == ref.shape,
+        lambda: (
+            f"teachcompute_ext.{op}: argument '{arg}' has shape {list(t.shape)} but '{ref_arg}' has shape "
+            f"{list(ref.shape)} (expected the same shape)"
+        ),
+    )
 
 
 def _check_dtype_eq(op, arg, t, ref_arg, ref):
     if t.dtype != ref.dtype:
-        raise TypeError(f"teachcompute_ext.{op}: argument '{arg}' has dtype {t.dtype} but '{ref_arg}' has dtype "
-                        f"{ref.dtype} (expected the same dtype)")
+        raise TypeError(
+            f"teachcompute_ext.{op}: argument '{arg}' has dtype {t.dtype} but '{ref_arg}' has dtype "
+            f"{ref.dtype} (expected the same dtype)"
+        )
 
 
 def _check_rms_norm(op, x, weight, eps):
@@ -80,13 +103,19 @@ def _check_rms_norm(op, x, weight, eps):
     if x.dim() < 1:
         raise RuntimeError(f"teachcompute_ext.{op}: argument 'x' must have at least 1 dim (got a 0-d tensor)")
     if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"teachcompute_ext.{op}: argument 'eps' must be > 0 (got {eps:g})")  # C++'s printing of a double
+        raise ValueError(
+            f"teachcompute_ext.{op}: argument 'eps' must be > 0 (got {eps:g})"
+        )  # C++'s printing of a double
     if weight is not None:
         check_float_dtype(op, "weight", weight)
         check_same_device(op, "weight", weight, "x", x)
-        torch._check(weight.dim() == 1 and weight.shape[0] == x.shape[-1], lambda: (
-            f"teachcompute_ext.{op}: argument 'weight' has shape {list(weight.shape)} but x's last dim is "
-            f"{x.shape[-1]} (expected [{x.shape[-1]}])"))
+        torch._check(
+            weight.dim() == 1 and weight.shape[0] == x.shape[-1],
+            lambda: (
+                f"teachcompute_ext.{op}: argument 'weight' has shape {list(weight.shape)} but x's last dim is "
+                f"{x.shape[-1]} (expected [{x.shape[-1]}])"
+            ),
+        )
 
 
 def _check_residual(op, x, residual):
@@ -103,21 +132,32 @@ def _check_rotary(op, x, cos, sin, xname="x"):
     _check_dtype_eq(op, "sin", sin, xname, x)
     _check_shape_eq(op, "sin", sin, "cos", cos)
     if x.dim() < 1:
-        raise RuntimeError(f"teachcompute_ext.{op}: argument '{xname}' must have at least 1 dim [..., head_dim] "
-                           "(got a 0-d tensor)")
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: argument '{xname}' must have at least 1 dim [..., head_dim] (got a 0-d tensor)"
+        )
     if not 1 <= cos.dim() <= x.dim():
-        raise RuntimeError(f"teachcompute_ext.{op}: argument 'cos' has shape {list(cos.shape)}, which cannot "
-                           f"broadcast to {xname}'s shape {list(x.shape)} (expected [..., rotary_dim / 2] with at "
-                           f"most {x.dim()} dims)")
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: argument 'cos' has shape {list(cos.shape)}, which cannot "
+            f"broadcast to {xname}'s shape {list(x.shape)} (expected [..., rotary_dim / 2] with at "
+            f"most {x.dim()} dims)"
+        )
     half, head_dim = cos.shape[-1], x.shape[-1]
-    torch._check(2 * half <= head_dim, lambda: (
-        f"teachcompute_ext.{op}: rotary_dim {2 * half} (twice the last dim of 'cos') is larger than head_dim "
-        f"{head_dim} ({xname}'s last dim)"))
+    torch._check(
+        2 * half <= head_dim,
+        lambda: (
+            f"teachcompute_ext.{op}: rotary_dim {2 * half} (twice the last dim of 'cos') is larger than head_dim "
+            f"{head_dim} ({xname}'s last dim)"
+        ),
+    )
     lead = x.dim() - cos.dim()
     for d in range(cos.dim() - 1):
-        torch._check(cos.shape[d] == 1 or cos.shape[d] == x.shape[d + lead], lambda: (
-            f"teachcompute_ext.{op}: argument 'cos' has shape {list(cos.shape)}, which cannot broadcast to "
-            f"{xname}'s shape {list(x.shape)} (dim {d} is {cos.shape[d]}, expected 1 or {x.shape[d + lead]})"))
+        torch._check(
+            cos.shape[d] == 1 or cos.shape[d] == x.shape[d + lead],
+            lambda: (
+                f"teachcompute_ext.{op}: argument 'cos' has shape {list(cos.shape)}, which cannot broadcast to "
+                f"{xname}'s shape {list(x.shape)} (dim {d} is {cos.shape[d]}, expected 1 or {x.shape[d + lead]})"
+            ),
+        )
 
 
 def _glu_out_shape(op, gate, up):
@@ -128,11 +168,16 @@ def _glu_out_shape(op, gate, up):
         _check_shape_eq(op, "up", up, "gate", gate)
         return list(gate.shape)
     if gate.dim() < 1:
-        raise RuntimeError(f"teachcompute_ext.{op}: argument 'gate' must have at least 1 dim when 'up' is None "
-                           "(got a 0-d tensor)")
-    torch._check(gate.shape[-1] % 2 == 0, lambda: (
-        f"teachcompute_ext.{op}: argument 'gate' has an odd last dim {gate.shape[-1]} (with 'up' None, gate is "
-        "[..., 2 * I], split in two halves)"))
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: argument 'gate' must have at least 1 dim when 'up' is None (got a 0-d tensor)"
+        )
+    torch._check(
+        gate.shape[-1] % 2 == 0,
+        lambda: (
+            f"teachcompute_ext.{op}: argument 'gate' has an odd last dim {gate.shape[-1]} (with 'up' None, gate is "
+            "[..., 2 * I], split in two halves)"
+        ),
+    )
     return [*gate.shape[:-1], gate.shape[-1] // 2]
 
 
@@ -141,11 +186,14 @@ _GLU_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gel
 
 def _check_approximate(op, approximate):
     if approximate not in ("none", "tanh"):
-        raise ValueError(f"teachcompute_ext.{op}: unknown value '{approximate}' for argument 'approximate' "
-                         "(expected 'none' or 'tanh')")
+        raise ValueError(
+            f"teachcompute_ext.{op}: unknown value '{approximate}' for argument 'approximate' "
+            "(expected 'none' or 'tanh')"
+        )
 
 
 # ---- fake kernels --------------------------------------------------------------------------
+
 
 @torch.library.register_fake("teachcompute_ext::rms_norm_forward")
 def _rms_norm_forward_fake(x, weight, eps):
@@ -169,9 +217,13 @@ def _rms_norm_backward_fake(grad, x, weight, rstd, grad_add, output_mask):
     _check_shape_eq(op, "grad", grad, "x", x)
     _check_dtype_eq(op, "grad", grad, "x", x)
     acc = _acc(x.dtype)
-    torch._check(rstd.shape == x.shape[:-1] and rstd.dtype == acc, lambda: (
-        f"teachcompute_ext.{op}: argument 'rstd' has shape {list(rstd.shape)} and dtype {rstd.dtype} (expected "
-        f"x's rows {list(x.shape[:-1])} in {acc})"))
+    torch._check(
+        rstd.shape == x.shape[:-1] and rstd.dtype == acc,
+        lambda: (
+            f"teachcompute_ext.{op}: argument 'rstd' has shape {list(rstd.shape)} and dtype {rstd.dtype} (expected "
+            f"x's rows {list(x.shape[:-1])} in {acc})"
+        ),
+    )
     if grad_add is not None:
         check_same_device(op, "grad_add", grad_add, "x", x)
         _check_shape_eq(op, "grad_add", grad_add, "x", x)
@@ -191,7 +243,8 @@ def _rotary_fake(op, xname):
 
 torch.library.register_fake("teachcompute_ext::rotary_embedding")(_rotary_fake("rotary_embedding", "x"))
 torch.library.register_fake("teachcompute_ext::rotary_embedding_backward")(
-    _rotary_fake("rotary_embedding_backward", "grad"))
+    _rotary_fake("rotary_embedding_backward", "grad")
+)
 
 
 @torch.library.register_fake("teachcompute_ext::swiglu")
@@ -209,14 +262,20 @@ def _geglu_fake(gate, up=None, approximate="none"):
 def _glu_backward_fake(grad, gate, up, activation):
     op = "glu_backward"
     if activation not in _GLU_ACTIVATIONS:
-        raise ValueError(f"teachcompute_ext.{op}: unknown activation '{activation}' for argument 'activation' "
-                         "(expected 'silu', 'gelu' or 'gelu_tanh')")
+        raise ValueError(
+            f"teachcompute_ext.{op}: unknown activation '{activation}' for argument 'activation' "
+            "(expected 'silu', 'gelu' or 'gelu_tanh')"
+        )
     out_shape = _glu_out_shape(op, gate, up)
     check_same_device(op, "grad", grad, "gate", gate)
     _check_dtype_eq(op, "grad", grad, "gate", gate)
-    torch._check(list(grad.shape) == out_shape, lambda: (
-        f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} (expected the output's shape "
-        f"{out_shape})"))
+    torch._check(
+        list(grad.shape) == out_shape,
+        lambda: (
+            f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} (expected the output's shape "
+            f"{out_shape})"
+        ),
+    )
     return gate.new_empty(gate.shape), gate.new_empty(gate.shape if up is not None else (0,))
 
 
@@ -226,6 +285,7 @@ def _glu_backward_fake(grad, gate, up, activation):
 # not row-wise gets torch's ops: a batched weight of rms_norm (one weight per
 # sample) multiplies the unweighted norm, and cos and sin batched apart from x are
 # expanded to x's batch (the op broadcasts them from there without a copy).
+
 
 def _vmap_norm_forward(add):
     def rule(info, in_dims, x, *args):
@@ -238,8 +298,11 @@ def _vmap_norm_forward(add):
         x = _vmap.front_or_expand(x, x_b, batch)
         if add:
             residual = _vmap.front_or_expand(residual, r_b, batch)
-        outs = (_ops.add_rms_norm_forward.default(x, residual, None if w_b is not None else weight, eps) if add
-                else _ops.rms_norm_forward.default(x, None if w_b is not None else weight, eps))
+        outs = (
+            _ops.add_rms_norm_forward.default(x, residual, None if w_b is not None else weight, eps)
+            if add
+            else _ops.rms_norm_forward.default(x, None if w_b is not None else weight, eps)
+        )
         if w_b is not None:
             w = _vmap.front(weight, w_b)
             w = w.view(batch, *[1] * (x.dim() - 2), w.shape[-1])
@@ -274,8 +337,9 @@ def _vmap_rms_norm_backward(info, in_dims, grad, x, weight, rstd, grad_add, outp
         # One weight per sample: grad * weight is the gradient of the unweighted norm.
         w = _vmap.front(weight, w_b)
         wv = w.view(batch, *[1] * (x.dim() - 2), w.shape[-1])
-        gx, _ = _ops.rms_norm_backward.default((grad * wv).to(x.dtype), x, None, rstd, grad_add,
-                                               [output_mask[0], False])
+        gx, _ = _ops.rms_norm_backward.default(
+            (grad * wv).to(x.dtype), x, None, rstd, grad_add, [output_mask[0], False]
+        )
     if not (output_mask[1] and weight is not None):
         return (gx, x.new_empty((0,))), (0, None)
     # The op sums the weight gradient over every row, the batch's too: vmap wants
@@ -292,10 +356,12 @@ def _vmap_rotary(op):
         x = _vmap.front_or_expand(x, x_b, batch)
         if c_b is None and s_b is None:
             return getattr(_ops, op).default(x, cos, sin, interleaved), 0
+
         # Per-sample tables: cos [B, ..., half] lined up with x [B, ..., head_dim].
         def table(t, b):
             t = _vmap.front_or_expand(t, b, batch)
             return t.view(batch, *[1] * (x.dim() - t.dim()), *t.shape[1:])
+
         return getattr(_ops, op).default(x, table(cos, c_b), table(sin, s_b), interleaved), 0
 
     return rule

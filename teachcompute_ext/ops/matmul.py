@@ -7,6 +7,7 @@ silu; relu's mask comes from its output, none needs nothing), and the backward
 is one op, fused_linear_backward, which fuses grad * act'(pre) with the bias
 gradient and runs the two GEMMs.
 """
+
 import math
 
 import torch
@@ -20,64 +21,87 @@ ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
 _NEEDS_PRE = ("gelu", "gelu_tanh", "silu")
 
 
-fused_matmul = public("fused_matmul", """fused_matmul(a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, trans_a: bool = False, trans_b: bool = False)
+fused_matmul = public(
+    "fused_matmul",
+    """fused_matmul(a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, trans_a: bool = False, trans_b: bool = False)
 
     ``alpha * op(a) @ op(b)``, op transposing the last two dims when its flag is set; batch dims
     broadcast as in ``torch.matmul`` (onnxruntime's com.microsoft FusedMatMul). 1-D operands follow
     ``torch.matmul``: a 1-D ``a`` is ``[1, k]`` and a 1-D ``b`` is ``[k, 1]``, that 1 removed from the
     result (both 1-D: a 0-d dot product); a flag on a 1-D operand is ignored (the transpose of a vector
     is the vector). An empty inner dim gives zeros.
-    """)
+    """,
+)
 
 
-fused_linear = public("fused_linear", """fused_linear(x: torch.Tensor, weight: torch.Tensor, bias=None, activation: str = "none")
+fused_linear = public(
+    "fused_linear",
+    """fused_linear(x: torch.Tensor, weight: torch.Tensor, bias=None, activation: str = "none")
 
     ``act(F.linear(x, weight, bias))`` with act one of none, relu, gelu (erf), gelu_tanh, silu;
     forward and backward fused around the GEMMs. As ``F.linear``, a 1-D ``weight`` ``[in_features]``
     gives an output ``x.shape[:-1]`` (no out_features dim), and its ``bias`` must then be 0-d
     (``F.linear`` itself refuses that bias for a 2-D ``x``; this op accepts it for every ``x``).
-    """)
+    """,
+)
 
 
 # ---- checks, mirroring csrc/matmul/matmul.h --------------------------------------------
 
+
 def _check_same(op, what, t, ref_what, ref):
     if t.dtype != ref.dtype:
-        raise RuntimeError(f"teachcompute_ext.{op}: argument '{what}' has dtype {t.dtype} but '{ref_what}' has "
-                           f"dtype {ref.dtype}")
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: argument '{what}' has dtype {t.dtype} but '{ref_what}' has dtype {ref.dtype}"
+        )
     check_same_device(op, what, t, ref_what, ref)
 
 
 def _check_activation(op, activation):
     if activation not in ACTIVATIONS:
-        raise ValueError(f"teachcompute_ext.{op}: unknown activation '{activation}' for argument 'activation' "
-                         f"(expected one of {', '.join(ACTIVATIONS)})")
+        raise ValueError(
+            f"teachcompute_ext.{op}: unknown activation '{activation}' for argument 'activation' "
+            f"(expected one of {', '.join(ACTIVATIONS)})"
+        )
 
 
 def _check_linear(op, x, weight, bias, vector_weight_ok=True):
     check_float_dtype(op, "x", x)
     check_float_dtype(op, "weight", weight)
     if not (weight.dim() == 2 or (vector_weight_ok and weight.dim() == 1)):
-        raise RuntimeError(f"teachcompute_ext.{op}: argument 'weight' must be "
-                           f"{'1-D [in_features] or ' if vector_weight_ok else ''}2-D [out_features, in_features], "
-                           f"got shape {list(weight.shape)}")
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: argument 'weight' must be "
+            f"{'1-D [in_features] or ' if vector_weight_ok else ''}2-D [out_features, in_features], "
+            f"got shape {list(weight.shape)}"
+        )
     if x.dim() < 1:
-        raise RuntimeError(f"teachcompute_ext.{op}: argument 'x' must have at least 1 dim [..., in_features], "
-                           "got a 0-d tensor")
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: argument 'x' must have at least 1 dim [..., in_features], got a 0-d tensor"
+        )
     _check_same(op, "weight", weight, "x", x)
-    torch._check(x.shape[-1] == weight.shape[-1], lambda: (
-        f"teachcompute_ext.{op}: in_features mismatch: 'x' has shape {list(x.shape)} (last dim {x.shape[-1]}) "
-        f"but 'weight' has shape {list(weight.shape)} (in_features {weight.shape[-1]})"))
+    torch._check(
+        x.shape[-1] == weight.shape[-1],
+        lambda: (
+            f"teachcompute_ext.{op}: in_features mismatch: 'x' has shape {list(x.shape)} (last dim {x.shape[-1]}) "
+            f"but 'weight' has shape {list(weight.shape)} (in_features {weight.shape[-1]})"
+        ),
+    )
     if bias is not None:
         _check_same(op, "bias", bias, "x", x)
         if weight.dim() == 1:
             if bias.dim() != 0:
-                raise RuntimeError(f"teachcompute_ext.{op}: argument 'bias' must be 0-d when 'weight' is 1-D "
-                                   f"(no out_features), got shape {list(bias.shape)}")
+                raise RuntimeError(
+                    f"teachcompute_ext.{op}: argument 'bias' must be 0-d when 'weight' is 1-D "
+                    f"(no out_features), got shape {list(bias.shape)}"
+                )
         else:
-            torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], lambda: (
-                f"teachcompute_ext.{op}: argument 'bias' must have shape [{weight.shape[0]}] (out_features), "
-                f"got {list(bias.shape)}"))
+            torch._check(
+                bias.dim() == 1 and bias.shape[0] == weight.shape[0],
+                lambda: (
+                    f"teachcompute_ext.{op}: argument 'bias' must have shape [{weight.shape[0]}] (out_features), "
+                    f"got {list(bias.shape)}"
+                ),
+            )
 
 
 def _matmul_shape(op, a, b, trans_a, trans_b):
@@ -98,22 +122,31 @@ def _matmul_shape(op, a, b, trans_a, trans_b):
         kb, n = b.shape[0], 1
     else:
         kb, n = (b.shape[-1], b.shape[-2]) if trans_b else (b.shape[-2], b.shape[-1])
-    torch._check(ka == kb, lambda: (
-        f"teachcompute_ext.{op}: inner dims do not match: op(a) is {m}x{ka} (a {list(a.shape)}, "
-        f"trans_a={int(trans_a)}) but op(b) is {kb}x{n} (b {list(b.shape)}, trans_b={int(trans_b)})"))
+    torch._check(
+        ka == kb,
+        lambda: (
+            f"teachcompute_ext.{op}: inner dims do not match: op(a) is {m}x{ka} (a {list(a.shape)}, "
+            f"trans_a={int(trans_a)}) but op(b) is {kb}x{n} (b {list(b.shape)}, trans_b={int(trans_b)})"
+        ),
+    )
     ba, bb = a.shape[:-2], b.shape[:-2]
     d = max(len(ba), len(bb))
     ba, bb = (1,) * (d - len(ba)) + tuple(ba), (1,) * (d - len(bb)) + tuple(bb)
     batch = []
     for sa, sb in zip(ba, bb):
-        torch._check(sa == sb or sa == 1 or sb == 1, lambda: (
-            f"teachcompute_ext.{op}: batch dims do not broadcast: 'a' has batch shape {list(a.shape[:-2])} and "
-            f"'b' has batch shape {list(b.shape[:-2])}"))
+        torch._check(
+            sa == sb or sa == 1 or sb == 1,
+            lambda: (
+                f"teachcompute_ext.{op}: batch dims do not broadcast: 'a' has batch shape {list(a.shape[:-2])} and "
+                f"'b' has batch shape {list(b.shape[:-2])}"
+            ),
+        )
         batch.append(sb if sa == 1 else sa)
     return (*batch, *(() if a_vec else (m,)), *(() if b_vec else (n,)))
 
 
 # ---- fake kernels ------------------------------------------------------------------------------
+
 
 @torch.library.register_fake("teachcompute_ext::fused_matmul")
 def _fused_matmul_fake(a, b, alpha=1.0, trans_a=False, trans_b=False):
@@ -137,18 +170,27 @@ def _fused_linear_backward_fake(grad, x, weight, aux, activation, has_bias, outp
     _check_activation(op, activation)
     _check_same(op, "grad", grad, "x", x)
     out_shape = [*x.shape[:-1], weight.shape[0]]
-    torch._check(list(grad.shape) == out_shape, lambda: (
-        f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but the output has shape {out_shape}"))
+    torch._check(
+        list(grad.shape) == out_shape,
+        lambda: (
+            f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but the output has shape {out_shape}"
+        ),
+    )
     if activation != "none":
-        torch._check(aux.shape == grad.shape, lambda: (
-            f"teachcompute_ext.{op}: argument 'aux' (the saved {'output' if activation == 'relu' else 'pre-activation'})"
-            f" has shape {list(aux.shape)} but 'grad' has shape {list(grad.shape)}"))
+        torch._check(
+            aux.shape == grad.shape,
+            lambda: (
+                f"teachcompute_ext.{op}: argument 'aux' (the saved {'output' if activation == 'relu' else 'pre-activation'})"
+                f" has shape {list(aux.shape)} but 'grad' has shape {list(grad.shape)}"
+            ),
+        )
         _check_same(op, "aux", aux, "x", x)
     n, k = weight.shape
     gx = x.new_empty(x.shape) if output_mask[0] else x.new_empty((0, 0))
     gw = x.new_empty((n, k)) if output_mask[1] else x.new_empty((0, 0))
     gb = x.new_empty((n,)) if output_mask[2] and has_bias else x.new_empty((0,))
     return gx, gw, gb
+
 
 # Autograd is registered in C++ (csrc/matmul/matmul_autograd.cpp).
 
@@ -259,8 +301,7 @@ def _vmap_fused_linear_forward(info, in_dims, x, weight, bias, activation, save_
 
 def _vmap_fused_linear(info, in_dims, x, weight, bias=None, activation="none"):
     # As the composite: keep the pre-activation only when a backward can follow.
-    save_pre = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias))
+    save_pre = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     (out, _), (out_dim, _) = _linear(info, in_dims, x, weight, bias, activation, save_pre)
     return out, out_dim
 
@@ -282,8 +323,10 @@ def _vmap_fused_linear_backward(info, in_dims, grad, x, weight, aux, activation,
     lx, lw = _vmap.logical(x, x_b), _vmap.logical(weight, w_b)
     _check_activation("fused_linear_backward", activation)
     if lw.dim() != 2:  # the op's own words: its backward takes the 2-D weight only
-        raise RuntimeError("teachcompute_ext.fused_linear_backward: argument 'weight' must be 2-D [out_features, "
-                           f"in_features], got shape {list(lw.shape)}")
+        raise RuntimeError(
+            "teachcompute_ext.fused_linear_backward: argument 'weight' must be 2-D [out_features, "
+            f"in_features], got shape {list(lw.shape)}"
+        )
     n, k = lw.shape
     lead = list(lx.shape[:-1])
     m = math.prod(lead)

@@ -1,14 +1,16 @@
 """Reduce family: vector_sum, reduce_sum, reduce_mean, reduce_max, reduce_min, logsumexp,
 softmax, log_softmax: wrappers and fake kernels (autograd is in C++)."""
+
 import torch
 
-from ._common import (INT_DTYPES, check_dim, check_float_dtype, check_float_or_int_dtype, check_same_device,
-                      public)
+from ._common import INT_DTYPES, check_dim, check_float_dtype, check_float_or_int_dtype, check_same_device, public
 
 _ops = torch.ops.teachcompute_ext
 
 
-vector_sum = public("vector_sum", """vector_sum(x: torch.Tensor)
+vector_sum = public(
+    "vector_sum",
+    """vector_sum(x: torch.Tensor)
 
     Sum of every element of ``x`` as a 0-dim tensor of ``x``'s dtype.
 
@@ -17,7 +19,8 @@ vector_sum = public("vector_sum", """vector_sum(x: torch.Tensor)
     Integer and bool tensors sum exactly into int64, as ``torch.sum``.
     The CPU result is bitwise identical from run to run and for any thread
     count; the CUDA result is bitwise reproducible (no float atomics).
-    """)
+    """,
+)
 
 
 @torch.library.register_fake("teachcompute_ext::vector_sum")
@@ -25,21 +28,28 @@ def _vector_sum_fake(x):
     check_float_or_int_dtype("vector_sum", "x", x)
     return x.new_empty((), dtype=torch.int64 if x.dtype in INT_DTYPES else x.dtype)
 
+
 # Autograd is registered in C++ (csrc/reduce/reduce_autograd.cpp): cheaper per call.
 
 
-softmax = public("softmax", """softmax(x: torch.Tensor, dim: int)
+softmax = public(
+    "softmax",
+    """softmax(x: torch.Tensor, dim: int)
 
     ``torch.softmax(x, dim)``: float32, float64, float16, bfloat16 (half types
     compute in float32); the result is contiguous, of x's dtype. The gradient is
     one fused op, ``softmax_backward``.
-    """)
+    """,
+)
 
 
-log_softmax = public("log_softmax", """log_softmax(x: torch.Tensor, dim: int)
+log_softmax = public(
+    "log_softmax",
+    """log_softmax(x: torch.Tensor, dim: int)
 
     ``torch.log_softmax(x, dim)``, with the same conventions as :func:`softmax`.
-    """)
+    """,
+)
 
 
 def _softmax_fake(op):
@@ -61,8 +71,9 @@ def _softmax_backward_fake(op):
                 f"{list(out.shape)}"
             )
         if grad.dtype != out.dtype:
-            raise RuntimeError(f"teachcompute_ext.{op}: argument 'grad' has dtype {grad.dtype} but 'out' has dtype "
-                               f"{out.dtype}")
+            raise RuntimeError(
+                f"teachcompute_ext.{op}: argument 'grad' has dtype {grad.dtype} but 'out' has dtype {out.dtype}"
+            )
         check_dim(op, out, dim)
         return out.new_empty(out.shape)
 
@@ -77,38 +88,52 @@ for _name in ("softmax", "log_softmax"):
 # ---------------------------------------------------------------------------
 # Reductions along dims
 # ---------------------------------------------------------------------------
-reduce_sum = public("reduce_sum", """reduce_sum(x: torch.Tensor, dim=None, keepdim: bool = False)
+reduce_sum = public(
+    "reduce_sum",
+    """reduce_sum(x: torch.Tensor, dim=None, keepdim: bool = False)
 
     ``torch.sum(x, dim, keepdim)``: dim is an int, a list of ints, or None (all dims). Integer and
     bool inputs sum into int64, as torch's.
-    """)
+    """,
+)
 
 
-reduce_mean = public("reduce_mean", """reduce_mean(x: torch.Tensor, dim=None, keepdim: bool = False)
+reduce_mean = public(
+    "reduce_mean",
+    """reduce_mean(x: torch.Tensor, dim=None, keepdim: bool = False)
 
     ``torch.mean(x, dim, keepdim)``; NaN over an empty dimension, as torch.
-    """)
+    """,
+)
 
 
-reduce_max = public("reduce_max", """reduce_max(x: torch.Tensor, dim: int, keepdim: bool = False)
+reduce_max = public(
+    "reduce_max",
+    """reduce_max(x: torch.Tensor, dim: int, keepdim: bool = False)
 
     ``torch.max(x, dim, keepdim)``: (values, indices); the index of the first
     maximum (of the first NaN when there is one); the gradient flows to it.
     Floating, integer and bool dtypes.
-    """)
+    """,
+)
 
 
-reduce_min = public("reduce_min", """reduce_min(x: torch.Tensor, dim: int, keepdim: bool = False)
+reduce_min = public(
+    "reduce_min",
+    """reduce_min(x: torch.Tensor, dim: int, keepdim: bool = False)
 
     ``torch.min(x, dim, keepdim)``, with the same conventions as :func:`reduce_max`.
-    """)
+    """,
+)
 
 
-logsumexp = public("logsumexp", """logsumexp(x: torch.Tensor, dim, keepdim: bool = False)
+logsumexp = public(
+    "logsumexp",
+    """logsumexp(x: torch.Tensor, dim, keepdim: bool = False)
 
     ``torch.logsumexp(x, dim, keepdim)`` in one online pass (max and sum together).
-    """)
-
+    """,
+)
 
 
 def _reduced_mask(op, x, dim):

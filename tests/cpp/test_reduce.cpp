@@ -24,8 +24,8 @@ TEST(Reduce, SumMeanLogsumexpOverInnerOuterAndSeveralDims) {
       EXPECT_TRUE(at::allclose(lse.call(x, dims, keepdim), x.logsumexp(dims, keepdim), 1e-5, 1e-5));
     }
   }
-  EXPECT_TRUE(at::allclose(sum.call(x.transpose(0, 2), std::vector<int64_t>{1}, false),
-                           x.transpose(0, 2).sum(1), 1e-5, 1e-4));
+  EXPECT_TRUE(
+      at::allclose(sum.call(x.transpose(0, 2), std::vector<int64_t>{1}, false), x.transpose(0, 2).sum(1), 1e-5, 1e-4));
 }
 
 TEST(Reduce, MaxMinValuesAndFirstIndices) {
