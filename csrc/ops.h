@@ -51,6 +51,18 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad
                                                           const at::Tensor& max_indices, c10::string_view mode,
                                                           const std::optional<at::Tensor>& psw,
                                                           std::optional<int64_t> padding_idx, bool include_last_offset);
+// The backward fused with an optimizer step: weight and state updated in place (embedding.h says how).
+void embedding_update_(const at::Tensor& weight, const at::Tensor& state1, const at::Tensor& state2,
+                       const at::Tensor& grad, const at::Tensor& indices, std::optional<int64_t> padding_idx,
+                       c10::string_view optimizer, double lr, double beta1, double beta2, double eps,
+                       double weight_decay, int64_t step);
+at::Tensor embedding_bag_update_(const at::Tensor& weight, const at::Tensor& state1, const at::Tensor& state2,
+                                 const at::Tensor& grad, const at::Tensor& indices,
+                                 const std::optional<at::Tensor>& offsets, const at::Tensor& max_indices,
+                                 c10::string_view bag_mode, const std::optional<at::Tensor>& psw,
+                                 std::optional<int64_t> padding_idx, bool include_last_offset, bool psw_grad,
+                                 c10::string_view optimizer, double lr, double beta1, double beta2, double eps,
+                                 double weight_decay, int64_t step);
 // CompositeImplicitAutograd: embedding_bag_forward's first output.
 at::Tensor embedding_bag_composite(const at::Tensor& weight, const at::Tensor& indices,
                                    const std::optional<at::Tensor>& offsets, c10::string_view mode,

@@ -84,6 +84,24 @@ TORCH_LIBRARY(teachcompute_ext, m) {
       "str mode, Tensor? per_sample_weights, int? padding_idx, bool include_last_offset) -> (Tensor, Tensor)",
       kContiguous);
 
+  // The backward of embedding fused with an optimizer step (sgd, rowwise_adagrad, adagrad, adam, adamw): every
+  // row the indices touch is updated in place, once, with the sum of its gradient rows, and so is its optimizer
+  // state (state1, state2: which each optimizer keeps is in embedding.h); the table's gradient is never built.
+  m.def(
+      "embedding_update_(Tensor(a!) weight, Tensor(b!) state1, Tensor(c!) state2, Tensor grad, Tensor indices, "
+      "int? padding_idx, str optimizer, float lr, float beta1, float beta2, float eps, float weight_decay, int step) "
+      "-> ()",
+      kContiguous);
+  // The same for embedding_bag (every mode, per_sample_weights, padding_idx); returns per_sample_weights'
+  // gradient when psw_grad (from the weight before its update), else an empty tensor. (bag_mode, not mode: a
+  // mutating op's arguments reach torch's functionalization as keywords, where "mode" collides with its own.)
+  m.def(
+      "embedding_bag_update_(Tensor(a!) weight, Tensor(b!) state1, Tensor(c!) state2, Tensor grad, Tensor indices, "
+      "Tensor? offsets, Tensor max_indices, str bag_mode, Tensor? per_sample_weights, int? padding_idx, "
+      "bool include_last_offset, bool psw_grad, str optimizer, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay, int step) -> Tensor",
+      kContiguous);
+
   // ---- matmul -----------------------------------------------------------------
   // alpha * op(a) @ op(b), op transposing the last two dims; batch dims broadcast and 1-D operands
   // as in torch.matmul (a flag on a 1-D operand is ignored).
@@ -165,6 +183,8 @@ void register_frontends(torch::Library& m) {
   m.impl("embedding_backward", &teachcompute_ext::embedding_backward);
   m.impl("embedding_bag_forward", &embedding_bag_forward);
   m.impl("embedding_bag_backward", &embedding_bag_backward);
+  m.impl("embedding_update_", &embedding_update_);
+  m.impl("embedding_bag_update_", &embedding_bag_update_);
   m.impl("fused_matmul", &fused_matmul);
   m.impl("fused_linear_forward", &fused_linear_forward);
   m.impl("fused_linear_backward", &fused_linear_backward);

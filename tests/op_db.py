@@ -87,7 +87,8 @@ class OpInfo:
     onnx: bool = True
     bad: Callable[..., list] = lambda device: []
     public: bool = True
-    inplace: bool = False  # writes its first argument (call it on a copy)
+    inplace: bool = False  # writes arguments (call it on copies; the copies are its result)
+    vmap: bool = True  # False: vmap is refused by name
     tol: dict = dataclasses.field(default_factory=dict)  # dtype -> (rtol, atol) over the defaults
     # small(device, dtype, seed): a few tiny samples, one per mode, for the costly paths (gradgradcheck,
     # CUDA graphs, host-read tracing, vmap, autocast, ONNX); the first is the op's plain call
@@ -101,6 +102,11 @@ class OpInfo:
     def op(self):
         """The function a user calls: the public one, or the op itself for an internal op."""
         return getattr(tce, self.name) if self.public else self.overload
+
+    @property
+    def mutated(self):
+        """Positions of the arguments the op writes (Tensor(a!) in its schema)."""
+        return [i for i, a in enumerate(self.schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
 
     @property
     def error_name(self):
@@ -996,6 +1002,249 @@ def _glu_backward_samples(device, dtype, seed=0):
     ]
 
 
+# ---- the backward fused with an optimizer step ------------------------------------------------------
+_UPDATE_HYPER = {  # optimizer -> (lr, beta1, beta2, eps, weight_decay, step)
+    "sgd": (0.1, 0.0, 0.0, 0.0, 0.01, 1),
+    "rowwise_adagrad": (0.1, 0.0, 0.0, 1e-8, 0.01, 1),
+    "adagrad": (0.1, 0.0, 0.0, 1e-10, 0.0, 1),
+    "adam": (0.01, 0.9, 0.999, 1e-8, 0.01, 3),
+    "adamw": (0.01, 0.8, 0.99, 1e-6, 0.1, 5),
+}
+
+
+def _states(optimizer, w, g, filled):
+    """(state1, state2) for optimizer and table w; filled: positive values as after some steps."""
+    from teachcompute_ext.ops.embedding import state_dtype, state_shapes
+
+    s1, s2 = state_shapes(optimizer, w.shape[0], w.shape[1])
+    dt = state_dtype(w.dtype)
+
+    def make(shape, square):
+        if shape == (0,):
+            return torch.zeros(0, dtype=dt, device=w.device)
+        t = torch.rand(shape, generator=g, dtype=torch.float64) * 0.1 if filled else torch.zeros(shape)
+        if not square and optimizer in ("adam", "adamw"):
+            t = t - 0.05  # a first moment has either sign
+        return t.to(device=w.device, dtype=dt)
+
+    return make(s1, optimizer != "adam" and optimizer != "adamw"), make(s2, True)
+
+
+def _update_samples(bag):
+    def samples(device, dtype, seed=0):
+        g = _gen(23 if bag else 24, seed)
+        out = []
+        for k, opt in enumerate(_UPDATE_HYPER):
+            w = _r(g, 30, 7, dtype=dtype, device=device)
+            s1, s2 = _states(opt, w, g, filled=k % 2 == 0)
+            hyper = _UPDATE_HYPER[opt]
+            if bag:
+                mode = ("sum", "mean", "max", "sum", "mean")[k]
+                idx = _i(g, 0, 30, 40, device=device)
+                idx[5] = idx[6] = idx[7]  # a row used three times
+                off = torch.tensor([0, 3, 3, 10, 25], device=device)  # an empty bag
+                grad = _r(g, 5, 7, dtype=dtype, device=device)
+                argmax = torch.empty(0, dtype=torch.int64, device=device)
+                if mode == "max":
+                    argmax = _ops.embedding_bag_forward.default(w, idx, off, "max", None, None, False)[1]
+                psw = torch.rand(40, generator=g, dtype=torch.float64).to(device, dtype) if k == 3 else None
+                pad = 4 if k == 4 else None
+                out.append(
+                    Sample(
+                        (w, s1, s2, grad, idx, off, argmax, mode, psw, pad, False, False, opt) + hyper,
+                        name=f"{opt} {mode}",
+                        grad=False,
+                    )
+                )
+            else:
+                idx = _i(g, 0, 30, 6, 5, device=device)
+                pad = 2 if k == 1 else None
+                out.append(
+                    Sample(
+                        (w, s1, s2, _r(g, 6, 5, 7, dtype=dtype, device=device), idx, pad, opt) + hyper,
+                        name=opt,
+                        grad=False,
+                    )
+                )
+        return out
+
+    return samples
+
+
+def row_update_reference(
+    weight, state1, state2, dense_grad, touched, optimizer, lr, beta1, beta2, eps, weight_decay, step
+):
+    """One step of optimizer (csrc/embedding/embedding.h's formulas) on the touched rows, in float64:
+    (weight, state1, state2) after it, in their dtypes; untouched rows as they were."""
+    w, s1, s2 = weight.clone(), state1.clone(), state2.clone()
+    r = touched
+    if r.numel() == 0:
+        return w, s1, s2
+    w64, g = weight.double()[r], dense_grad.double()[r]
+    if optimizer == "sgd":
+        new = w64 - lr * (g + weight_decay * w64)
+    elif optimizer == "rowwise_adagrad":
+        g = g + weight_decay * w64
+        acc = state1.double()[r] + (g * g).mean(1)
+        s1[r] = acc.to(s1.dtype)
+        new = w64 - lr * g / (acc.sqrt() + eps).unsqueeze(1)
+    elif optimizer == "adagrad":
+        g = g + weight_decay * w64
+        acc = state1.double()[r] + g * g
+        s1[r] = acc.to(s1.dtype)
+        new = w64 - lr * g / (acc.sqrt() + eps)
+    else:
+        decoupled = optimizer == "adamw"
+        if not decoupled:
+            g = g + weight_decay * w64
+        m = beta1 * state1.double()[r] + (1 - beta1) * g
+        v = beta2 * state2.double()[r] + (1 - beta2) * g * g
+        s1[r], s2[r] = m.to(s1.dtype), v.to(s2.dtype)
+        step_size = lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
+        new = w64 * (1 - lr * weight_decay if decoupled else 1) - step_size * m / (v.sqrt() + eps)
+    w[r] = new.to(w.dtype)
+    return w, s1, s2
+
+
+def bag_gradient(weight, grad, indices, offsets, max_indices, mode, psw, padding_idx, include_last_offset):
+    """The dense gradient of embedding_bag (float64) and the rows it touches (sorted)."""
+    w = weight.detach().double().requires_grad_()
+    if mode == "max":
+        dense = torch.zeros_like(w.detach())
+        m = max_indices.reshape(-1)
+        ok = m >= 0
+        cols = torch.arange(w.shape[1], device=w.device).repeat(grad.shape[0])
+        dense.index_put_((m[ok], cols[ok]), grad.double().reshape(-1)[ok], accumulate=True)
+        return dense, torch.unique(m[ok])
+    kw = dict(mode=mode, padding_idx=padding_idx, include_last_offset=include_last_offset)
+    out = F.embedding_bag(indices, w, offsets, per_sample_weights=None if psw is None else psw.double(), **kw)
+    (dense,) = torch.autograd.grad(out, w, grad.double())
+    ones = torch.ones_like(w.detach(), requires_grad=True)
+    count = F.embedding_bag(indices, ones, offsets, **kw)
+    (hits,) = torch.autograd.grad(count, ones, torch.ones_like(count))
+    return dense, torch.nonzero(hits[:, 0] > 0).reshape(-1)
+
+
+def _bag_update_ref(
+    weight,
+    state1,
+    state2,
+    grad,
+    indices,
+    offsets,
+    max_indices,
+    mode,
+    psw,
+    padding_idx,
+    include_last_offset,
+    psw_grad,
+    optimizer,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    step,
+):
+    dense, rows = bag_gradient(weight, grad, indices, offsets, max_indices, mode, psw, padding_idx, include_last_offset)
+    return row_update_reference(
+        weight, state1, state2, dense, rows, optimizer, lr, beta1, beta2, eps, weight_decay, step
+    )
+
+
+def _update_ref(
+    weight, state1, state2, grad, indices, padding_idx, optimizer, lr, beta1, beta2, eps, weight_decay, step
+):
+    flat = indices.reshape(-1)
+    g = grad.double().reshape(flat.numel(), -1)
+    keep = flat != (padding_idx % weight.shape[0] if padding_idx is not None else -1)
+    dense = torch.zeros(weight.shape, dtype=torch.float64, device=weight.device).index_add_(0, flat[keep], g[keep])
+    return row_update_reference(
+        weight, state1, state2, dense, torch.unique(flat[keep]), optimizer, lr, beta1, beta2, eps, weight_decay, step
+    )
+
+
+def _update_bad(bag):
+    op = "embedding_bag_update_" if bag else "embedding_update_"
+
+    def bad(device):
+        w = torch.randn(10, 4, device=device)
+        s = torch.zeros(10, 4, device=device)
+        if bag:
+            idx, off = torch.tensor([1, 2, 3, 4], device=device), torch.tensor([0, 2], device=device)
+
+            def args(w=w, s1=s, s2=s, opt="adam", lr=0.1, idx=idx, eps=1e-8, step=1, grad=None):
+                g = torch.randn(2, 4, device=device) if grad is None else grad
+                return (
+                    w,
+                    s1,
+                    s2,
+                    g,
+                    idx,
+                    off,
+                    torch.empty(0, dtype=torch.long, device=device),
+                    "sum",
+                    None,
+                    None,
+                    False,
+                    False,
+                    opt,
+                    lr,
+                    0.9,
+                    0.999,
+                    eps,
+                    0.0,
+                    step,
+                )
+        else:
+            idx = torch.tensor([1, 2, 3, 4], device=device)
+
+            def args(w=w, s1=s, s2=s, opt="adam", lr=0.1, idx=idx, eps=1e-8, step=1, grad=None):
+                g = torch.randn(4, 4, device=device) if grad is None else grad
+                return (w, s1, s2, g, idx, None, opt, lr, 0.9, 0.999, eps, 0.0, step)
+
+        return [
+            Bad(
+                args(s1=torch.zeros(10, 3, device=device)),
+                RuntimeError,
+                rf"teachcompute_ext.{op}: argument 'state1' must have shape \[10, 4\] for optimizer 'adam'",
+            ),
+            Bad(
+                args(s2=torch.zeros(10, 4, device=device, dtype=torch.float64)),
+                TypeError,
+                rf"teachcompute_ext.{op}: argument 'state2' must be torch.float32 for a torch.float32 weight",
+            ),
+            Bad(
+                args(opt="rowwise_adagrad"),
+                RuntimeError,
+                rf"teachcompute_ext.{op}: argument 'state1' must have shape \[10\] for optimizer 'rowwise_adagrad'",
+            ),
+            Bad(args(lr=float("nan")), ValueError, rf"teachcompute_ext.{op}: argument 'lr' must be finite"),
+            Bad(args(lr=float("inf")), ValueError, rf"teachcompute_ext.{op}: argument 'lr' must be finite"),
+            Bad(args(eps=0.0), ValueError, rf"teachcompute_ext.{op}: argument 'eps' must be finite and > 0"),
+            Bad(args(step=0), ValueError, rf"teachcompute_ext.{op}: argument 'step' must be >= 1"),
+            Bad(args(opt="lamb"), ValueError, rf"teachcompute_ext.{op}: unknown optimizer 'lamb'"),
+            Bad(
+                args(w=torch.randn(4, 10, device=device).t(), s1=s, s2=s),
+                RuntimeError,
+                rf"teachcompute_ext.{op}: argument 'weight' must be contiguous",
+            ),
+            Bad(
+                args(grad=torch.randn(2, 4, 1, device=device)),
+                RuntimeError,
+                rf"teachcompute_ext.{op}: argument 'grad' has shape",
+            ),
+            Bad(
+                args(idx=torch.tensor([1, 2, 3, 10], device=device)),
+                IndexError,
+                rf"teachcompute_ext.{op}: index 10 out of range for argument 'indices'",
+                values=True,
+            ),
+        ]
+
+    return bad
+
+
 def _reduce_tol(dtype):
     # sums of thousands of elements: the accumulation error on sum(|x|), not the output's rounding
     return {torch.float32: (1e-4, 2e-3), torch.float16: (1e-2, 3e-1), torch.bfloat16: (2e-2, 1.0)}
@@ -1182,6 +1431,32 @@ OPS = [
         public=False,
         differentiable=False,
         onnx=False,
+    ),
+    OpInfo(
+        "embedding_update_",
+        "embedding",
+        _update_samples(False),
+        _update_ref,
+        public=False,
+        differentiable=False,
+        onnx=False,
+        inplace=True,
+        vmap=False,
+        bad=_update_bad(False),
+        tol=_half_tol(),
+    ),
+    OpInfo(
+        "embedding_bag_update_",
+        "embedding",
+        _update_samples(True),
+        _bag_update_ref,
+        public=False,
+        differentiable=False,
+        onnx=False,
+        inplace=True,
+        vmap=False,
+        bad=_update_bad(True),
+        tol=_half_tol(),
     ),
     # ---- matmul
     OpInfo(
@@ -1400,16 +1675,18 @@ def differentiable_samples(op, device="cpu", dtype=torch.float64, seed=0):
 
 
 def call(op, sample, fn=None):
-    """op on sample (an in-place op writes a copy of its first argument, which is returned),
-    or fn, an out-of-place function of the same arguments (the reference)."""
+    """op on sample (an in-place op writes copies of the arguments it writes, which are
+    returned), or fn, an out-of-place function of the same arguments (the reference)."""
     args = list(sample.args)
     if fn is not None:
         return fn(*args, **sample.kwargs)
     fn = op.op
     if op.inplace:
-        args[0] = args[0].clone()
+        written = op.mutated
+        for i in written:
+            args[i] = args[i].clone()
         fn(*args, **sample.kwargs)
-        return args[0]
+        return args[written[0]] if len(written) == 1 else tuple(args[i] for i in written)
     return fn(*args, **sample.kwargs)
 
 

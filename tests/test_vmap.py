@@ -802,7 +802,19 @@ def _table_samples(op, seed):
     return [s for s in make("cpu", F64, seed) if all(a.numel() > 0 for a in s.args if isinstance(a, torch.Tensor))]
 
 
-VMAP_CASES = [(op, k) for op in op_db.OPS for k in range(len(_table_samples(op, 0)))]
+VMAP_CASES = [(op, k) for op in op_db.OPS if op.vmap for k in range(len(_table_samples(op, 0)))]
+
+
+@pytest.mark.parametrize("op", [op for op in op_db.OPS if not op.vmap], ids=lambda op: op.name)
+def test_vmap_is_refused_by_name_where_the_table_says_so(op):
+    sample = op.samples("cpu", F64)[0]
+    where = [i for i, a in enumerate(sample.args) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    args = list(sample.args)
+    args[where[0]] = torch.stack([args[where[0]]] * 2)
+    with pytest.raises(RuntimeError, match=rf"teachcompute_ext.{op.name}: vmap is not supported"):
+        vmap(lambda t: op_db.call(op, op_db.Sample(tuple(args[: where[0]]) + (t,) + tuple(args[where[0] + 1 :]))))(
+            args[where[0]]
+        )
 
 
 @pytest.mark.parametrize("op,k", VMAP_CASES, ids=lambda v: v.name if hasattr(v, "name") else str(v))

@@ -7,6 +7,7 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 
+#include <cmath>
 #include <vector>
 
 #include "common/autograd.h"
@@ -19,6 +20,8 @@ TCE_DEFINE_STUB(embedding_stub, embedding_kernel);
 TCE_DEFINE_STUB(embedding_backward_stub, embedding_backward_kernel);
 TCE_DEFINE_STUB(embedding_bag_stub, embedding_bag_kernel);
 TCE_DEFINE_STUB(embedding_bag_backward_stub, embedding_bag_backward_kernel);
+TCE_DEFINE_STUB(embedding_update_stub, embedding_update_kernel);
+TCE_DEFINE_STUB(embedding_bag_update_stub, embedding_bag_update_kernel);
 
 at::Tensor embedding(const at::Tensor& weight, const at::Tensor& indices, std::optional<int64_t> padding_idx) {
   const char* op = "embedding";
@@ -113,10 +116,125 @@ at::Tensor embedding_bag_composite(const at::Tensor& weight, const at::Tensor& i
                                    const std::optional<at::Tensor>& offsets, c10::string_view mode,
                                    const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,
                                    bool include_last_offset) {
-  static auto op = find_op<std::tuple<at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
-      const std::optional<at::Tensor>&, std::optional<int64_t>, bool)>("teachcompute_ext::embedding_bag_forward");
+  static auto op = TCE_OP(embedding_bag_forward);
   return std::get<0>(op.call(weight, indices, offsets, mode, psw, padding_idx, include_last_offset));
+}
+
+// ---- the backward fused with an optimizer step --------------------------------------------------------
+namespace {
+
+// The state each optimizer keeps: its dtype (float32 for a half table: the
+// moments of bfloat16 rows in bfloat16 would lose the small updates), and its shapes.
+at::ScalarType state_dtype(at::ScalarType weight) { return weight == at::kDouble ? at::kDouble : at::kFloat; }
+
+RowUpdate check_row_update(const char* op, const at::Tensor& weight, const at::Tensor& state1, const at::Tensor& state2,
+                           c10::string_view optimizer, double lr, double beta1, double beta2, double eps,
+                           double weight_decay, int64_t step) {
+  const RowUpdate u{parse_row_optimizer(op, optimizer), lr, beta1, beta2, eps, weight_decay, step};
+  TORCH_CHECK(weight.is_contiguous(), "teachcompute_ext.", op,
+              ": argument 'weight' must be contiguous (it is updated in place), got strides ", weight.strides());
+  TORCH_CHECK_VALUE(std::isfinite(lr) && lr >= 0, "teachcompute_ext.", op,
+                    ": argument 'lr' must be finite and >= 0, got ", lr);
+  TORCH_CHECK_VALUE(std::isfinite(weight_decay) && weight_decay >= 0, "teachcompute_ext.", op,
+                    ": argument 'weight_decay' must be finite and >= 0, got ", weight_decay);
+  if (u.kind != RowOptimizer::SGD) {
+    TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "teachcompute_ext.", op,
+                      ": argument 'eps' must be finite and > 0, got ", eps);
+  }
+  const bool adam = u.kind == RowOptimizer::ADAM || u.kind == RowOptimizer::ADAMW;
+  if (adam) {
+    TORCH_CHECK_VALUE(beta1 >= 0 && beta1 < 1, "teachcompute_ext.", op, ": argument 'beta1' must be in [0, 1), got ",
+                      beta1);
+    TORCH_CHECK_VALUE(beta2 >= 0 && beta2 < 1, "teachcompute_ext.", op, ": argument 'beta2' must be in [0, 1), got ",
+                      beta2);
+    TORCH_CHECK_VALUE(step >= 1, "teachcompute_ext.", op,
+                      ": argument 'step' must be >= 1 (the count of steps, this one included), got ", step);
+  }
+  const int64_t num = weight.size(0), dim = weight.size(1);
+  const std::vector<int64_t> rows{num}, table{num, dim}, none{0};
+  const std::vector<int64_t>& shape1 = u.kind == RowOptimizer::SGD               ? none
+                                       : u.kind == RowOptimizer::ROWWISE_ADAGRAD ? rows
+                                                                                 : table;
+  const std::vector<int64_t>& shape2 = adam ? table : none;
+  const at::ScalarType dtype = state_dtype(weight.scalar_type());
+  auto check_state = [&](const char* name, const at::Tensor& s, const std::vector<int64_t>& shape) {
+    check_same_device(op, name, s, "weight", weight);
+    TORCH_CHECK(s.sizes() == at::IntArrayRef(shape), "teachcompute_ext.", op, ": argument '", name,
+                "' must have shape ", at::IntArrayRef(shape), " for optimizer '", optimizer, "' and a weight of shape ",
+                weight.sizes(), ", got ", s.sizes());
+    if (shape != none) {
+      TORCH_CHECK_TYPE(s.scalar_type() == dtype, "teachcompute_ext.", op, ": argument '", name, "' must be ",
+                       dtype_name(dtype), " for a ", dtype_name(weight.scalar_type()), " weight, got ",
+                       dtype_name(s.scalar_type()));
+      TORCH_CHECK(s.is_contiguous(), "teachcompute_ext.", op, ": argument '", name,
+                  "' must be contiguous (it is updated in place)");
+    }
+  };
+  check_state("state1", state1, shape1);
+  check_state("state2", state2, shape2);
+  return u;
+}
+
+}  // namespace
+
+void embedding_update_(const at::Tensor& weight, const at::Tensor& state1, const at::Tensor& state2,
+                       const at::Tensor& grad, const at::Tensor& indices, std::optional<int64_t> padding_idx,
+                       c10::string_view optimizer, double lr, double beta1, double beta2, double eps,
+                       double weight_decay, int64_t step) {
+  const char* op = "embedding_update_";
+  check_weight(op, weight);
+  check_indices(op, indices);
+  check_same_device(op, "grad", grad, "weight", weight);
+  check_same_device(op, "indices", indices, "weight", weight);
+  TORCH_CHECK_TYPE(grad.scalar_type() == weight.scalar_type(), "teachcompute_ext.", op, ": argument 'grad' has dtype ",
+                   dtype_name(grad.scalar_type()), " but 'weight' has dtype ", dtype_name(weight.scalar_type()));
+  TORCH_CHECK(grad.dim() == indices.dim() + 1 && grad.sizes().slice(0, indices.dim()) == indices.sizes() &&
+                  grad.size(-1) == weight.size(1),
+              "teachcompute_ext.", op, ": argument 'grad' has shape ", grad.sizes(), " but 'indices' has shape ",
+              indices.sizes(), " and 'weight' ", weight.sizes(), " (expected indices.shape + [embedding_dim])");
+  const RowUpdate u =
+      check_row_update(op, weight, state1, state2, optimizer, lr, beta1, beta2, eps, weight_decay, step);
+  const int64_t padding = wrap_padding_idx(op, padding_idx, weight.size(0));
+  if (indices.numel() == 0) return;
+  const at::OptionalDeviceGuard guard(at::device_of(weight));
+  at::Tensor w = weight, s1 = state1, s2 = state2;
+  embedding_update_stub(weight.device().type(), grad.contiguous(), indices.contiguous(), padding, u, w, s1, s2);
+}
+
+at::Tensor embedding_bag_update_(const at::Tensor& weight, const at::Tensor& state1, const at::Tensor& state2,
+                                 const at::Tensor& grad, const at::Tensor& indices,
+                                 const std::optional<at::Tensor>& offsets, const at::Tensor& max_indices,
+                                 c10::string_view bag_mode, const std::optional<at::Tensor>& psw,
+                                 std::optional<int64_t> padding_idx, bool include_last_offset, bool psw_grad,
+                                 c10::string_view optimizer, double lr, double beta1, double beta2, double eps,
+                                 double weight_decay, int64_t step) {
+  const char* op = "embedding_bag_update_";
+  const BagArgs args =
+      check_bag_args(op, weight, indices, offsets, bag_mode, psw, padding_idx, include_last_offset, op);
+  check_same_device(op, "grad", grad, "weight", weight);
+  TORCH_CHECK_TYPE(grad.scalar_type() == weight.scalar_type(), "teachcompute_ext.", op, ": argument 'grad' has dtype ",
+                   dtype_name(grad.scalar_type()), " but 'weight' has dtype ", dtype_name(weight.scalar_type()));
+  const int64_t dim = weight.size(1);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == args.bags && grad.size(1) == dim, "teachcompute_ext.", op,
+              ": argument 'grad' has shape ", grad.sizes(), " but the bags have shape [", args.bags, ", ", dim, "]");
+  if (args.mode == BagMode::MAX) {
+    check_same_device(op, "max_indices", max_indices, "weight", weight);
+    TORCH_CHECK(max_indices.scalar_type() == at::kLong && max_indices.sizes() == grad.sizes(), "teachcompute_ext.", op,
+                ": argument 'max_indices' must be int64 of shape ", grad.sizes(), " (the forward's argmax), got ",
+                dtype_name(max_indices.scalar_type()), " of shape ", max_indices.sizes());
+  }
+  const RowUpdate u =
+      check_row_update(op, weight, state1, state2, optimizer, lr, beta1, beta2, eps, weight_decay, step);
+  const at::OptionalDeviceGuard guard(at::device_of(weight));
+  at::Tensor gpsw = psw.has_value() && psw_grad ? at::zeros(psw->sizes(), psw->options()) : at::Tensor();
+  if (args.bags > 0 && indices.numel() > 0) {
+    const at::Tensor idx = indices.contiguous();
+    const BagInputs in{weight, idx, offsets, psw, args, include_last_offset};
+    at::Tensor w = weight, s1 = state1, s2 = state2;
+    embedding_bag_update_stub(weight.device().type(), in, grad.contiguous(), max_indices.contiguous(), u, w, s1, s2,
+                              gpsw);
+  }
+  return gpsw.defined() ? gpsw : at::empty({0}, grad.options());
 }
 
 }  // namespace teachcompute_ext

@@ -22,11 +22,11 @@ namespace teachcompute_ext {
 
 enum class BagMode { SUM = 0, MEAN = 1, MAX = 2 };
 
-inline BagMode parse_bag_mode(std::string_view mode) {
+inline BagMode parse_bag_mode(std::string_view mode, const char* op = "embedding_bag") {
   if (mode == "sum") return BagMode::SUM;
   if (mode == "mean") return BagMode::MEAN;
   if (mode == "max") return BagMode::MAX;
-  TORCH_CHECK_VALUE(false, "teachcompute_ext.embedding_bag: unknown mode '", mode,
+  TORCH_CHECK_VALUE(false, "teachcompute_ext.", op, ": unknown mode '", mode,
                     "' for argument 'mode' (expected one of sum, mean, max)");
 }
 
@@ -53,8 +53,8 @@ inline int64_t wrap_padding_idx(const char* op, std::optional<int64_t> padding_i
 
 // Number of bags; checks the shapes of indices, offsets and per_sample_weights (not their values).
 inline int64_t bag_count(const at::Tensor& indices, const std::optional<at::Tensor>& offsets, BagMode mode,
-                         const std::optional<at::Tensor>& psw, bool include_last_offset) {
-  const char* op = "embedding_bag";
+                         const std::optional<at::Tensor>& psw, bool include_last_offset,
+                         const char* op = "embedding_bag") {
   check_indices(op, indices);
   int64_t bags;
   if (indices.dim() == 2) {
@@ -91,17 +91,18 @@ struct BagArgs {
 inline BagArgs check_bag_args(const char* op, const at::Tensor& weight, const at::Tensor& indices,
                               const std::optional<at::Tensor>& offsets, std::string_view mode_s,
                               const std::optional<at::Tensor>& psw, std::optional<int64_t> padding_idx,
-                              bool include_last_offset) {
+                              bool include_last_offset, const char* layout_op = "embedding_bag") {
+  // layout_op: the op named by the bag layout's errors (the backward reports them as its forward's)
   check_weight(op, weight);
   check_same_device(op, "indices", indices, "weight", weight);
   if (offsets.has_value()) check_same_device(op, "offsets", *offsets, "weight", weight);
   if (psw.has_value()) check_same_device(op, "per_sample_weights", *psw, "weight", weight);
-  const BagMode mode = parse_bag_mode(mode_s);
-  const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset);
+  const BagMode mode = parse_bag_mode(mode_s, layout_op);
+  const int64_t bags = bag_count(indices, offsets, mode, psw, include_last_offset, layout_op);
   if (psw.has_value()) {
-    TORCH_CHECK_TYPE(psw->scalar_type() == weight.scalar_type(),
-                     "teachcompute_ext.embedding_bag: ", "'per_sample_weights' has dtype ",
-                     dtype_name(psw->scalar_type()), " but 'weight' has dtype ", dtype_name(weight.scalar_type()));
+    TORCH_CHECK_TYPE(psw->scalar_type() == weight.scalar_type(), "teachcompute_ext.", layout_op,
+                     ": 'per_sample_weights' has dtype ", dtype_name(psw->scalar_type()), " but 'weight' has dtype ",
+                     dtype_name(weight.scalar_type()));
   }
   return {mode, bags, wrap_padding_idx(op, padding_idx, weight.size(0))};
 }
@@ -131,7 +132,55 @@ using EmbeddingBagFn = void(const BagInputs& in, at::Tensor& out, at::Tensor& ar
 using EmbeddingBagBackwardFn = void(const BagInputs& in, const at::Tensor& grad, const at::Tensor& max_indices,
                                     at::Tensor& gw, at::Tensor& gpsw);
 
+// ---- the backward fused with an optimizer step (embedding_update_, embedding_bag_update_) ----------
+// The table's gradient is never built: the contributions are grouped by the
+// row they go to (sorted by row, each row's in index order: the same bits for
+// any thread count), each touched row's gradient summed once, and the
+// optimizer applied to that row and its state in the same pass. Untouched rows
+// (and their state) are not read or written: a lazy optimizer, as
+// torch.optim.SparseAdam.
+enum class RowOptimizer { SGD, ROWWISE_ADAGRAD, ADAGRAD, ADAM, ADAMW };
+
+inline RowOptimizer parse_row_optimizer(const char* op, std::string_view name) {
+  if (name == "sgd") return RowOptimizer::SGD;
+  if (name == "rowwise_adagrad") return RowOptimizer::ROWWISE_ADAGRAD;
+  if (name == "adagrad") return RowOptimizer::ADAGRAD;
+  if (name == "adam") return RowOptimizer::ADAM;
+  if (name == "adamw") return RowOptimizer::ADAMW;
+  TORCH_CHECK_VALUE(false, "teachcompute_ext.", op, ": unknown optimizer '", name,
+                    "' for argument 'optimizer' (expected one of sgd, rowwise_adagrad, adagrad, adam, adamw)");
+}
+
+// One step of the optimizer on a row, g its gradient (summed contributions):
+//   sgd              w -= lr (g + wd w)
+//   rowwise_adagrad  s += mean((g + wd w)^2) (one float per row, FBGEMM's EXACT_ROWWISE_ADAGRAD);
+//                    w -= lr (g + wd w) / (sqrt(s) + eps)
+//   adagrad          s += (g + wd w)^2; w -= lr (g + wd w) / (sqrt(s) + eps)          (torch.optim.Adagrad)
+//   adam             m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2, g' = g + wd w;
+//                    w -= lr sqrt(1 - b2^step) / (1 - b1^step) m / (sqrt(v) + eps)   (torch.optim.SparseAdam)
+//   adamw            w *= 1 - lr wd, then adam with g' = g                           (torch.optim.AdamW's decay)
+// step: the global step (bias correction), counted by the caller.
+struct RowUpdate {
+  RowOptimizer kind;
+  double lr, beta1, beta2, eps, weight_decay;
+  int64_t step;
+};
+
+// weight [num, dim] contiguous, updated in place with state1 / state2 (the
+// optimizer's, contiguous, of state_dtype(weight)); grad [indices.shape...,
+// dim] contiguous; indices non-empty, each checked before anything is written.
+using EmbeddingUpdateFn = void(const at::Tensor& grad, const at::Tensor& indices, int64_t padding, const RowUpdate& u,
+                               at::Tensor& weight, at::Tensor& state1, at::Tensor& state2);
+// The same for bags (grad [bags, dim]); gpsw, when defined (psw's shape, zeros
+// on entry), gets per_sample_weights' gradient, read from the weight before it
+// is updated.
+using EmbeddingBagUpdateFn = void(const BagInputs& in, const at::Tensor& grad, const at::Tensor& max_indices,
+                                  const RowUpdate& u, at::Tensor& weight, at::Tensor& state1, at::Tensor& state2,
+                                  at::Tensor& gpsw);
+
 TCE_DECLARE_KERNEL(EmbeddingFn, embedding_kernel)
+TCE_DECLARE_KERNEL(EmbeddingUpdateFn, embedding_update_kernel)
+TCE_DECLARE_KERNEL(EmbeddingBagUpdateFn, embedding_bag_update_kernel)
 TCE_DECLARE_KERNEL(EmbeddingBackwardFn, embedding_backward_kernel)
 TCE_DECLARE_KERNEL(EmbeddingBagFn, embedding_bag_kernel)
 TCE_DECLARE_KERNEL(EmbeddingBagBackwardFn, embedding_bag_backward_kernel)

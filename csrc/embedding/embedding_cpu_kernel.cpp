@@ -8,12 +8,16 @@
 // many repeated destinations: the ScatterND kernel (bucketed by destination,
 // deterministic, parallel over destinations), reading grad rows through a
 // row mapping (the bag of each index) and scales, again without materializing.
+// The backward fused with an optimizer step (at the end): see there.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "common/grain.h"
@@ -347,6 +351,245 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& g, con
       });
     });
   }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace teachcompute_ext
+
+// ---- the backward fused with an optimizer step (embedding_update_, embedding_bag_update_) -----------
+// What bounds it: the touched rows' bytes (weight and state read and written
+// once each), plus the contributions' gradient rows read once; the table's
+// gradient is never built. The grouping is a radix sort of the contributions,
+// not a bucket per table row: a counting sort over a 1,000,000-row table
+// walks a million counters for a batch that touches a few hundred rows.
+namespace teachcompute_ext {
+namespace CPU_CAPABILITY {
+namespace {
+
+// Contributions grouped by destination row: keys (row << 32 | contribution),
+// sorted by an LSD radix sort on the row's bits, 11 a pass; stable, so each
+// row's contributions stay in index order and its sum has the same bits for
+// any thread count.
+struct RowGroups {
+  std::vector<uint64_t> keys;
+  std::vector<int64_t> starts;  // group k: keys[starts[k] .. starts[k + 1])
+  int64_t size() const { return static_cast<int64_t>(starts.size()) - 1; }
+  int64_t row(int64_t k) const { return static_cast<int64_t>(keys[starts[k]] >> 32); }
+};
+
+RowGroups group_by_row(const char* op, const int64_t* rows, int64_t n, int64_t num_rows) {
+  TORCH_CHECK(n < (int64_t(1) << 32), "teachcompute_ext.", op, ": more than 2^32 contributions in one update");
+  RowGroups g;
+  g.keys.reserve(n);
+  for (int64_t j = 0; j < n; ++j) {
+    if (rows[j] >= 0) g.keys.push_back((static_cast<uint64_t>(rows[j]) << 32) | static_cast<uint64_t>(j));
+  }
+  const int64_t m = static_cast<int64_t>(g.keys.size());
+  int bits = 0;
+  while ((int64_t(1) << bits) < num_rows) ++bits;
+  constexpr int kRadix = 11;
+  constexpr uint64_t kMask = (uint64_t(1) << kRadix) - 1;
+  std::vector<uint64_t> tmp(m);
+  std::vector<int64_t> count(size_t(1) << kRadix);
+  for (int shift = 32; shift < 32 + bits; shift += kRadix) {
+    std::fill(count.begin(), count.end(), 0);
+    for (const uint64_t k : g.keys) ++count[(k >> shift) & kMask];
+    int64_t sum = 0;
+    for (int64_t& c : count) {
+      const int64_t here = c;
+      c = sum;
+      sum += here;
+    }
+    for (const uint64_t k : g.keys) tmp[count[(k >> shift) & kMask]++] = k;
+    g.keys.swap(tmp);
+  }
+  g.starts.reserve(m + 1);
+  for (int64_t i = 0; i < m; ++i) {
+    if (i == 0 || (g.keys[i] >> 32) != (g.keys[i - 1] >> 32)) g.starts.push_back(i);
+  }
+  g.starts.push_back(m);
+  return g;
+}
+
+// One optimizer step on a row of dim entries; g (the summed gradient, in the
+// accumulation type A) may be overwritten. The state is in A too (float for
+// the half types and float32, double for float64).
+template <typename T, typename A>
+void update_row(T* w, A* s1, A* s2, A* g, int64_t dim, const RowUpdate& u, A step_size) {
+  const A lr = static_cast<A>(u.lr), wd = static_cast<A>(u.weight_decay), eps = static_cast<A>(u.eps);
+  switch (u.kind) {
+    case RowOptimizer::SGD:
+      for (int64_t c = 0; c < dim; ++c) {
+        const A wc = static_cast<A>(w[c]);
+        w[c] = static_cast<T>(wc - lr * (g[c] + wd * wc));
+      }
+      return;
+    case RowOptimizer::ROWWISE_ADAGRAD: {
+      A squares = 0;
+      for (int64_t c = 0; c < dim; ++c) {
+        g[c] += wd * static_cast<A>(w[c]);
+        squares += g[c] * g[c];
+      }
+      const A s = s1[0] + (dim > 0 ? squares / static_cast<A>(dim) : A(0));
+      s1[0] = s;
+      const A scale = lr / (std::sqrt(s) + eps);
+      for (int64_t c = 0; c < dim; ++c) w[c] = static_cast<T>(static_cast<A>(w[c]) - scale * g[c]);
+      return;
+    }
+    case RowOptimizer::ADAGRAD:
+      for (int64_t c = 0; c < dim; ++c) {
+        const A wc = static_cast<A>(w[c]);
+        const A gc = g[c] + wd * wc;
+        const A s = s1[c] + gc * gc;
+        s1[c] = s;
+        w[c] = static_cast<T>(wc - lr * gc / (std::sqrt(s) + eps));
+      }
+      return;
+    case RowOptimizer::ADAM:
+    case RowOptimizer::ADAMW: {
+      const bool decoupled = u.kind == RowOptimizer::ADAMW;
+      const A b1 = static_cast<A>(u.beta1), b2 = static_cast<A>(u.beta2);
+      const A decay = decoupled ? A(1) - lr * wd : A(1);
+      for (int64_t c = 0; c < dim; ++c) {
+        const A wc = static_cast<A>(w[c]);
+        const A gc = decoupled ? g[c] : g[c] + wd * wc;
+        const A m = b1 * s1[c] + (A(1) - b1) * gc;
+        const A v = b2 * s2[c] + (A(1) - b2) * gc * gc;
+        s1[c] = m;
+        s2[c] = v;
+        w[c] = static_cast<T>(wc * decay - step_size * m / (std::sqrt(v) + eps));
+      }
+      return;
+    }
+  }
+}
+
+// Applies the optimizer to every group's row. add(k, acc) adds group k's
+// contributions into acc (zeros on entry), in their sorted order.
+template <typename T, typename Add>
+void update_rows(const RowGroups& groups, const RowUpdate& u, at::Tensor& weight, at::Tensor& state1,
+                 at::Tensor& state2, int64_t work_per_group, const Add& add) {
+  using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  const int64_t dim = weight.size(1);
+  T* w = weight.mutable_data_ptr<T>();
+  A* s1 = state1.numel() > 0 ? state1.mutable_data_ptr<A>() : nullptr;
+  A* s2 = state2.numel() > 0 ? state2.mutable_data_ptr<A>() : nullptr;
+  const int64_t s1_stride = u.kind == RowOptimizer::ROWWISE_ADAGRAD ? 1 : dim;
+  // SparseAdam's step size: the bias corrections folded into one factor.
+  const double bc1 = 1.0 - std::pow(u.beta1, static_cast<double>(u.step));
+  const double bc2 = 1.0 - std::pow(u.beta2, static_cast<double>(u.step));
+  const A step_size = (u.kind == RowOptimizer::ADAM || u.kind == RowOptimizer::ADAMW)
+                          ? static_cast<A>(u.lr * std::sqrt(bc2) / bc1)
+                          : A(0);
+  at::parallel_for(0, groups.size(), grain_for(work_per_group, kRowSumTaskWork), [&](int64_t k0, int64_t k1) {
+    std::vector<A> acc(dim);
+    for (int64_t k = k0; k < k1; ++k) {
+      std::fill(acc.begin(), acc.end(), A(0));
+      add(k, acc.data());
+      const int64_t r = groups.row(k);
+      update_row<T, A>(w + r * dim, s1 ? s1 + r * s1_stride : nullptr, s2 ? s2 + r * dim : nullptr, acc.data(), dim, u,
+                       step_size);
+    }
+  });
+}
+
+// Row contributions: contribution j adds scale[j] (1 without scales) times
+// gradient row src[j] to its destination row.
+template <typename T>
+void update_from_rows(const char* op, const int64_t* dest, const int64_t* src, const double* scale, int64_t n,
+                      const at::Tensor& grad, const RowUpdate& u, at::Tensor& weight, at::Tensor& state1,
+                      at::Tensor& state2) {
+  using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  const RowGroups groups = group_by_row(op, dest, n, weight.size(0));
+  if (groups.size() == 0) return;
+  const int64_t dim = weight.size(1);
+  const T* gp = grad.const_data_ptr<T>();
+  const int64_t per_group = (static_cast<int64_t>(groups.keys.size()) / groups.size() + 2) * dim;
+  update_rows<T>(groups, u, weight, state1, state2, per_group, [&](int64_t k, A* acc) {
+    for (int64_t i = groups.starts[k]; i < groups.starts[k + 1]; ++i) {
+      const int64_t j = static_cast<int64_t>(groups.keys[i] & 0xffffffffu);
+      const T* row = gp + (src ? src[j] : j) * dim;
+      const A s = scale ? static_cast<A>(scale[j]) : A(1);
+      for (int64_t c = 0; c < dim; ++c) acc[c] += s * static_cast<A>(row[c]);
+    }
+  });
+}
+
+}  // namespace
+
+void embedding_update_kernel(const at::Tensor& grad, const at::Tensor& indices, int64_t padding, const RowUpdate& u,
+                             at::Tensor& weight, at::Tensor& state1, at::Tensor& state2) {
+  const char* op = "embedding_update_";
+  Buf rows = checked_rows(op, indices, weight.size(0));  // every index checked before anything is written
+  const int64_t n = rows.size();
+  if (padding >= 0) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (rows[i] == padding) rows[i] = -1;
+    }
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "embedding_update", [&] {
+    update_from_rows<scalar_t>(op, rows.data(), nullptr, nullptr, n, grad, u, weight, state1, state2);
+  });
+}
+
+void embedding_bag_update_kernel(const BagInputs& in, const at::Tensor& g, const at::Tensor& max_indices,
+                                 const RowUpdate& u, at::Tensor& weight, at::Tensor& state1, at::Tensor& state2,
+                                 at::Tensor& gpsw) {
+  const char* op = "embedding_bag_update_";
+  const BagMode mode = in.args.mode;
+  const int64_t bags = in.args.bags, dim = weight.size(1), num = weight.size(0);
+  // Every index and offset checked here, before anything is written.
+  const BagPlan p = plan_bags(op, weight, in.indices, in.offsets, bags, in.args.padding, in.include_last_offset,
+                              /*need_bag_of=*/true);
+  if (mode == BagMode::MAX) {
+    // Each (bag, column)'s gradient goes to the row its maximum came from: the
+    // contributions are elements, grouped by that row.
+    const int64_t* ap = max_indices.const_data_ptr<int64_t>();
+    const int64_t n = bags * dim;
+    for (int64_t e = 0; e < n; ++e) {
+      TORCH_CHECK_INDEX(ap[e] >= -1 && ap[e] < num, "teachcompute_ext.", op, ": max_indices entry ", ap[e],
+                        " out of range for a weight with ", num, " rows (-1: an empty bag)");
+    }
+    const RowGroups groups = group_by_row(op, ap, n, num);
+    if (groups.size() == 0) return;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "embedding_bag_max_update", [&] {
+      using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      update_rows<scalar_t>(groups, u, weight, state1, state2, 2 * dim, [&](int64_t k, A* acc) {
+        for (int64_t i = groups.starts[k]; i < groups.starts[k + 1]; ++i) {
+          const int64_t e = static_cast<int64_t>(groups.keys[i] & 0xffffffffu);
+          acc[e % dim] += static_cast<A>(gp[e]);
+        }
+      });
+    });
+    return;
+  }
+  const std::vector<double> scale = bag_scales(p, mode, in.psw);
+  if (gpsw.defined() && p.order.size() > 0) {
+    // per_sample_weights' gradient, <grad[bag], weight[row]>, from the weight before its update.
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "embedding_bag_update_psw", [&] {
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      const scalar_t* wp = weight.const_data_ptr<scalar_t>();
+      scalar_t* out = gpsw.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, p.order.size(), kBagPlanTaskItems, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t i = p.order[j];
+          const scalar_t* a = gp + p.bag_of[i] * dim;
+          const scalar_t* bw = wp + p.rows[i] * dim;
+          double s = 0;
+          for (int64_t c = 0; c < dim; ++c) s += static_cast<double>(a[c]) * static_cast<double>(bw[c]);
+          out[i] = static_cast<scalar_t>(s);
+        }
+      });
+    });
+  }
+  // Positions that count (padding and positions past the last bag removed) go to their row.
+  std::vector<int64_t> dest(p.rows.size(), -1);
+  for (int64_t k = 0; k < p.order.size(); ++k) dest[p.order[k]] = p.rows[p.order[k]];
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "embedding_bag_update", [&] {
+    update_from_rows<scalar_t>(op, dest.data(), p.bag_of.data(), scale.empty() ? nullptr : scale.data(),
+                               static_cast<int64_t>(dest.size()), g, u, weight, state1, state2);
+  });
 }
 
 }  // namespace CPU_CAPABILITY

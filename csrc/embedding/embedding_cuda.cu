@@ -12,7 +12,10 @@
 // Not yet run on a GPU.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
+
+#include <cmath>
 
 #include "common/cuda_utils.cuh"
 #include "embedding/embedding.h"
@@ -30,13 +33,15 @@ int64_t grid_for(int64_t work) { return cuda::capped_grid(work, kThreads); }
        i += static_cast<int64_t>(gridDim.x) * kThreads)
 
 // The op's name in a device message.
-enum class EmbOp : int { EMBEDDING, EMBEDDING_BACKWARD, BAG, BAG_BACKWARD };
+enum class EmbOp : int { EMBEDDING, EMBEDDING_BACKWARD, BAG, BAG_BACKWARD, UPDATE, BAG_UPDATE };
 
 __device__ const char* op_name(EmbOp op) {
   switch (op) {
     case EmbOp::EMBEDDING_BACKWARD: return "embedding_backward";
     case EmbOp::BAG: return "embedding_bag";
     case EmbOp::BAG_BACKWARD: return "embedding_bag_backward";
+    case EmbOp::UPDATE: return "embedding_update_";
+    case EmbOp::BAG_UPDATE: return "embedding_bag_update_";
     default: return "embedding";
   }
 }
@@ -200,29 +205,160 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// max: (bag, column) sends its gradient to (argmax row, column) of gw viewed as [num * dim, 1].
-__global__ void __launch_bounds__(kThreads) max_dest_kernel(const int64_t* __restrict__ argmax, int64_t total,
-                                                            int64_t dim, int64_t num, int64_t* __restrict__ dest) {
+// max: (bag, column) sends its gradient to (argmax row, column) of gw viewed as
+// [num * dim, 1] (row_only: to the argmax row, for the fused update's grouping).
+__global__ void __launch_bounds__(kThreads)
+    max_dest_kernel(const int64_t* __restrict__ argmax, int64_t total, int64_t dim, int64_t num, bool row_only,
+                    EmbOp op, int64_t* __restrict__ dest) {
   TCE_GRID_LOOP(t, total) {
     const int64_t r = argmax[t];
     TCE_DEVICE_CHECK(r >= -1 && r < num,
-                     "teachcompute_ext.embedding_bag_backward: max_indices entry %lld out of range for a weight with "
-                     "%lld rows (-1: an empty bag)\n",
-                     static_cast<long long>(r), static_cast<long long>(num));
-    dest[t] = r >= 0 ? r * dim + t % dim : -1;
+                     "teachcompute_ext.%s: max_indices entry %lld out of range for a weight with %lld rows (-1: an "
+                     "empty bag)\n",
+                     op_name(op), static_cast<long long>(r), static_cast<long long>(num));
+    dest[t] = r < 0 ? -1 : row_only ? r : r * dim + t % dim;
   }
 }
 
 // The embedding backward's destinations: the index, or -1 for padding.
 template <typename index_t>
 __global__ void __launch_bounds__(kThreads)
-    embedding_dest_kernel(const index_t* __restrict__ idx, int64_t n, int64_t num, int64_t padding,
+    embedding_dest_kernel(const index_t* __restrict__ idx, int64_t n, int64_t num, int64_t padding, EmbOp op,
                           int64_t* __restrict__ dest) {
   TCE_GRID_LOOP(i, n) {
     const int64_t r = static_cast<int64_t>(idx[i]);
-    check_index(r, num, i, EmbOp::EMBEDDING_BACKWARD);
+    check_index(r, num, i, op);
     dest[i] = r == padding ? -1 : r;
   }
+}
+
+// ---- the backward fused with an optimizer step ---------------------------------------------------------
+// The contributions sorted by destination row (at::sort, stable: each row's in
+// index order, so its sum has the same bits every run), then one warp per
+// segment start: the lanes take 32 columns at a time (coalesced reads of each
+// gradient row), sum the row's contributions in order, and apply the
+// optimizer to those columns of the row and its state (rowwise_adagrad first
+// reduces the row's mean square over the warp). Untouched rows are not read.
+// Design as FBGEMM's TBE backward (sorted indices, a warp per unique row, the
+// optimizer in the same kernel); a hot row is one warp's serial loop.
+
+// One optimizer step on one entry (the elementwise optimizers); see embedding.h.
+template <typename T, typename A>
+__device__ __forceinline__ void update_entry(T* w, A* s1, A* s2, A g, RowUpdate u, A step_size) {
+  const A lr = static_cast<A>(u.lr), wd = static_cast<A>(u.weight_decay), eps = static_cast<A>(u.eps);
+  const A wc = static_cast<A>(*w);
+  switch (u.kind) {
+    case RowOptimizer::SGD: *w = static_cast<T>(wc - lr * (g + wd * wc)); break;
+    case RowOptimizer::ADAGRAD: {
+      const A gc = g + wd * wc, s = *s1 + gc * gc;
+      *s1 = s;
+      *w = static_cast<T>(wc - lr * gc / (sqrt(s) + eps));
+      break;
+    }
+    default: {  // ADAM, ADAMW
+      const bool decoupled = u.kind == RowOptimizer::ADAMW;
+      const A b1 = static_cast<A>(u.beta1), b2 = static_cast<A>(u.beta2);
+      const A gc = decoupled ? g : g + wd * wc;
+      const A m = b1 * *s1 + (A(1) - b1) * gc, v = b2 * *s2 + (A(1) - b2) * gc * gc;
+      *s1 = m;
+      *s2 = v;
+      *w = static_cast<T>(wc * (decoupled ? A(1) - lr * wd : A(1)) - step_size * m / (sqrt(v) + eps));
+    }
+  }
+}
+
+// The contributions of a segment: sorted[q] its row, perm[q] the contribution
+// (a position whose gradient row is src[perm[q]], times scale; or, max mode,
+// an element of grad [bags, dim], which adds to its own column only).
+template <typename T>
+struct Contributions {
+  const int64_t* sorted;
+  const int64_t* perm;
+  const T* grad;
+  const int64_t* src;              // row mode: the gradient row of each position
+  const cuda::acc_type<T>* scale;  // row mode: its scale, or null for 1
+  bool elements;                   // max mode
+  int64_t n, dim;
+
+  // Column c of the segment starting at p (row `row`), summed in order.
+  __device__ cuda::acc_type<T> sum(int64_t p, int64_t row, int64_t c) const {
+    using A = cuda::acc_type<T>;
+    A acc = 0;
+    for (int64_t q = p; q < n && sorted[q] == row; ++q) {
+      const int64_t j = perm[q];
+      if (elements) {
+        if (j % dim == c) acc += static_cast<A>(grad[j]);
+      } else {
+        acc += (scale ? scale[j] : A(1)) * static_cast<A>(grad[src[j] * dim + c]);
+      }
+    }
+    return acc;
+  }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    update_rows_kernel(Contributions<T> in, RowUpdate u, cuda::acc_type<T> step_size, T* __restrict__ w,
+                       cuda::acc_type<T>* __restrict__ s1, cuda::acc_type<T>* __restrict__ s2, int64_t num) {
+  using A = cuda::acc_type<T>;
+  constexpr int kWarp = 32;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / kWarp);
+  const int64_t dim = in.dim;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * (kThreads / kWarp) + threadIdx.x / kWarp; p < in.n; p += warps) {
+    const int64_t row = in.sorted[p];
+    if (row < 0 || row >= num || (p > 0 && in.sorted[p - 1] == row)) continue;  // skipped, or not a segment start
+    T* wr = w + row * dim;
+    if (u.kind == RowOptimizer::ROWWISE_ADAGRAD) {
+      // The row's mean square first (a warp sum), then the step with it.
+      A squares = 0;
+      for (int64_t c = lane; c < dim; c += kWarp) {
+        const A g = in.sum(p, row, c) + static_cast<A>(u.weight_decay) * static_cast<A>(wr[c]);
+        squares += g * g;
+      }
+      squares = cuda::warp_sum(squares);
+      const A s = s1[row] + (dim > 0 ? squares / static_cast<A>(dim) : A(0));
+      __syncwarp();
+      if (lane == 0) s1[row] = s;
+      const A scale = static_cast<A>(u.lr) / (sqrt(s) + static_cast<A>(u.eps));
+      for (int64_t c = lane; c < dim; c += kWarp) {
+        const A g = in.sum(p, row, c) + static_cast<A>(u.weight_decay) * static_cast<A>(wr[c]);
+        wr[c] = static_cast<T>(static_cast<A>(wr[c]) - scale * g);
+      }
+      continue;
+    }
+    for (int64_t c = lane; c < dim; c += kWarp) {
+      update_entry<T, A>(wr + c, s1 ? s1 + row * dim + c : nullptr, s2 ? s2 + row * dim + c : nullptr,
+                         in.sum(p, row, c), u, step_size);
+    }
+  }
+}
+
+template <typename T>
+void launch_update(const at::Tensor& dest, const at::Tensor& grad, const at::Tensor& src, const at::Tensor& scale,
+                   bool elements, const RowUpdate& u, at::Tensor& weight, at::Tensor& state1, at::Tensor& state2) {
+  using A = cuda::acc_type<T>;
+  const int64_t n = dest.numel();
+  if (n == 0) return;
+  auto [sorted, perm] = at::sort(dest, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const double bc1 = 1.0 - std::pow(u.beta1, static_cast<double>(u.step));
+  const double bc2 = 1.0 - std::pow(u.beta2, static_cast<double>(u.step));
+  const bool adam = u.kind == RowOptimizer::ADAM || u.kind == RowOptimizer::ADAMW;
+  const A step_size = adam ? static_cast<A>(u.lr * std::sqrt(bc2) / bc1) : A(0);
+  const Contributions<T> in{sorted.const_data_ptr<int64_t>(),
+                            perm.const_data_ptr<int64_t>(),
+                            grad.const_data_ptr<T>(),
+                            src.defined() ? src.const_data_ptr<int64_t>() : nullptr,
+                            scale.defined() ? scale.const_data_ptr<A>() : nullptr,
+                            elements,
+                            n,
+                            weight.size(1)};
+  const int64_t warps_per_block = kThreads / 32;
+  update_rows_kernel<T><<<grid_for((n + warps_per_block - 1) / warps_per_block * kThreads), kThreads, 0,
+                          at::cuda::getCurrentCUDAStream()>>>(
+      in, u, step_size, weight.mutable_data_ptr<T>(), state1.numel() > 0 ? state1.mutable_data_ptr<A>() : nullptr,
+      state2.numel() > 0 ? state2.mutable_data_ptr<A>() : nullptr, weight.size(0));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename index_t>
@@ -266,7 +402,8 @@ void embedding_backward_kernel(const at::Tensor& grad, const at::Tensor& indices
   at::Tensor dest = at::empty({n}, indices.options().dtype(at::kLong));
   AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "embedding_backward_cuda", [&] {
     embedding_dest_kernel<index_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        indices.const_data_ptr<index_t>(), n, gw.size(0), padding, dest.mutable_data_ptr<int64_t>());
+        indices.const_data_ptr<index_t>(), n, gw.size(0), padding, EmbOp::EMBEDDING_BACKWARD,
+        dest.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   scatter_rows(gw, dest, grad, at::Tensor(), at::Tensor(), ScatterReduction::ADD);
@@ -307,6 +444,7 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& grad, 
     const int64_t total = max_indices.numel();
     at::Tensor dest = at::empty({total}, max_indices.options());
     max_dest_kernel<<<grid_for(total), kThreads, 0, stream>>>(max_indices.const_data_ptr<int64_t>(), total, dim, num,
+                                                              false, EmbOp::BAG_BACKWARD,
                                                               dest.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     at::Tensor gw1 = gw.view({num * dim, 1});
@@ -341,6 +479,77 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& grad, 
             dest.const_data_ptr<int64_t>(), n, dim, gpsw.mutable_data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
+    });
+  });
+}
+
+void embedding_update_kernel(const at::Tensor& grad, const at::Tensor& indices, int64_t padding, const RowUpdate& u,
+                             at::Tensor& weight, at::Tensor& state1, at::Tensor& state2) {
+  const int64_t n = indices.numel();
+  // Every index checked (a device-side assert) before the update kernel, which runs after it on the stream.
+  at::Tensor dest = at::empty({n}, indices.options().dtype(at::kLong));
+  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "embedding_update_cuda_idx", [&] {
+    embedding_dest_kernel<index_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        indices.const_data_ptr<index_t>(), n, weight.size(0), padding, EmbOp::UPDATE, dest.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "embedding_update_cuda", [&] {
+    launch_update<scalar_t>(dest, grad.view({n, weight.size(1)}), at::Tensor(), at::Tensor(), false, u, weight, state1,
+                            state2);
+  });
+}
+
+void embedding_bag_update_kernel(const BagInputs& in, const at::Tensor& grad, const at::Tensor& max_indices,
+                                 const RowUpdate& u, at::Tensor& weight, at::Tensor& state1, at::Tensor& state2,
+                                 at::Tensor& gpsw) {
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t num = weight.size(0), dim = weight.size(1);
+  const at::Tensor off = offsets_like(in);
+  const BagBounds bb = bounds_of(in);
+  const int64_t n = bb.n;
+  AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_update_cuda_validate",
+                          [&] { validate<index_t>(in.indices, num, off, EmbOp::BAG_UPDATE); });
+  if (in.args.mode == BagMode::MAX) {
+    const int64_t total = max_indices.numel();
+    at::Tensor dest = at::empty({total}, max_indices.options());
+    max_dest_kernel<<<grid_for(total), kThreads, 0, stream>>>(max_indices.const_data_ptr<int64_t>(), total, dim, num,
+                                                              true, EmbOp::BAG_UPDATE,
+                                                              dest.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "embedding_bag_update_max", [&] {
+      launch_update<scalar_t>(dest, grad, at::Tensor(), at::Tensor(), true, u, weight, state1, state2);
+    });
+    return;
+  }
+  const auto long_opts = in.indices.options().dtype(at::kLong);
+  at::Tensor bag_of = at::empty({n}, long_opts), dest = at::empty({n}, long_opts);
+  const bool mean = in.args.mode == BagMode::MEAN;
+  at::Tensor counts = mean && in.args.padding >= 0 ? at::zeros({bb.bags}, long_opts.dtype(at::kInt)) : at::Tensor();
+  const at::Tensor pw = in.psw.has_value() ? in.psw->contiguous() : at::Tensor();
+  AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_update_cuda_idx", [&] {
+    const int64_t* offp = off.defined() ? off.const_data_ptr<int64_t>() : nullptr;
+    positions_kernel<index_t><<<grid_for(n), kThreads, 0, stream>>>(
+        in.indices.const_data_ptr<index_t>(), offp, bb, in.args.padding, bag_of.mutable_data_ptr<int64_t>(),
+        dest.mutable_data_ptr<int64_t>(), counts.defined() ? counts.mutable_data_ptr<int>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "embedding_bag_update_cuda", [&] {
+      using A = cuda::acc_type<scalar_t>;
+      at::Tensor scale;
+      if (mean || pw.defined()) {
+        scale = at::empty({n}, grad.options().dtype(std::is_same_v<A, double> ? at::kDouble : at::kFloat));
+        scale_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
+            bag_of.const_data_ptr<int64_t>(), offp, bb, counts.defined() ? counts.const_data_ptr<int>() : nullptr,
+            pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr, scale.mutable_data_ptr<A>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (gpsw.defined() && pw.defined()) {
+        // From the weight before its update: this kernel runs first on the stream.
+        psw_grad_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
+            grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), bag_of.const_data_ptr<int64_t>(),
+            dest.const_data_ptr<int64_t>(), n, dim, gpsw.mutable_data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      launch_update<scalar_t>(dest, grad, bag_of, scale, false, u, weight, state1, state2);
     });
   });
 }

@@ -47,8 +47,7 @@ def _check_weight(op, weight):
         )
 
 
-def _bag_count(indices, offsets, mode, psw, include_last_offset):
-    op = "embedding_bag"
+def _bag_count(indices, offsets, mode, psw, include_last_offset, op="embedding_bag"):
     if mode not in MODES:
         raise ValueError(
             f"teachcompute_ext.{op}: unknown mode '{mode}' for argument 'mode' (expected one of sum, mean, max)"
@@ -91,7 +90,9 @@ def _check_padding(op, padding_idx, num):
         )
 
 
-def _check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset):
+def _check_bag_args(
+    op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset, layout_op="embedding_bag"
+):
     """Mirror of check_bag_args in csrc/embedding/embedding.h (same checks, same order, same words)."""
     _check_weight(op, weight)
     check_same_device(op, "indices", indices, "weight", weight)
@@ -99,10 +100,10 @@ def _check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, includ
         check_same_device(op, "offsets", offsets, "weight", weight)
     if psw is not None:
         check_same_device(op, "per_sample_weights", psw, "weight", weight)
-    bags = _bag_count(indices, offsets, mode, psw, include_last_offset)
+    bags = _bag_count(indices, offsets, mode, psw, include_last_offset, layout_op)
     if psw is not None and psw.dtype != weight.dtype:
         raise TypeError(
-            f"teachcompute_ext.embedding_bag: 'per_sample_weights' has dtype {psw.dtype} but 'weight' "
+            f"teachcompute_ext.{layout_op}: 'per_sample_weights' has dtype {psw.dtype} but 'weight' "
             f"has dtype {weight.dtype}"
         )
     _check_padding(op, padding_idx, weight.shape[0])
@@ -170,6 +171,150 @@ def _embedding_bag_backward_fake(
             )
     gpsw = psw.new_empty(psw.shape) if psw is not None else grad.new_empty((0,))
     return grad.new_empty(weight.shape), gpsw
+
+
+# ---------------------------------------------------------------------------
+# The backward fused with an optimizer step (csrc/embedding/embedding.h says
+# what each optimizer does and keeps): weight and state updated in place.
+# ---------------------------------------------------------------------------
+OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad", "adam", "adamw")
+
+
+def state_shapes(optimizer, num, dim):
+    """The shapes of (state1, state2) each optimizer keeps ([0]: none)."""
+    one = {"sgd": (0,), "rowwise_adagrad": (num,)}.get(optimizer, (num, dim))
+    two = (num, dim) if optimizer in ("adam", "adamw") else (0,)
+    return one, two
+
+
+def state_dtype(weight_dtype):
+    """float32 for a half table (moments in bfloat16 would lose the small updates), else its own."""
+    return torch.float64 if weight_dtype == torch.float64 else torch.float32
+
+
+def _check_row_update(op, weight, state1, state2, optimizer, lr, beta1, beta2, eps, weight_decay, step):
+    """Mirror of check_row_update in csrc/embedding/embedding.cpp."""
+    import math
+
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(
+            f"teachcompute_ext.{op}: unknown optimizer '{optimizer}' for argument 'optimizer' "
+            "(expected one of sgd, rowwise_adagrad, adagrad, adam, adamw)"
+        )
+    if not weight.is_contiguous():
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: argument 'weight' must be contiguous (it is updated in place), got strides "
+            f"{list(weight.stride())}"
+        )
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"teachcompute_ext.{op}: argument 'lr' must be finite and >= 0, got {lr:g}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(
+            f"teachcompute_ext.{op}: argument 'weight_decay' must be finite and >= 0, got {weight_decay:g}"
+        )
+    if optimizer != "sgd" and not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"teachcompute_ext.{op}: argument 'eps' must be finite and > 0, got {eps:g}")
+    if optimizer in ("adam", "adamw"):
+        for name, beta in (("beta1", beta1), ("beta2", beta2)):
+            if not 0 <= beta < 1:
+                raise ValueError(f"teachcompute_ext.{op}: argument '{name}' must be in [0, 1), got {beta:g}")
+        if step < 1:
+            raise ValueError(
+                f"teachcompute_ext.{op}: argument 'step' must be >= 1 (the count of steps, this one included), "
+                f"got {step}"
+            )
+    shapes = state_shapes(optimizer, weight.shape[0], weight.shape[1])
+    dtype = state_dtype(weight.dtype)
+    for name, t, shape in (("state1", state1, shapes[0]), ("state2", state2, shapes[1])):
+        check_same_device(op, name, t, "weight", weight)
+        if list(t.shape) != list(shape):
+            raise RuntimeError(
+                f"teachcompute_ext.{op}: argument '{name}' must have shape {list(shape)} for optimizer "
+                f"'{optimizer}' and a weight of shape {list(weight.shape)}, got {list(t.shape)}"
+            )
+        if shape != (0,):
+            if t.dtype != dtype:
+                raise TypeError(
+                    f"teachcompute_ext.{op}: argument '{name}' must be {dtype} for a {weight.dtype} weight, "
+                    f"got {t.dtype}"
+                )
+            if not t.is_contiguous():
+                raise RuntimeError(
+                    f"teachcompute_ext.{op}: argument '{name}' must be contiguous (it is updated in place)"
+                )
+
+
+def _check_grad(op, grad, weight):
+    check_same_device(op, "grad", grad, "weight", weight)
+    if grad.dtype != weight.dtype:
+        raise TypeError(
+            f"teachcompute_ext.{op}: argument 'grad' has dtype {grad.dtype} but 'weight' has dtype {weight.dtype}"
+        )
+
+
+@torch.library.register_fake("teachcompute_ext::embedding_update_")
+def _embedding_update_fake(
+    weight, state1, state2, grad, indices, padding_idx, optimizer, lr, beta1, beta2, eps, weight_decay, step
+):
+    op = "embedding_update_"
+    _check_weight(op, weight)
+    _check_indices(op, indices)
+    check_same_device(op, "grad", grad, "weight", weight)
+    check_same_device(op, "indices", indices, "weight", weight)
+    if grad.dtype != weight.dtype:
+        raise TypeError(
+            f"teachcompute_ext.{op}: argument 'grad' has dtype {grad.dtype} but 'weight' has dtype {weight.dtype}"
+        )
+    if list(grad.shape) != list(indices.shape) + [weight.shape[1]]:
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but 'indices' has shape "
+            f"{list(indices.shape)} and 'weight' {list(weight.shape)} (expected indices.shape + [embedding_dim])"
+        )
+    _check_row_update(op, weight, state1, state2, optimizer, lr, beta1, beta2, eps, weight_decay, step)
+    _check_padding(op, padding_idx, weight.shape[0])
+
+
+@torch.library.register_fake("teachcompute_ext::embedding_bag_update_")
+def _embedding_bag_update_fake(
+    weight,
+    state1,
+    state2,
+    grad,
+    indices,
+    offsets,
+    max_indices,
+    bag_mode,
+    psw,
+    padding_idx,
+    include_last_offset,
+    psw_grad,
+    optimizer,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    step,
+):
+    op = "embedding_bag_update_"
+    mode = bag_mode
+    bags = _check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset, op)
+    _check_grad(op, grad, weight)
+    if grad.dim() != 2 or grad.shape[0] != bags or grad.shape[1] != weight.shape[1]:
+        raise RuntimeError(
+            f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but the bags have "
+            f"shape [{bags}, {weight.shape[1]}]"
+        )
+    if mode == "max":
+        check_same_device(op, "max_indices", max_indices, "weight", weight)
+        if max_indices.dtype != torch.int64 or max_indices.shape != grad.shape:
+            raise RuntimeError(
+                f"teachcompute_ext.{op}: argument 'max_indices' must be int64 of shape "
+                f"{list(grad.shape)} (the forward's argmax), got {max_indices.dtype} of shape "
+                f"{list(max_indices.shape)}"
+            )
+    _check_row_update(op, weight, state1, state2, optimizer, lr, beta1, beta2, eps, weight_decay, step)
+    return psw.new_empty(psw.shape) if psw is not None and psw_grad else grad.new_empty((0,))
 
 
 # Autograd is registered in C++ (csrc/embedding/embedding_autograd.cpp), like every family's.
@@ -355,3 +500,17 @@ _vmap.register("embedding_backward", _vmap_embedding_backward)
 _vmap.register("embedding_bag", _vmap_bag)
 _vmap.register("embedding_bag_forward", _vmap_bag_forward)
 _vmap.register("embedding_bag_backward", _vmap_bag_backward)
+
+
+def _vmap_refuse_update(name):
+    def rule(info, in_dims, *args):
+        raise RuntimeError(
+            f"teachcompute_ext.{name}: vmap is not supported (it updates one table in place, "
+            "which per-sample calls cannot share)"
+        )
+
+    return rule
+
+
+for _name in ("embedding_update_", "embedding_bag_update_"):
+    _vmap.register(_name, _vmap_refuse_update(_name))
