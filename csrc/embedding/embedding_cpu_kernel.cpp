@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/grain.h"
+#include "common/vec_io.h"
 #include "embedding/embedding.h"
 #include "scatter_nd/scatter_rows.h"
 
@@ -366,6 +367,8 @@ namespace teachcompute_ext {
 namespace CPU_CAPABILITY {
 namespace {
 
+using at::vec::Vectorized;
+
 // Contributions grouped by destination row: keys (row << 32 | contribution),
 // sorted by an LSD radix sort on the row's bits, 11 a pass; stable, so each
 // row's contributions stay in index order and its sum has the same bits for
@@ -411,54 +414,77 @@ RowGroups group_by_row(const char* op, const int64_t* rows, int64_t n, int64_t n
   return g;
 }
 
-// One optimizer step on a row of dim entries; g (the summed gradient, in the
-// accumulation type A) may be overwritten. The state is in A too (float for
-// the half types and float32, double for float64).
+// One optimizer step on a row of dim entries, at::vec vectors at a time (a
+// scalar loop's sqrt and division cost 2.8 ms of the 4.2 ms of an update of
+// 2048 bags of 20 into 20000x64); g (the summed gradient, in the accumulation
+// type A) may be overwritten. The state is in A too (float for the half types
+// and float32, double for float64).
 template <typename T, typename A>
 void update_row(T* w, A* s1, A* s2, A* g, int64_t dim, const RowUpdate& u, A step_size) {
-  const A lr = static_cast<A>(u.lr), wd = static_cast<A>(u.weight_decay), eps = static_cast<A>(u.eps);
+  using V = Vectorized<A>;
+  using WIO = vec_io::IO<T>;
+  constexpr int64_t L = V::size();
+  const V lr(static_cast<A>(u.lr)), wd(static_cast<A>(u.weight_decay)), eps(static_cast<A>(u.eps));
+  const V one(A(1));
+  // f(w, g, j) -> the new w of entries [j, j + L) (or fewer at the end), given their old w and g.
+  auto each = [&](auto f) {
+    for (int64_t j = 0; j < dim; j += L) {
+      const int64_t c = std::min(L, dim - j);
+      const V wv = c == L ? WIO::load(w + j) : WIO::load_count(w + j, c);
+      const V gv = c == L ? V::loadu(g + j) : V::loadu(g + j, c);
+      const V nw = f(wv, gv, j, c);
+      if (c == L) {
+        WIO::store(w + j, nw);
+      } else {
+        WIO::store_part(w + j, nw, c);
+      }
+    }
+  };
+  auto load = [](const A* p, int64_t c) { return c == L ? V::loadu(p) : V::loadu(p, c); };
+  auto store = [](A* p, const V& v, int64_t c) { c == L ? v.store(p) : v.store(p, c); };
   switch (u.kind) {
-    case RowOptimizer::SGD:
-      for (int64_t c = 0; c < dim; ++c) {
-        const A wc = static_cast<A>(w[c]);
-        w[c] = static_cast<T>(wc - lr * (g[c] + wd * wc));
-      }
-      return;
+    case RowOptimizer::SGD: each([&](V wv, V gv, int64_t, int64_t) { return wv - lr * (gv + wd * wv); }); return;
     case RowOptimizer::ROWWISE_ADAGRAD: {
-      A squares = 0;
-      for (int64_t c = 0; c < dim; ++c) {
-        g[c] += wd * static_cast<A>(w[c]);
-        squares += g[c] * g[c];
+      V sq(A(0));
+      for (int64_t j = 0; j < dim; j += L) {
+        const int64_t c = std::min(L, dim - j);
+        const V wv = c == L ? WIO::load(w + j) : WIO::load_count(w + j, c);
+        const V gv = load(g + j, c) + wd * wv;  // lanes past the end: 0 + wd * 0
+        store(g + j, gv, c);
+        sq = sq + gv * gv;
       }
+      A lanes[L];
+      sq.store(lanes);
+      A squares = 0;
+      for (int64_t l = 0; l < L; ++l) squares += lanes[l];
       const A s = s1[0] + (dim > 0 ? squares / static_cast<A>(dim) : A(0));
       s1[0] = s;
-      const A scale = lr / (std::sqrt(s) + eps);
-      for (int64_t c = 0; c < dim; ++c) w[c] = static_cast<T>(static_cast<A>(w[c]) - scale * g[c]);
+      const V scale(static_cast<A>(u.lr) / (std::sqrt(s) + static_cast<A>(u.eps)));
+      each([&](V wv, V gv, int64_t, int64_t) { return wv - scale * gv; });
       return;
     }
     case RowOptimizer::ADAGRAD:
-      for (int64_t c = 0; c < dim; ++c) {
-        const A wc = static_cast<A>(w[c]);
-        const A gc = g[c] + wd * wc;
-        const A s = s1[c] + gc * gc;
-        s1[c] = s;
-        w[c] = static_cast<T>(wc - lr * gc / (std::sqrt(s) + eps));
-      }
+      each([&](V wv, V gv, int64_t j, int64_t c) {
+        const V gc = gv + wd * wv;
+        const V sv = load(s1 + j, c) + gc * gc;
+        store(s1 + j, sv, c);
+        return wv - lr * gc / (sv.sqrt() + eps);
+      });
       return;
     case RowOptimizer::ADAM:
     case RowOptimizer::ADAMW: {
       const bool decoupled = u.kind == RowOptimizer::ADAMW;
-      const A b1 = static_cast<A>(u.beta1), b2 = static_cast<A>(u.beta2);
-      const A decay = decoupled ? A(1) - lr * wd : A(1);
-      for (int64_t c = 0; c < dim; ++c) {
-        const A wc = static_cast<A>(w[c]);
-        const A gc = decoupled ? g[c] : g[c] + wd * wc;
-        const A m = b1 * s1[c] + (A(1) - b1) * gc;
-        const A v = b2 * s2[c] + (A(1) - b2) * gc * gc;
-        s1[c] = m;
-        s2[c] = v;
-        w[c] = static_cast<T>(wc * decay - step_size * m / (std::sqrt(v) + eps));
-      }
+      const V b1(static_cast<A>(u.beta1)), b2(static_cast<A>(u.beta2)), step(step_size);
+      const V decay = decoupled ? one - lr * wd : one;
+      const V l2 = decoupled ? V(A(0)) : wd;
+      each([&](V wv, V gv, int64_t j, int64_t c) {
+        const V gc = gv + l2 * wv;
+        const V m = b1 * load(s1 + j, c) + (one - b1) * gc;
+        const V v = b2 * load(s2 + j, c) + (one - b2) * gc * gc;
+        store(s1 + j, m, c);
+        store(s2 + j, v, c);
+        return wv * decay - step * m / (v.sqrt() + eps);
+      });
       return;
     }
   }
@@ -481,9 +507,26 @@ void update_rows(const RowGroups& groups, const RowUpdate& u, at::Tensor& weight
   const A step_size = (u.kind == RowOptimizer::ADAM || u.kind == RowOptimizer::ADAMW)
                           ? static_cast<A>(u.lr * std::sqrt(bc2) / bc1)
                           : A(0);
+  // Each row's weight and state lines are fetched kAhead groups early: 2048
+  // bags of 20 into 20000x64 (87% of the rows touched), Adam: 2.7 -> 1.3 ms
+  // (2 threads). A 1,000,000x64 table stays at 6-7 ms: 40,000 rows far apart
+  // in three 256 MB arrays of 4 KB pages, each access a TLB miss (torch's own
+  // index_select of those rows from the three arrays takes 9 ms).
+  constexpr int64_t kAhead = 8;
+  auto prefetch = [&](int64_t k) {
+    const int64_t r = groups.row(k);
+    auto lines = [](const void* p, int64_t bytes) {
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(static_cast<const char*>(p) + b, 1, 1);
+    };
+    lines(w + r * dim, dim * static_cast<int64_t>(sizeof(T)));
+    if (s1) lines(s1 + r * s1_stride, s1_stride * static_cast<int64_t>(sizeof(A)));
+    if (s2) lines(s2 + r * dim, dim * static_cast<int64_t>(sizeof(A)));
+  };
   at::parallel_for(0, groups.size(), grain_for(work_per_group, kRowSumTaskWork), [&](int64_t k0, int64_t k1) {
     std::vector<A> acc(dim);
+    for (int64_t k = k0; k < std::min(k1, k0 + kAhead); ++k) prefetch(k);
     for (int64_t k = k0; k < k1; ++k) {
+      if (k + kAhead < k1) prefetch(k + kAhead);
       std::fill(acc.begin(), acc.end(), A(0));
       add(k, acc.data());
       const int64_t r = groups.row(k);
@@ -505,12 +548,17 @@ void update_from_rows(const char* op, const int64_t* dest, const int64_t* src, c
   const int64_t dim = weight.size(1);
   const T* gp = grad.const_data_ptr<T>();
   const int64_t per_group = (static_cast<int64_t>(groups.keys.size()) / groups.size() + 2) * dim;
+  using V = Vectorized<A>;
+  using IO = vec_io::IO<T>;
+  constexpr int64_t L = V::size();
   update_rows<T>(groups, u, weight, state1, state2, per_group, [&](int64_t k, A* acc) {
     for (int64_t i = groups.starts[k]; i < groups.starts[k + 1]; ++i) {
       const int64_t j = static_cast<int64_t>(groups.keys[i] & 0xffffffffu);
       const T* row = gp + (src ? src[j] : j) * dim;
-      const A s = scale ? static_cast<A>(scale[j]) : A(1);
-      for (int64_t c = 0; c < dim; ++c) acc[c] += s * static_cast<A>(row[c]);
+      const V s(scale ? static_cast<A>(scale[j]) : A(1));
+      int64_t c = 0;
+      for (; c + L <= dim; c += L) (V::loadu(acc + c) + s * IO::load(row + c)).store(acc + c);
+      if (c < dim) (V::loadu(acc + c, dim - c) + s * IO::load_count(row + c, dim - c)).store(acc + c, dim - c);
     }
   });
 }

@@ -25,7 +25,7 @@ Adding an op family is one module and one line:
 import importlib
 
 # The report's op families, in the order it runs them.
-FAMILIES = ("reduce", "scatter_nd", "embedding", "matmul", "llama")
+FAMILIES = ("reduce", "scatter_nd", "embedding", "matmul", "llama", "train")
 
 
 def family(name):
