@@ -36,7 +36,8 @@ def test_quick_report_writes_json_and_plots(tmp_path, capsys):
         str(tmp_path),
         "--cold-allocator",
         "--op",
-        r"^(vector_sum|embedding|scatter_nd_ none \(unique\)|fused_matmul trans_b|rms_norm)$",
+        r"^(vector_sum|embedding|scatter_nd_ none \(unique\)|fused_matmul trans_b|rms_norm|"
+        r"embedding_bag backward \+ adam step)$",
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out

@@ -126,6 +126,12 @@ inline Vectorized<A> vexp(const Vectorized<A>& v) {
   return v.exp_u20();
 }
 
+// exp that keeps NaN NaN (exp_u20 of NaN is not NaN): one compare and one blend more.
+template <typename A>
+inline Vectorized<A> vexp_nan(const Vectorized<A>& v) {
+  return Vectorized<A>::blendv(v.exp_u20(), v, v != v);
+}
+
 // Online update of lane-wise (max, sum) with the lane-wise max `bm` of a block
 // whose exponentials (relative to the new max) are added by `add_exps`.
 // Lanes whose max is still -inf hold sum 0 (exp(-inf - -inf) would be NaN).

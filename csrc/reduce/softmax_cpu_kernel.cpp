@@ -346,7 +346,8 @@ void bwd_row(const T* g, const T* y, T* gx, int64_t n, bool stream) {
   const V dot(at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, (acc[0] + acc[1]) + (acc[2] + acc[3])));
   write_vectors(gx, n, stream, [&](int64_t i, int64_t c) {
     const V gv = load_n(g + i, c), yv = load_n(y + i, c);
-    return kLog ? gv - vexp(yv) * dot : yv * (gv - dot);
+    // exp(NaN) must be NaN: log_softmax's NaN rows (all -inf) give NaN gradients, as torch's.
+    return kLog ? gv - vexp_nan(yv) * dot : yv * (gv - dot);
   });
 }
 
@@ -378,7 +379,7 @@ void bwd_tile(const T* g, const T* y, T* gx, int64_t n, int64_t inner, int64_t w
   for (int64_t r = 0; r < n; ++r) {
     for (int j = 0; j < K; ++j) {
       const V gv = tile_load<T, K>(g + r * inner, j, tail), yv = tile_load<T, K>(y + r * inner, j, tail);
-      tile_store<T, K>(gx + r * inner, j, tail, log ? gv - vexp(yv) * dot[j] : yv * (gv - dot[j]));
+      tile_store<T, K>(gx + r * inner, j, tail, log ? gv - vexp_nan(yv) * dot[j] : yv * (gv - dot[j]));
     }
   }
 }
