@@ -4,8 +4,8 @@
 #
 #   OUT=/some/folder bash benchmarks/gpu_check.sh      (OUT defaults to ./gpu-out)
 #
-# Steps, each under its own time limit so that the whole stays under 9 minutes
-# (TCE_GPU_CHECK_BUDGET seconds, default 510):
+# Steps, each under its own time limit so that the whole stays under 10 minutes
+# (TCE_GPU_CHECK_BUDGET seconds, default 570):
 #   1. build for sm_90 only with all cores (build.log)
 #   2. every CUDA test with TEACHCOMPUTE_EXT_REQUIRE_CUDA=1: the suite FAILS when
 #      no GPU is visible instead of skipping every CUDA test (pytest.log)
@@ -13,16 +13,18 @@
 #      from an op on CUDA tensors crash (probe.log)
 #   4. the report on CUDA, sized to about 3 minutes (bench.log, bench.tar.gz:
 #      the JSON and the plots; --no-compile unless TCE_GPU_CHECK_COMPILE=1)
-#   5. compute-sanitizer memcheck over tests/every_op.py, where the
-#      machine's runtime supports it; the log says which (sanitizer.log)
+#   4b. the size sweep on CUDA, quick form (sweep.log, sweep.tar.gz)
+#   5. compute-sanitizer memcheck, then racecheck, over tests/every_op.py (every
+#      sample of the op table, forward and backward), where the machine's
+#      runtime supports it; the log says which (sanitizer.log)
 # summary.txt gets every step's status and time. At most 8 files come back
-# from $OUT: these 7.
+# from $OUT: these 8 (copy the JSON and plots into benchmarks/results/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-BUDGET=${TCE_GPU_CHECK_BUDGET:-510}
+BUDGET=${TCE_GPU_CHECK_BUDGET:-570}
 start=$(date +%s)
 export PYTHONUNBUFFERED=1
 
@@ -132,6 +134,14 @@ rc=$?
 summary "bench --device cuda $compile_flag: rc=$rc in $(( $(date +%s) - t )) s, $(ls "$OUT"/bench/*.json 2>/dev/null | wc -l) JSON"
 (cd "$OUT" && tar czf bench.tar.gz bench && rm -rf bench)
 
+# ---- 4b. the size sweep on CUDA, quick form ----------------------------------------------------------
+t=$(date +%s)
+timeout "$(limit 90 60)" $PY -m teachcompute_ext.bench --sweep --quick --device cuda --no-compile --out "$OUT/sweep" \
+  > "$OUT/sweep.log" 2>&1
+rc=$?
+summary "sweep --quick --device cuda: rc=$rc in $(( $(date +%s) - t )) s, $(ls "$OUT"/sweep/sweep-*.json 2>/dev/null | wc -l) JSON"
+(cd "$OUT" && tar czf sweep.tar.gz sweep && rm -rf sweep)
+
 # ---- 5. compute-sanitizer memcheck ------------------------------------------------------------------
 t=$(date +%s)
 if command -v compute-sanitizer >/dev/null; then
@@ -144,6 +154,12 @@ if command -v compute-sanitizer >/dev/null; then
     summary "compute-sanitizer memcheck: rc=$rc (0 clean, 9 errors found, 124 timeout) in $(( $(date +%s) - t )) s;" \
             "$(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer.log")"
   fi
+  # racecheck: shared-memory hazards (the block reductions, softmax's rows); slower still, so last.
+  t=$(date +%s)
+  timeout "$(limit 90 5)" compute-sanitizer --tool racecheck --error-exitcode 9 $PY tests/every_op.py \
+    >> "$OUT/sanitizer.log" 2>&1
+  rc=$?
+  summary "compute-sanitizer racecheck: rc=$rc (0 clean, 9 hazards found, 124 timeout) in $(( $(date +%s) - t )) s"
 else
   echo "compute-sanitizer is not on the PATH" > "$OUT/sanitizer.log"
   summary "compute-sanitizer: not installed"
