@@ -228,9 +228,13 @@ def test_sweep_wrong_result_is_reported_not_timed(tmp_path):
         ],
     )
     doc, path = sweep.run_family("fake", module, "cpu", True, str(tmp_path))
-    wrong, right = doc["points"]
+    wrong, right = doc["points"][:2]
     assert "relative error" in wrong["error"] and "ours_us" not in wrong and calls["ours"] == 1
     assert "error" not in right and right["ratio"] > 0
+    # The one-thread pass re-times the right point only (the wrong one is not timed again).
+    again = doc["points"][2:]
+    assert all(p["op"] == "right_softmax" and p["threads"] == 1 for p in again)
+    assert len(again) == (1 if torch.get_num_threads() > 1 else 0) and calls["ours"] == 1
     assert doc["summary"][0]["errors"] == 1 and "worst_ratio" not in doc["summary"][0]
     assert _png(plots.plot_sweep(doc, str(tmp_path / "fake.png")))
 

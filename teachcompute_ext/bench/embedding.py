@@ -121,11 +121,114 @@ def run(device, quick, out_dir, progress=None):
 SWEEP_SIZE = "elements gathered (indices x dim)"
 
 
+def _bag_points(cases, device, dtype, weight, idx, offsets, grad, params, size, values="normal"):
+    """embedding_bag sum and mean, fwd and fwd+bwd (the table's dense gradient), against
+    F.embedding_bag. No torch.compile baseline: inductor emits eager torch's own
+    aten::_embedding_bag call (see cases())."""
+    wr = weight.clone().requires_grad_()
+    for mode in ("sum", "mean"):
+        cases.append(
+            sweep.point(
+                f"embedding_bag {mode}",
+                "fwd",
+                params,
+                size,
+                values=values,
+                dtype=dtype,
+                device=device,
+                ours=lambda w=weight, i=idx, o=offsets, m=mode: teachcompute_ext.embedding_bag(w, i, o, m),
+                baselines={
+                    "F.embedding_bag": lambda w=weight, i=idx, o=offsets, m=mode: F.embedding_bag(i, w, o, mode=m)
+                },
+            )
+        )
+
+        def fwd_bwd(fn, wr=wr, grad=grad):
+            (gw,) = torch.autograd.grad(fn(wr), wr, grad)
+            return gw
+
+        def exact(w=weight, i=idx, o=offsets, m=mode, grad=grad):
+            w64 = w.double().requires_grad_()
+            return torch.autograd.grad(F.embedding_bag(i, w64, o, mode=m), w64, grad.double())[0]
+
+        cases.append(
+            sweep.point(
+                f"embedding_bag {mode}",
+                "fwd+bwd",
+                params,
+                size,
+                values=values,
+                dtype=dtype,
+                device=device,
+                check=sweep.near_exact(dtype, exact),
+                ours=lambda fb=fwd_bwd, i=idx, o=offsets, m=mode: fb(
+                    lambda w: teachcompute_ext.embedding_bag(w, i, o, m)
+                ),
+                baselines={
+                    "F.embedding_bag": lambda fb=fwd_bwd, i=idx, o=offsets, m=mode: fb(
+                        lambda w: F.embedding_bag(i, w, o, mode=m)
+                    )
+                },
+            )
+        )
+
+
+def _embedding_points(cases, device, dtype, weight, idx, grad, params, values="normal"):
+    """embedding fwd and fwd+bwd (the table's dense gradient) against F.embedding (and torch.compile)."""
+    n, dim = idx.numel(), weight.shape[1]
+    compiled = sweep.compiled(("embedding",), lambda i, w: F.embedding(i, w))
+    base = {"F.embedding": lambda w=weight, i=idx: F.embedding(i, w)}
+    if compiled is not None:
+        base[harness.COMPILED] = lambda w=weight, i=idx, c=compiled: c(i, w)
+    cases.append(
+        sweep.point(
+            "embedding",
+            "fwd",
+            params,
+            n * dim,
+            values=values,
+            dtype=dtype,
+            device=device,
+            ours=lambda w=weight, i=idx: teachcompute_ext.embedding(w, i),
+            baselines=base,
+        )
+    )
+    wr = weight.clone().requires_grad_()
+
+    def emb_fwd_bwd(fn, wr=wr, idx=idx, grad=grad):
+        (gw,) = torch.autograd.grad(fn(idx, wr), wr, grad)
+        return gw
+
+    base = {"F.embedding": lambda fb=emb_fwd_bwd: fb(F.embedding)}
+    if compiled is not None:
+        base[harness.COMPILED] = lambda fb=emb_fwd_bwd, c=compiled: fb(c)
+
+    def exact(w=weight, i=idx, grad=grad):
+        w64 = w.double().requires_grad_()
+        return torch.autograd.grad(F.embedding(i, w64), w64, grad.double())[0]
+
+    cases.append(
+        sweep.point(
+            "embedding",
+            "fwd+bwd",
+            params,
+            n * dim,
+            values=values,
+            dtype=dtype,
+            device=device,
+            check=sweep.near_exact(dtype, exact),
+            ours=lambda fb=emb_fwd_bwd: fb(lambda i, w: teachcompute_ext.embedding(w, i)),
+            baselines=base,
+        )
+    )
+
+
 def sweep_cases(device, quick):
     """embedding_bag sum and mean, forward and forward+backward (the dense
     gradient of the table), from one bag of one index to the report's 16384
     bags of 32 into 100000x128, dims 1 to 1000; embedding likewise from one
-    index to 64x1024 into 100000x256."""
+    index to 64x1024 into 100000x256. The grid's indices are Zipf-like
+    (zipf_indices), unsorted: the other index distributions are values_cases'."""
     if quick:
         bag_grid = [(1000, 7, 1, 1), (20000, 96, 64, 32)]  # (num, dim, bags, per bag)
         emb_grid = [(1000, 32, 1), (20000, 33, 4096)]  # (num, dim, indices)
@@ -159,101 +262,60 @@ def sweep_cases(device, quick):
             offsets = torch.arange(0, bags * per_bag, per_bag, device=device)
             grad = torch.randn(bags, dim, generator=g).to(device, dtype)
             params = {"table": f"{num}x{dim}", "bags": bags, "per_bag": per_bag}
-            size = bags * per_bag * dim
-            wr = weight.clone().requires_grad_()
-            # No torch.compile baseline: inductor emits eager torch's own
-            # aten::_embedding_bag call (see cases()).
-            for mode in ("sum", "mean"):
-                cases.append(
-                    sweep.point(
-                        f"embedding_bag {mode}",
-                        "fwd",
-                        params,
-                        size,
-                        dtype=dtype,
-                        device=device,
-                        ours=lambda w=weight, i=idx, o=offsets, m=mode: teachcompute_ext.embedding_bag(w, i, o, m),
-                        baselines={
-                            "F.embedding_bag": lambda w=weight, i=idx, o=offsets, m=mode: F.embedding_bag(
-                                i, w, o, mode=m
-                            )
-                        },
-                    )
-                )
-
-                def fwd_bwd(fn, wr=wr, grad=grad):
-                    (gw,) = torch.autograd.grad(fn(wr), wr, grad)
-                    return gw
-
-                def exact(w=weight, i=idx, o=offsets, m=mode, grad=grad):
-                    w64 = w.double().requires_grad_()
-                    return torch.autograd.grad(F.embedding_bag(i, w64, o, mode=m), w64, grad.double())[0]
-
-                cases.append(
-                    sweep.point(
-                        f"embedding_bag {mode}",
-                        "fwd+bwd",
-                        params,
-                        size,
-                        dtype=dtype,
-                        device=device,
-                        check=sweep.near_exact(dtype, exact),
-                        ours=lambda fb=fwd_bwd, i=idx, o=offsets, m=mode: fb(
-                            lambda w: teachcompute_ext.embedding_bag(w, i, o, m)
-                        ),
-                        baselines={
-                            "F.embedding_bag": lambda fb=fwd_bwd, i=idx, o=offsets, m=mode: fb(
-                                lambda w: F.embedding_bag(i, w, o, mode=m)
-                            )
-                        },
-                    )
-                )
+            _bag_points(cases, device, dtype, weight, idx, offsets, grad, params, bags * per_bag * dim)
         for num, dim, n in emb_grid:
             weight = torch.randn(num, dim, generator=g).to(device, dtype)
             idx = zipf_indices(n, num, g, device)
             grad = torch.randn(n, dim, generator=g).to(device, dtype)
             params = {"table": f"{num}x{dim}", "indices": n}
-            compiled = sweep.compiled(("embedding",), lambda i, w: F.embedding(i, w))
-            base = {"F.embedding": lambda w=weight, i=idx: F.embedding(i, w)}
-            if compiled is not None:
-                base[harness.COMPILED] = lambda w=weight, i=idx, c=compiled: c(i, w)
-            cases.append(
-                sweep.point(
-                    "embedding",
-                    "fwd",
+            _embedding_points(cases, device, dtype, weight, idx, grad, params)
+    return cases
+
+
+def values_cases(device, quick):
+    """The index distributions users feed (sweep.VALUES) at a few sizes of the grid: Zipf
+    (exponent 1.1) unsorted and sorted, every index the same row, and bag lengths from a Zipf
+    law (many short bags, a few very long)."""
+    bag_grid = [(20000, 96, 64, 32)] if quick else [(20000, 96, 512, 32), (100000, 128, 4096, 32)]
+    emb_grid = [(20000, 33, 4096)] if quick else [(20000, 96, 4096), (100000, 256, 65536)]
+    g = torch.Generator().manual_seed(19)
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for num, dim, bags, per_bag in bag_grid:
+            weight = torch.randn(num, dim, generator=g).to(device, dtype)
+            n = bags * per_bag
+            z = sweep.zipf(n, num, g)
+            lengths = sweep.zipf_lengths(bags, per_bag, g)
+            uniform_off = torch.arange(0, n, per_bag)
+            for values, idx, offsets in (
+                ("zipf", z, uniform_off),
+                ("zipf sorted", z.sort().values, uniform_off),
+                ("all equal", torch.full((n,), 7), uniform_off),
+                (
+                    "zipf bags",
+                    sweep.zipf(int(lengths.sum()), num, g),
+                    torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]]),
+                ),
+            ):
+                grad = torch.randn(bags, dim, generator=g).to(device, dtype)
+                params = {"table": f"{num}x{dim}", "bags": bags, "per_bag": per_bag}
+                _bag_points(
+                    cases,
+                    device,
+                    dtype,
+                    weight,
+                    idx.to(device),
+                    offsets.to(device),
+                    grad,
                     params,
-                    n * dim,
-                    dtype=dtype,
-                    device=device,
-                    ours=lambda w=weight, i=idx: teachcompute_ext.embedding(w, i),
-                    baselines=base,
+                    idx.numel() * dim,
+                    values,
                 )
-            )
-            wr = weight.clone().requires_grad_()
-
-            def emb_fwd_bwd(fn, wr=wr, idx=idx, grad=grad):
-                (gw,) = torch.autograd.grad(fn(idx, wr), wr, grad)
-                return gw
-
-            base = {"F.embedding": lambda fb=emb_fwd_bwd: fb(F.embedding)}
-            if compiled is not None:
-                base[harness.COMPILED] = lambda fb=emb_fwd_bwd, c=compiled: fb(c)
-
-            def exact(w=weight, i=idx, grad=grad):
-                w64 = w.double().requires_grad_()
-                return torch.autograd.grad(F.embedding(i, w64), w64, grad.double())[0]
-
-            cases.append(
-                sweep.point(
-                    "embedding",
-                    "fwd+bwd",
-                    params,
-                    n * dim,
-                    dtype=dtype,
-                    device=device,
-                    check=sweep.near_exact(dtype, exact),
-                    ours=lambda fb=emb_fwd_bwd: fb(lambda i, w: teachcompute_ext.embedding(w, i)),
-                    baselines=base,
-                )
-            )
+        for num, dim, n in emb_grid:
+            weight = torch.randn(num, dim, generator=g).to(device, dtype)
+            z = sweep.zipf(n, num, g)
+            for values, idx in (("zipf", z), ("zipf sorted", z.sort().values), ("all equal", torch.full((n,), 7))):
+                grad = torch.randn(n, dim, generator=g).to(device, dtype)
+                params = {"table": f"{num}x{dim}", "indices": n}
+                _embedding_points(cases, device, dtype, weight, idx.to(device), grad, params, values)
     return cases

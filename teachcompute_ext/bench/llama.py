@@ -536,12 +536,64 @@ def run(device, quick, out_dir, progress=None):
 SWEEP_SIZE = "elements of x (of the gate for swiglu, geglu)"
 
 
-def _sweep_pair(variant, params, size, dtype, device, ours, theirs, compiled, inputs, grad, wrt):
+def _sweep_pair(variant, params, size, dtype, device, ours, theirs, compiled, inputs, grad, wrt, values="normal"):
     """The sweep's fwd and fwd+bwd points of one op (see _passes)."""
     return [
-        sweep.point(variant, pass_, params, size, dtype=dtype, device=device, **kw)
+        sweep.point(variant, pass_, params, size, values=values, dtype=dtype, device=device, **kw)
         for pass_, kw in _passes(ours, theirs, compiled, inputs, grad, wrt, "torch", dtype)
     ]
+
+
+def values_cases(device, quick):
+    """Values of scale 30 (LLM activations' outliers) through the norms and the gated units, at
+    a few sizes of the grid."""
+    norm_grid = [(16, 1000)] if quick else [(256, 300), (2048, 4096)]
+    glu_grid = [(16, 1000)] if quick else [(256, 2816), (1024, 2816)]
+    g = torch.Generator().manual_seed(28)
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows, dim in norm_grid:
+            x, r = ((torch.randn(rows, dim, generator=g) * 30).to(device, dtype) for _ in range(2))
+            go, gh = (torch.randn(rows, dim, generator=g).to(device, dtype) for _ in range(2))
+            w = (1 + 0.1 * torch.randn(dim, generator=g)).to(device, dtype)
+            params, size = {"rows": rows, "cols": dim}, rows * dim
+            cases += _sweep_pair(
+                "rms_norm",
+                params,
+                size,
+                dtype,
+                device,
+                lambda x, w: teachcompute_ext.rms_norm(x, w, EPS),
+                _rms_norm,
+                None,
+                (x, w),
+                go,
+                (0, 1),
+                "outliers",
+            )
+            cases += _sweep_pair(
+                "add_rms_norm",
+                params,
+                size,
+                dtype,
+                device,
+                lambda x, r, w: teachcompute_ext.add_rms_norm(x, r, w, EPS),
+                torch_add_rms_norm,
+                None,
+                (x, r, w),
+                (go, gh),
+                (0, 1, 2),
+                "outliers",
+            )
+        for rows, inter in glu_grid:
+            gate, up = ((torch.randn(rows, inter, generator=g) * 30).to(device, dtype) for _ in range(2))
+            grad = torch.randn(rows, inter, generator=g).to(device, dtype)
+            params, size = {"rows": rows, "inter": inter}, rows * inter
+            for name, (ours, theirs) in GLUS.items():
+                cases += _sweep_pair(
+                    name, params, size, dtype, device, ours, theirs, None, (gate, up), grad, (0, 1), "outliers"
+                )
+    return cases
 
 
 def sweep_cases(device, quick):

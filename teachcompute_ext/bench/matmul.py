@@ -158,6 +158,86 @@ def run(device, quick, out_dir, progress=None):
 SWEEP_SIZE = "FLOPs of the forward (2 M N K)"
 
 
+def _linear_cases(cases, device, dtype, m, k, n, g, unscaled=False):
+    """fused_linear's fwd and fwd+bwd points for every activation at [M, K] x [N, K] (W scaled by
+    1/sqrt(K), or unscaled: pre-activations of standard deviation ~ sqrt(K), as an untrained
+    layer's outliers); returns x and w."""
+    x = torch.randn(m, k, generator=g).to(device, dtype)
+    w = (torch.randn(n, k, generator=g) / (1.0 if unscaled else k**0.5)).to(device, dtype)
+    b = torch.randn(n, generator=g).to(device, dtype)
+    grad = torch.randn(m, n, generator=g).to(device, dtype)
+    params = {"M": m, "K": k, "N": n}
+    values = "unscaled layer" if unscaled else "normal"
+    flops = 2.0 * m * n * k
+    params_r = [t.clone().requires_grad_() for t in (x, w, b)]
+    for act, f in ACTS.items():
+
+        def eager(x, w, b, f=f):
+            return f(F.linear(x, w, b))
+
+        compiled = sweep.compiled(("matmul", act), eager)
+
+        def fwd(fn, x=x, w=w, b=b):
+            with torch.no_grad():
+                return fn(x, w, b)
+
+        base = {"eager": lambda fw=fwd, e=eager: fw(e)}
+        if compiled is not None:
+            base[harness.COMPILED] = lambda fw=fwd, c=compiled: fw(c)
+        cases.append(
+            sweep.point(
+                f"fused_linear {act}",
+                "fwd",
+                params,
+                flops,
+                values=values,
+                dtype=dtype,
+                device=device,
+                ours=lambda fw=fwd, a=act: fw(lambda *t: teachcompute_ext.fused_linear(*t, a)),
+                baselines=base,
+            )
+        )
+
+        def fwd_bwd(fn, p=params_r, grad=grad):
+            return torch.autograd.grad(fn(*p), p, grad)
+
+        def exact(e=eager, p=params_r, grad=grad):
+            p64 = [t.detach().double().requires_grad_() for t in p]
+            return torch.autograd.grad(e(*p64), p64, grad.double())
+
+        check = sweep.near_exact(dtype, exact)
+        base = {"eager": lambda fb=fwd_bwd, e=eager: fb(e)}
+        if compiled is not None:
+            base[harness.COMPILED] = lambda fb=fwd_bwd, c=compiled: fb(c)
+        cases.append(
+            sweep.point(
+                f"fused_linear {act}",
+                "fwd+bwd",
+                params,
+                flops,
+                values=values,
+                dtype=dtype,
+                device=device,
+                check=check,
+                ours=lambda fb=fwd_bwd, a=act: fb(lambda *t: teachcompute_ext.fused_linear(*t, a)),
+                baselines=base,
+            )
+        )
+    return x, w
+
+
+def values_cases(device, quick):
+    """fused_linear on the pre-activations of an unscaled layer (W from randn: standard
+    deviation ~ sqrt(K) = 22 at K = 512): outliers through every activation and its derivative."""
+    grid = [(64, 128, 64)] if quick else [(200, 512, 256), (2048, 512, 256)]
+    g = torch.Generator().manual_seed(11)
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for m, k, n in grid:
+            _linear_cases(cases, device, dtype, m, k, n, g, unscaled=True)
+    return cases
+
+
 def sweep_cases(device, quick):
     """fused_linear (none, relu, gelu) forward and forward+backward and
     fused_matmul trans_b, x [M, K] and W [N, K]: one row to the report's
@@ -180,64 +260,9 @@ def sweep_cases(device, quick):
     cases = []
     for dtype in (torch.float32, torch.bfloat16):
         for m, k, n in grid:
-            x = torch.randn(m, k, generator=g).to(device, dtype)
-            w = (torch.randn(n, k, generator=g) / k**0.5).to(device, dtype)
-            b = torch.randn(n, generator=g).to(device, dtype)
-            grad = torch.randn(m, n, generator=g).to(device, dtype)
+            x, w = _linear_cases(cases, device, dtype, m, k, n, g)
             params = {"M": m, "K": k, "N": n}
             flops = 2.0 * m * n * k
-            params_r = [t.clone().requires_grad_() for t in (x, w, b)]
-            for act, f in ACTS.items():
-
-                def eager(x, w, b, f=f):
-                    return f(F.linear(x, w, b))
-
-                compiled = sweep.compiled(("matmul", act), eager)
-
-                def fwd(fn, x=x, w=w, b=b):
-                    with torch.no_grad():
-                        return fn(x, w, b)
-
-                base = {"eager": lambda fw=fwd, e=eager: fw(e)}
-                if compiled is not None:
-                    base[harness.COMPILED] = lambda fw=fwd, c=compiled: fw(c)
-                cases.append(
-                    sweep.point(
-                        f"fused_linear {act}",
-                        "fwd",
-                        params,
-                        flops,
-                        dtype=dtype,
-                        device=device,
-                        ours=lambda fw=fwd, a=act: fw(lambda *t: teachcompute_ext.fused_linear(*t, a)),
-                        baselines=base,
-                    )
-                )
-
-                def fwd_bwd(fn, p=params_r, grad=grad):
-                    return torch.autograd.grad(fn(*p), p, grad)
-
-                def exact(e=eager, p=params_r, grad=grad):
-                    p64 = [t.detach().double().requires_grad_() for t in p]
-                    return torch.autograd.grad(e(*p64), p64, grad.double())
-
-                check = sweep.near_exact(dtype, exact)
-                base = {"eager": lambda fb=fwd_bwd, e=eager: fb(e)}
-                if compiled is not None:
-                    base[harness.COMPILED] = lambda fb=fwd_bwd, c=compiled: fb(c)
-                cases.append(
-                    sweep.point(
-                        f"fused_linear {act}",
-                        "fwd+bwd",
-                        params,
-                        flops,
-                        dtype=dtype,
-                        device=device,
-                        check=check,
-                        ours=lambda fb=fwd_bwd, a=act: fb(lambda *t: teachcompute_ext.fused_linear(*t, a)),
-                        baselines=base,
-                    )
-                )
             cases.append(
                 sweep.point(
                     "fused_matmul trans_b",

@@ -182,6 +182,8 @@ SWEEP_COLORS = {
     ("fwd+bwd", "bfloat16"): "tab:olive",
 }
 SWEEP_OTHER = ["tab:brown", "tab:pink", "tab:gray", "tab:cyan"]
+# One marker per distribution of the values axis (sweep.VALUES) other than the grid's normal values.
+VALUES_MARKERS = ["^", "s", "D", "v", "P", "X", "*", "<", ">"]
 
 
 def plot_sweep(doc, path):
@@ -204,25 +206,56 @@ def plot_sweep(doc, path):
     keys = list(dict.fromkeys((p["pass"], p["dtype"]) for p in points))
     colors = {k: SWEEP_COLORS.get(k) or SWEEP_OTHER[i % len(SWEEP_OTHER)] for i, k in enumerate(keys)}
     compiled_any = False
+    all_threads = max((p.get("threads") or 0) for p in points) if points else 0
+    others = [v for v in dict.fromkeys(p.get("values", "normal") for p in points) if v != "normal"]
+    markers = {v: VALUES_MARKERS[i % len(VALUES_MARKERS)] for i, v in enumerate(others)}
+    one_thread_any = False
     for ax, variant in zip(axes.flat, variants):
         mine = [p for p in points if p["op"] == variant]
         for key in keys:
-            series = sorted(
-                (p for p in mine if (p["pass"], p["dtype"]) == key and "ratio" in p), key=lambda p: p["size"]
-            )
-            for field, style in (("ratio", "-"), ("ratio_compile", "--")):
-                s = [p for p in series if field in p]
-                if not s:
+            # The grid on every thread (lines), then on one thread (dotted), then the other
+            # distributions (a marker each, no line: a few sizes only).
+            for threads, line in ((all_threads, "-"), (1, ":")):
+                series = sorted(
+                    (
+                        p
+                        for p in mine
+                        if (p["pass"], p["dtype"]) == key
+                        and "ratio" in p
+                        and p.get("values", "normal") == "normal"
+                        and (p.get("threads") or all_threads) == threads
+                    ),
+                    key=lambda p: p["size"],
+                )
+                if threads == 1 and all_threads == 1:
                     continue
-                compiled_any |= field == "ratio_compile"
-                xs, ys = [p["size"] for p in s], [p[field] for p in s]
-                ax.plot(xs, ys, style, color=colors[key], linewidth=1.1, alpha=0.9 if style == "-" else 0.6)
-                big = [(x, y) for p, x, y in zip(s, xs, ys) if p["torch_us"] >= SMALL_US]
-                small = [(x, y) for p, x, y in zip(s, xs, ys) if p["torch_us"] < SMALL_US]
-                if big:
-                    ax.scatter(*zip(*big), s=14, color=colors[key], zorder=3)
-                if small:
-                    ax.scatter(*zip(*small), s=14, facecolors="white", edgecolors=colors[key], zorder=3)
+                for field, style in (("ratio", line), ("ratio_compile", "--")):
+                    s = [p for p in series if field in p]
+                    if not s:
+                        continue
+                    compiled_any |= field == "ratio_compile"
+                    one_thread_any |= threads == 1
+                    xs, ys = [p["size"] for p in s], [p[field] for p in s]
+                    ax.plot(xs, ys, style, color=colors[key], linewidth=1.1, alpha=0.9 if style != "--" else 0.6)
+                    big = [(x, y) for p, x, y in zip(s, xs, ys) if p["torch_us"] >= SMALL_US]
+                    small = [(x, y) for p, x, y in zip(s, xs, ys) if p["torch_us"] < SMALL_US]
+                    if big:
+                        ax.scatter(*zip(*big), s=14, color=colors[key], zorder=3)
+                    if small:
+                        ax.scatter(*zip(*small), s=14, facecolors="white", edgecolors=colors[key], zorder=3)
+            for v, marker in markers.items():
+                s = [p for p in mine if (p["pass"], p["dtype"]) == key and "ratio" in p and p.get("values") == v]
+                for p in s:
+                    filled = p["torch_us"] >= SMALL_US
+                    ax.scatter(
+                        [p["size"]],
+                        [p["ratio"]],
+                        s=22 if (p.get("threads") or all_threads) == all_threads else 12,
+                        marker=marker,
+                        facecolors=colors[key] if filled else "white",
+                        edgecolors=colors[key],
+                        zorder=3,
+                    )
         wrong = [p for p in mine if "error" in p]
         if wrong:
             ax.scatter([p["size"] for p in wrong], [lo * 1.1] * len(wrong), marker="x", color="tab:red", zorder=4)
@@ -256,6 +289,10 @@ def plot_sweep(doc, path):
     handles.append(Line2D([], [], color="black", linestyle="-", label="vs torch eager"))
     if compiled_any:
         handles.append(Line2D([], [], color="black", linestyle="--", label="vs torch.compile (dynamic)"))
+    if one_thread_any:
+        handles.append(Line2D([], [], color="black", linestyle=":", label="1 thread"))
+    for v, marker in markers.items():
+        handles.append(Line2D([], [], color="gray", marker=marker, linestyle="", label=v))
     handles.append(Line2D([], [], color="gray", marker="o", linestyle="", label=f"torch >= {SMALL_US:g} us"))
     handles.append(
         Line2D(
@@ -271,7 +308,7 @@ def plot_sweep(doc, path):
     for i, ax in enumerate(axes.flat):  # the last row's panels may be hidden: label the ones above them
         if i >= len(variants) - ncols and i < len(variants):
             ax.set_xlabel(f"size: {doc['size_unit']}", fontsize=8)
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=7)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=7)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -185,9 +185,10 @@ def _distinct(shape, dim, dtype, device, g):
     return x.reshape(shape).contiguous().to(device, dtype)
 
 
-def _sweep_pair(variant, dim_label, x, ours, theirs, dim, dtype, device, size, params):
+def _sweep_pair(variant, dim_label, x, ours, theirs, dim, dtype, device, size, params, values="normal"):
     """Forward and forward+backward points of one reduction of x along dim.
-    Our compiled baseline: theirs through torch.compile, its backward compiled too."""
+    Our compiled baseline: theirs through torch.compile, its backward compiled too.
+    values: the distribution of x (sweep.VALUES); fully masked rows are compared with their NaN."""
     cases = []
     out_shape = _first(theirs(x, dim)).shape
     g = torch.Generator().manual_seed(7)
@@ -208,7 +209,8 @@ def _sweep_pair(variant, dim_label, x, ours, theirs, dim, dtype, device, size, p
             device=device,
             ours=lambda: ours(x, dim),
             baselines=base,
-            check=lambda a, b: _check_outputs(a, b, dtype),
+            values=values,
+            check=sweep.masked_check(dtype) if "masked" in values else lambda a, b: _check_outputs(a, b, dtype),
         )
     )
     xr = x.clone().requires_grad_()
@@ -236,7 +238,10 @@ def _sweep_pair(variant, dim_label, x, ours, theirs, dim, dtype, device, size, p
             device=device,
             ours=lambda: fwd_bwd(ours),
             baselines=base,
-            check=lambda a, b: harness.check_near_exact(a, b, exact, dtype),
+            values=values,
+            check=sweep.masked_check(dtype, exact)
+            if "masked" in values
+            else lambda a, b: harness.check_near_exact(a, b, exact, dtype),
         )
     )
     return cases
@@ -336,4 +341,34 @@ def sweep_cases(device, quick):
             x = _distinct(shape, 0, dtype, device, g)
             for variant, ours, _, theirs in _DIM_OPS:
                 cases += _sweep_pair(variant, " dim0", x, ours, theirs, 0, dtype, device, shape[0] * shape[1], params)
+    return cases
+
+
+def values_cases(device, quick):
+    """The distributions users feed (sweep.VALUES), at a few sizes of the grid: values of scale
+    30 for every reduction over the last dim and the softmaxes; rows half -inf (causal masks)
+    and one row in 8 entirely -inf (fully masked) for the softmaxes and logsumexp."""
+    shapes = [(64, 1000)] if quick else [(256, 1000), (1024, 4096)]
+    g = torch.Generator().manual_seed(61)
+    softmaxes = [(v, getattr(teachcompute_ext, v), getattr(torch, v)) for v in ("softmax", "log_softmax")]
+    lse = [op for op in _DIM_OPS if op[0] == "logsumexp"]
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows, cols in shapes:
+            params, size = {"rows": rows, "cols": cols}, rows * cols
+            x = (torch.randn(rows, cols, generator=g) * 30).to(device, dtype)
+            for variant, ours, _, theirs in _DIM_OPS:
+                cases += _sweep_pair(variant, " dim1", x, ours, theirs, 1, dtype, device, size, params, "outliers")
+            for variant, ours, theirs in softmaxes:
+                cases += _sweep_pair(variant, "", x, ours, theirs, -1, dtype, device, size, params, "outliers")
+            half = torch.randn(rows, cols, generator=g)
+            half[torch.rand(rows, cols, generator=g) < 0.5] = -float("inf")
+            half[:, 0] = 0.0  # every row keeps a finite entry
+            full = torch.randn(rows, cols, generator=g)
+            full[::8] = -float("inf")
+            for values, xm in (("half masked", half.to(device, dtype)), ("masked rows", full.to(device, dtype))):
+                for variant, ours, theirs in softmaxes:
+                    cases += _sweep_pair(variant, "", xm, ours, theirs, -1, dtype, device, size, params, values)
+                for variant, ours, _, theirs in lse:
+                    cases += _sweep_pair(variant, " dim1", xm, ours, theirs, 1, dtype, device, size, params, values)
     return cases

@@ -138,6 +138,63 @@ def run(device, quick, out_dir, progress=None):
 SWEEP_SIZE = "update elements (indices x width)"
 
 
+def _idx_put(b, i, u, acc):
+    return b.index_put_((i[:, 0],), u, accumulate=acc)
+
+
+def _zeros_put(like, i, u):
+    return torch.zeros_like(like).index_put_((i[:, 0],), u, accumulate=True)
+
+
+def _in_place(device, reduction, params, size, idx, upd, dtype, check, values="normal"):
+    """scatter_nd_ against index_put_ (and its compiled form), each on a zero buffer of its own."""
+    rows, width = params["rows"], params["width"]
+    acc = reduction == "add"
+    bufs = [torch.zeros(rows, width, device=device, dtype=dtype) for _ in range(3)]
+    compiled = sweep.compiled(("scatter_nd", f"{reduction}_"), lambda b, i, u: _idx_put(b, i, u, acc))
+    base = {"torch": lambda b=bufs[1], i=idx, u=upd: _idx_put(b, i, u, acc)}
+    if compiled is not None:
+        base[harness.COMPILED] = lambda c=compiled, b=bufs[2], i=idx, u=upd: c(b, i, u)
+    variant = "scatter_nd_ add" if acc else "scatter_nd_ none (unique)"
+    return sweep.point(
+        variant,
+        "fwd",
+        params,
+        size,
+        values=values,
+        dtype=dtype,
+        device=device,
+        check=check,
+        ours=lambda b=bufs[0], i=idx, u=upd: teachcompute_ext.scatter_nd_(b, i, u, reduction),
+        baselines=base,
+    )
+
+
+def values_cases(device, quick):
+    """scatter_nd_ add with the index distributions users feed (sweep.VALUES): destination rows
+    from a Zipf law (a few rows take most updates), unsorted and sorted, and all equal."""
+    grid = [(1000, 33, 1000)] if quick else [(10000, 64, 40000), (100000, 33, 100000)]
+    g = torch.Generator().manual_seed(18)
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows, width, n in grid:
+            params = {"rows": rows, "width": width, "indices": n}
+            z = sweep.zipf(n, rows, g)
+            for values, rows_of in (("zipf", z), ("zipf sorted", z.sort().values), ("all equal", torch.full((n,), 7))):
+                idx = rows_of.unsqueeze(1).to(device)
+                upd = torch.randn(n, width, generator=g).to(device, dtype)
+
+                def exact(i=idx, u=upd, rows=rows, width=width):
+                    return torch.zeros(rows, width, dtype=torch.float64, device=u.device).index_put_(
+                        (i[:, 0],), u.double(), accumulate=True
+                    )
+
+                cases.append(
+                    _in_place(device, "add", params, n * width, idx, upd, dtype, sweep.near_exact(dtype, exact), values)
+                )
+    return cases
+
+
 def sweep_cases(device, quick):
     """scatter_nd_ add (duplicate indices) and none (unique ones), in place,
     and scatter_nd_of_shape add forward and forward+backward (the gradient
@@ -160,34 +217,6 @@ def sweep_cases(device, quick):
     g = torch.Generator().manual_seed(8)
     cases = []
 
-    def idx_put(b, i, u, acc):
-        return b.index_put_((i[:, 0],), u, accumulate=acc)
-
-    def zeros_put(like, i, u):
-        return torch.zeros_like(like).index_put_((i[:, 0],), u, accumulate=True)
-
-    def in_place(reduction, params, size, idx, upd, dtype, check):
-        """scatter_nd_ against index_put_ (and its compiled form), each on a zero buffer of its own."""
-        rows, width = params["rows"], params["width"]
-        acc = reduction == "add"
-        bufs = [torch.zeros(rows, width, device=device, dtype=dtype) for _ in range(3)]
-        compiled = sweep.compiled(("scatter_nd", f"{reduction}_"), lambda b, i, u: idx_put(b, i, u, acc))
-        base = {"torch": lambda b=bufs[1], i=idx, u=upd: idx_put(b, i, u, acc)}
-        if compiled is not None:
-            base[harness.COMPILED] = lambda c=compiled, b=bufs[2], i=idx, u=upd: c(b, i, u)
-        variant = "scatter_nd_ add" if acc else "scatter_nd_ none (unique)"
-        return sweep.point(
-            variant,
-            "fwd",
-            params,
-            size,
-            dtype=dtype,
-            device=device,
-            check=check,
-            ours=lambda b=bufs[0], i=idx, u=upd: teachcompute_ext.scatter_nd_(b, i, u, reduction),
-            baselines=base,
-        )
-
     for dtype in (torch.float32, torch.bfloat16):
         for rows, width, n in grid:
             params = {"rows": rows, "width": width, "indices": n}
@@ -201,13 +230,13 @@ def sweep_cases(device, quick):
                 )
 
             check = sweep.near_exact(dtype, exact)  # add, from zeros: the checked first call
-            cases.append(in_place("add", params, size, idx, upd, dtype, check))
+            cases.append(_in_place(device, "add", params, size, idx, upd, dtype, check))
 
             # The output's shape comes from a tensor, not from int arguments: one
             # compiled function with dynamic sizes then serves every point.
             like = torch.empty(rows, width, device=device, dtype=dtype)
-            c_shape = sweep.compiled(("scatter_nd", "of_shape"), zeros_put)
-            base = {"torch": lambda i=idx, u=upd, like=like: zeros_put(like, i, u)}
+            c_shape = sweep.compiled(("scatter_nd", "of_shape"), _zeros_put)
+            base = {"torch": lambda i=idx, u=upd, like=like: _zeros_put(like, i, u)}
             if c_shape is not None:
                 base[harness.COMPILED] = lambda c=c_shape, i=idx, u=upd, like=like: c(like, i, u)
             cases.append(
@@ -232,7 +261,7 @@ def sweep_cases(device, quick):
                 (gu,) = torch.autograd.grad(f(ur), ur, grad)
                 return gu
 
-            base = {"torch": lambda fb=fwd_bwd, i=idx, like=like: fb(lambda u: zeros_put(like, i, u))}
+            base = {"torch": lambda fb=fwd_bwd, i=idx, like=like: fb(lambda u: _zeros_put(like, i, u))}
             if c_shape is not None:
                 base[harness.COMPILED] = lambda fb=fwd_bwd, i=idx, c=c_shape, like=like: fb(lambda u: c(like, i, u))
             cases.append(
@@ -252,6 +281,8 @@ def sweep_cases(device, quick):
             uidx = torch.randperm(rows, generator=g)[: min(rows, n)].unsqueeze(1).to(device)
             uupd = torch.randn(uidx.shape[0], width, generator=g).to(device, dtype)
             cases.append(
-                in_place("none", {**params, "indices": uidx.shape[0]}, uidx.shape[0] * width, uidx, uupd, dtype, None)
+                _in_place(
+                    device, "none", {**params, "indices": uidx.shape[0]}, uidx.shape[0] * width, uidx, uupd, dtype, None
+                )
             )
     return cases

@@ -24,6 +24,8 @@ import sys
 import time
 import types
 
+import torch
+
 from . import harness
 
 SMALL_US = harness.SMALL_US
@@ -35,18 +37,73 @@ FULL = dict(rounds=9, min_rounds=4, rel_tol=0.03, max_s=2.0, min_batch_s=0.005, 
 QUICK = dict(rounds=3, min_batch_s=0.002, warmup=1)
 
 
-def point(op, pass_, params, size, **case):
+# The values axis: what the inputs hold. "normal": standard normal values (uniform indices),
+# the grid's; the others come from each family's values_cases, at a few sizes of the grid.
+VALUES = {
+    "normal": "standard normal values, uniform indices",
+    "outliers": "values of scale 30 (LLM activations' outliers)",
+    "unscaled layer": "pre-activations of a layer with W from randn, no 1/sqrt(K) (standard deviation ~ sqrt(K))",
+    "half masked": "softmax rows with half their entries -inf (causal attention masks)",
+    "masked rows": "one row in 8 entirely -inf (fully masked)",
+    "zipf": "indices drawn from a Zipf law (exponent 1.1): a few rows take most lookups, unsorted",
+    "zipf sorted": "the same, sorted",
+    "all equal": "every index the same row",
+    "zipf bags": "bag lengths from a Zipf law: many short bags, a few very long",
+}
+
+
+def point(op, pass_, params, size, values="normal", **case):
     """A sweep Case: op names the variant ("softmax", "reduce_sum dim1"),
     pass_ is "fwd" or "fwd+bwd", params the shape parameters, size the
-    x-axis figure (in the family's SWEEP_SIZE). The Case's op gets the
-    report's " fwd+bwd" suffix, so that --op selects as in the report."""
+    x-axis figure (in the family's SWEEP_SIZE), values the inputs' distribution
+    (VALUES). The Case's op gets the report's " fwd+bwd" suffix, so that --op
+    selects as in the report."""
     assert pass_ in ("fwd", "fwd+bwd"), pass_
+    assert values in VALUES, values
+    shape = ", ".join(f"{k}={v}" for k, v in params.items())
     return harness.Case(
         op=op if pass_ == "fwd" else f"{op} fwd+bwd",
-        shape=", ".join(f"{k}={v}" for k, v in params.items()),
-        sweep={"variant": op, "pass": pass_, "params": dict(params), "size": size},
+        shape=shape if values == "normal" else f"{shape}, {values}",
+        sweep={"variant": op, "pass": pass_, "params": dict(params), "size": size, "values": values},
         **case,
     )
+
+
+def zipf(n, num, generator, a=1.1):
+    """n indices into num rows drawn from a Zipf law (rank r with weight 1/r^a), the ranks
+    spread over the table by a fixed permutation: a few rows take most lookups."""
+    ranks = torch.arange(1, num + 1, dtype=torch.float64)
+    w = ranks.pow(-a)
+    ids = torch.multinomial(w / w.sum(), n, replacement=True, generator=generator)
+    return torch.randperm(num, generator=generator)[ids]
+
+
+def zipf_lengths(bags, mean, generator, a=1.1):
+    """bags lengths from a Zipf law scaled to about `mean` on average: many short bags, a few long."""
+    raw = zipf(bags, 1000, generator, a).double() + 1
+    return (raw * (mean / raw.mean())).round().clamp_min(0).long()
+
+
+def masked_check(dtype, exact=None):
+    """For masked rows: NaN and infinities where the baseline has them, and the other entries
+    within the dtype's tolerance of the baseline's (default_check), or of exact(), the float64
+    result, where the two differ (check_near_exact)."""
+
+    def finite(t):
+        t = t[0] if isinstance(t, tuple) else t
+        return torch.as_tensor(t).double().cpu()
+
+    def check(ours, theirs):
+        a, b = finite(ours), finite(theirs)
+        if not (torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())):
+            raise AssertionError("NaN or infinities elsewhere than the baseline's")
+        a, b = a.nan_to_num(0, 0, 0), b.nan_to_num(0, 0, 0)
+        if exact is None:
+            harness.default_check(a, b, dtype)
+        else:
+            harness.check_near_exact(a, b, lambda: finite(exact()).nan_to_num(0, 0, 0), dtype)
+
+    return check
 
 
 _COMPILED = {}
@@ -78,8 +135,8 @@ def near_exact(dtype, exact):
     return lambda ours, theirs: harness.check_near_exact(ours, theirs, exact, dtype)
 
 
-def to_point(case, row):
-    """One JSON entry from a Case and its harness result row."""
+def to_point(case, row, threads):
+    """One JSON entry from a Case and its harness result row, timed on `threads` threads."""
     meta = case.sweep
     p = {
         "op": meta["variant"],
@@ -87,6 +144,8 @@ def to_point(case, row):
         "params": meta["params"],
         "shape": case.shape,
         "size": meta["size"],
+        "values": meta.get("values", "normal"),
+        "threads": threads,
         "dtype": row["dtype"],
     }
     if "error" in row:  # a wrong (or failing) result: reported, never timed
@@ -132,6 +191,8 @@ def summarize(points):
 def _where(p):
     return {
         "shape": p["shape"],
+        "values": p.get("values", "normal"),
+        "threads": p.get("threads"),
         "dtype": p["dtype"],
         "size": p["size"],
         "torch_us": p["torch_us"],
@@ -153,7 +214,8 @@ def format_summary(summary, size_unit=""):
     for s in summary:
 
         def at(w):
-            return f"{w['shape']} {w['dtype']} (size {w['size']:.3g}, torch {w['torch_us']:.1f} us)"
+            thr = f", {w['threads']} thr" if w.get("threads") else ""
+            return f"{w['shape']} {w['dtype']} (size {w['size']:.3g}, torch {w['torch_us']:.1f} us{thr})"
 
         big = (f"{s['worst_ratio']:.2f}x", at(s["worst_ratio_at"])) if "worst_ratio" in s else ("-", "")
         small = (
@@ -173,20 +235,48 @@ def format_summary(summary, size_unit=""):
     return "\n".join([head, "-" * len(head)] + [line(r) for r in rows] + ([note] if note else []))
 
 
+def one_thread_subset(cases, quick):
+    """The points timed again on one thread (DataLoader workers, one process per core): per
+    variant, pass, dtype and values, the larger half of its sizes (quick: the largest)."""
+    groups = {}
+    for c in cases:
+        m = c.sweep
+        groups.setdefault((m["variant"], m["pass"], str(c.dtype), m.get("values", "normal")), []).append(c)
+    out = []
+    for group in groups.values():
+        group = sorted(group, key=lambda c: c.sweep["size"])
+        out += group[-1:] if quick else group[len(group) // 2 :]
+    return out
+
+
 def run_family(name, module, device, quick, out_dir, progress=None):
-    """Checks and times one family's sweep; writes its JSON; returns the document and its path."""
-    cases = harness.select(module.sweep_cases(device, quick))
+    """Checks and times one family's sweep (on every thread, then a subset on one thread on
+    the CPU); writes its JSON; returns the document and its path."""
+    values = getattr(module, "values_cases", None)
+    cases = harness.select(module.sweep_cases(device, quick) + (values(device, quick) if values else []))
     if not cases:
         return None, None
     timing = QUICK if quick else FULL
+    threads = torch.get_num_threads()
     rows = harness.run_cases(cases, progress=progress, **timing)
-    points = [to_point(c, r) for c, r in zip(cases, rows)]
+    points = [to_point(c, r, threads) for c, r in zip(cases, rows)]
+    if device == "cpu" and threads > 1:
+        # Checked on every thread above (a wrong case is not timed again).
+        wrong = {id(c) for c, r in zip(cases, rows) if "error" in r}
+        one = [c for c in one_thread_subset(cases, quick) if id(c) not in wrong]
+        torch.set_num_threads(1)
+        try:
+            rows = harness.run_cases(one, progress=progress, check=False, **timing)
+        finally:
+            torch.set_num_threads(threads)
+        points += [to_point(c, r, 1) for c, r in zip(one, rows)]
     doc = {
         "kind": "sweep",
         "family": name,
         "environment": harness.environment(device),
         "settings": {"quick": quick, **timing},
         "size_unit": module.SWEEP_SIZE,
+        "values": {v: VALUES[v] for v in dict.fromkeys(p["values"] for p in points)},
         "small_us": SMALL_US,
         "ratio": "torch time / our time: above 1 we are faster",
         "points": points,
