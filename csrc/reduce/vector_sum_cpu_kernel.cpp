@@ -84,11 +84,43 @@ double horizontal_sum(const Vectorized<T>& v) {
 // leaf measured 2.5x slower on L2-resident data).
 template <typename scalar_t>
 inline __attribute__((always_inline)) Vectorized<acc_t<scalar_t>> leaf_sum(const scalar_t* p, int64_t n) {
-  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+#if defined(CPU_CAPABILITY_AVX512)
+  // 256-bit loads even where 512-bit ones exist (torch.sum's AVX2 loop does the
+  // same): on an AMD EPYC (Zen, 512-bit ops split in two), one thread summing 1e8
+  // floats from DRAM ran at 0.60x torch with 512-bit loads, 1.0x with these;
+  // at 1e6 (cache) both are at parity.
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+#pragma GCC unroll 2
+    for (; i + 32 <= n; i += 32) {
+      a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+      a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+      a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+      a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+    }
+    __m512 v = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_add_ps(a0, a2)), _mm256_add_ps(a1, a3), 1);
+    if (i < n) {
+      const __mmask16 m0 = static_cast<__mmask16>((n - i) >= 16 ? 0xFFFF : ((1u << (n - i)) - 1));
+      v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m0, p + i));
+      if (n - i > 16) {
+        const __mmask16 m1 = static_cast<__mmask16>((n - i - 16) >= 16 ? 0xFFFF : ((1u << (n - i - 16)) - 1));
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m1, p + i + 16));
+      }
+    }
+    return Vectorized<float>(v);
+  } else
+#endif
+      if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
     using Vec = Vectorized<scalar_t>;
     constexpr int64_t L = Vec::size();
     Vec a0(0), a1(0), a2(0), a3(0);
     int64_t i = 0;
+    // Unrolled only twice: fully unrolled (a compile-time trip count of 16), GCC
+    // scheduled a leaf as two passes of two chains each, every pass touching every
+    // other pair of cache lines; that order ran 1e8 floats at 0.60x torch on one
+    // thread, 0.86x in order.
+#pragma GCC unroll 2
     for (; i + 4 * L <= n; i += 4 * L) {
       a0 += Vec::loadu(p + i);
       a1 += Vec::loadu(p + i + L);
