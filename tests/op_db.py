@@ -1692,3 +1692,25 @@ def call(op, sample, fn=None):
 
 def outputs(result):
     return result if isinstance(result, tuple) else (result,)
+
+
+def leaves_and_loss(op, sample):
+    """The sample's floating tensors as fresh leaves, and a loss of op's floating outputs weighted
+    so that every output element's gradient differs."""
+    leaves = []
+
+    def leaf(t):
+        if t.is_floating_point():
+            t = t.detach().clone().requires_grad_()
+            leaves.append(t)
+        return t
+
+    s = sample.map(leaf)
+
+    def loss():
+        outs = [o for o in outputs(call(op, s)) if o.is_floating_point()]
+        return sum(
+            (o * torch.linspace(-1, 2, o.numel(), device=o.device).view(o.shape).to(o.dtype)).sum() for o in outs
+        )
+
+    return leaves, loss

@@ -17,7 +17,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import teachcompute_ext
 
-from op_db import BY_NAME, DIFFERENTIABLE, INTS, OPS, PUBLIC, call, differentiable_samples, outputs
+from op_db import BY_NAME, DIFFERENTIABLE, INTS, OPS, PUBLIC, call, differentiable_samples, leaves_and_loss, outputs
 
 ops = torch.ops.teachcompute_ext
 
@@ -111,31 +111,13 @@ def test_bad_input_is_refused_by_name_and_the_fake_kernel_agrees(op, i):
 
 
 # ---- compiled autograd --------------------------------------------------------------------------
-def _leaves_and_loss(op, sample):
-    """The sample with its floating tensors as fresh leaves, and a loss of op's floating outputs
-    weighted so that every output element's gradient differs."""
-    leaves = []
-
-    def leaf(t):
-        if t.is_floating_point():
-            t = t.detach().clone().requires_grad_()
-            leaves.append(t)
-        return t
-
-    s = sample.map(leaf)
-
-    def loss():
-        outs = [o for o in outputs(call(op, s)) if o.is_floating_point()]
-        return sum((o * torch.linspace(-1, 2, o.numel(), dtype=o.dtype).view(o.shape)).sum() for o in outs)
-
-    return leaves, loss
 
 
 @pytest.mark.parametrize("op", DIFFERENTIABLE, ids=lambda op: op.name)
 def test_compiled_autograd_gives_eagers_gradients(op):
     torch._dynamo.reset()
     for sample in differentiable_samples(op, dtype=torch.float32):
-        leaves, loss = _leaves_and_loss(op, sample)
+        leaves, loss = leaves_and_loss(op, sample)
         eager = torch.autograd.grad(loss(), leaves, allow_unused=True)
         for leaf in leaves:
             leaf.grad = None

@@ -124,25 +124,8 @@ def test_reduce_dim_errors_are_the_logical_ones(device):
 
 
 # ---------------------------------------------------------------------------- scatter_nd
-def _scatter_ref(data, indices, updates, reduction):
-    """One sample, the way ONNX ScatterND reads it: updates applied one by one in index order."""
-    out = data.clone()
-    k = indices.shape[-1]
-    flat_i = indices.reshape(-1, k).tolist()
-    flat_u = updates.reshape(len(flat_i), *updates.shape[indices.dim() - 1 :])
-    for t, u in zip(flat_i, flat_u):
-        t = tuple(t)
-        if reduction == "none":
-            out[t] = u
-        elif reduction == "add":
-            out[t] = out[t] + u
-        elif reduction == "mul":
-            out[t] = out[t] * u
-        elif reduction == "max":
-            out[t] = torch.maximum(out[t], u)
-        else:
-            out[t] = torch.minimum(out[t], u)
-    return out
+# One sample, the way ONNX ScatterND reads it: updates applied one by one in index order.
+_scatter_ref = op_db._scatter_ref_one
 
 
 def _per_sample(fn, batch, in_dims, *args):

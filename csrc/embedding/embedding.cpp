@@ -23,6 +23,32 @@ TCE_DEFINE_STUB(embedding_bag_backward_stub, embedding_bag_backward_kernel);
 TCE_DEFINE_STUB(embedding_update_stub, embedding_update_kernel);
 TCE_DEFINE_STUB(embedding_bag_update_stub, embedding_bag_update_kernel);
 
+namespace {
+
+// The bags' gradient, one row per bag, and in max mode the forward's argmax
+// that routes it: what the backward and the fused update both read.
+void check_bag_grad(const char* op, const BagArgs& args, const at::Tensor& grad, const at::Tensor& weight,
+                    const at::Tensor& max_indices) {
+  const int64_t dim = weight.size(1);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == args.bags && grad.size(1) == dim, "teachcompute_ext.", op,
+              ": argument 'grad' has shape ", grad.sizes(), " but the bags have shape [", args.bags, ", ", dim, "]");
+  if (args.mode == BagMode::MAX) {
+    check_same_device(op, "max_indices", max_indices, "weight", weight);
+    TORCH_CHECK(max_indices.scalar_type() == at::kLong && max_indices.sizes() == grad.sizes(), "teachcompute_ext.", op,
+                ": argument 'max_indices' must be int64 of shape ", grad.sizes(), " (the forward's argmax), got ",
+                dtype_name(max_indices.scalar_type()), " of shape ", max_indices.sizes());
+  }
+}
+
+// The fused updates write grad's values into weight: same device, same dtype.
+void check_update_grad(const char* op, const at::Tensor& grad, const at::Tensor& weight) {
+  check_same_device(op, "grad", grad, "weight", weight);
+  TORCH_CHECK_TYPE(grad.scalar_type() == weight.scalar_type(), "teachcompute_ext.", op, ": argument 'grad' has dtype ",
+                   dtype_name(grad.scalar_type()), " but 'weight' has dtype ", dtype_name(weight.scalar_type()));
+}
+
+}  // namespace
+
 at::Tensor embedding(const at::Tensor& weight, const at::Tensor& indices, std::optional<int64_t> padding_idx) {
   const char* op = "embedding";
   check_weight(op, weight);
@@ -88,14 +114,7 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(
   const BagArgs args = check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset);
   check_same_device(op, "grad", grad, "weight", weight);
   const int64_t num = weight.size(0), dim = weight.size(1);
-  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == args.bags && grad.size(1) == dim, "teachcompute_ext.", op,
-              ": argument 'grad' has shape ", grad.sizes(), " but the bags have shape [", args.bags, ", ", dim, "]");
-  if (args.mode == BagMode::MAX) {
-    check_same_device(op, "max_indices", max_indices, "weight", weight);
-    TORCH_CHECK(max_indices.scalar_type() == at::kLong && max_indices.sizes() == grad.sizes(), "teachcompute_ext.", op,
-                ": argument 'max_indices' must be int64 of shape ", grad.sizes(), " (the forward's argmax), got ",
-                dtype_name(max_indices.scalar_type()), " of shape ", max_indices.sizes());
-  }
+  check_bag_grad(op, args, grad, weight, max_indices);
   const at::OptionalDeviceGuard guard(at::device_of(weight));
   at::Tensor gw = at::zeros({num, dim}, grad.options());
   at::Tensor gpsw = psw.has_value() ? at::zeros(psw->sizes(), psw->options()) : at::empty({0}, grad.options());
@@ -184,10 +203,8 @@ void embedding_update_(const at::Tensor& weight, const at::Tensor& state1, const
   const char* op = "embedding_update_";
   check_weight(op, weight);
   check_indices(op, indices);
-  check_same_device(op, "grad", grad, "weight", weight);
   check_same_device(op, "indices", indices, "weight", weight);
-  TORCH_CHECK_TYPE(grad.scalar_type() == weight.scalar_type(), "teachcompute_ext.", op, ": argument 'grad' has dtype ",
-                   dtype_name(grad.scalar_type()), " but 'weight' has dtype ", dtype_name(weight.scalar_type()));
+  check_update_grad(op, grad, weight);
   TORCH_CHECK(grad.dim() == indices.dim() + 1 && grad.sizes().slice(0, indices.dim()) == indices.sizes() &&
                   grad.size(-1) == weight.size(1),
               "teachcompute_ext.", op, ": argument 'grad' has shape ", grad.sizes(), " but 'indices' has shape ",
@@ -211,18 +228,8 @@ at::Tensor embedding_bag_update_(const at::Tensor& weight, const at::Tensor& sta
   const char* op = "embedding_bag_update_";
   const BagArgs args =
       check_bag_args(op, weight, indices, offsets, bag_mode, psw, padding_idx, include_last_offset, op);
-  check_same_device(op, "grad", grad, "weight", weight);
-  TORCH_CHECK_TYPE(grad.scalar_type() == weight.scalar_type(), "teachcompute_ext.", op, ": argument 'grad' has dtype ",
-                   dtype_name(grad.scalar_type()), " but 'weight' has dtype ", dtype_name(weight.scalar_type()));
-  const int64_t dim = weight.size(1);
-  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == args.bags && grad.size(1) == dim, "teachcompute_ext.", op,
-              ": argument 'grad' has shape ", grad.sizes(), " but the bags have shape [", args.bags, ", ", dim, "]");
-  if (args.mode == BagMode::MAX) {
-    check_same_device(op, "max_indices", max_indices, "weight", weight);
-    TORCH_CHECK(max_indices.scalar_type() == at::kLong && max_indices.sizes() == grad.sizes(), "teachcompute_ext.", op,
-                ": argument 'max_indices' must be int64 of shape ", grad.sizes(), " (the forward's argmax), got ",
-                dtype_name(max_indices.scalar_type()), " of shape ", max_indices.sizes());
-  }
+  check_update_grad(op, grad, weight);
+  check_bag_grad(op, args, grad, weight, max_indices);
   const RowUpdate u =
       check_row_update(op, weight, state1, state2, optimizer, lr, beta1, beta2, eps, weight_decay, step);
   const at::OptionalDeviceGuard guard(at::device_of(weight));

@@ -182,6 +182,36 @@ std::vector<double> bag_scales(const BagPlan& p, BagMode mode, const std::option
   return scale;
 }
 
+// Each position's destination row: its row when it counts, -1 (skipped) for
+// padding and positions past the last bag.
+std::vector<int64_t> counted_rows(const BagPlan& p) {
+  std::vector<int64_t> dest(p.rows.size(), -1);
+  for (int64_t k = 0; k < p.order.size(); ++k) dest[p.order[k]] = p.rows[p.order[k]];
+  return dest;
+}
+
+// per_sample_weights' gradient: d out[b] / d psw[i] = weight[row_i], so
+// gpsw[i] = <grad[bag_i], weight[row_i]> (for the update: the weight before it).
+void bag_psw_gradient(const BagPlan& p, const at::Tensor& g, const at::Tensor& weight, at::Tensor& gpsw) {
+  if (p.order.size() == 0) return;
+  const int64_t dim = weight.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "embedding_bag_psw_gradient", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* wp = weight.const_data_ptr<scalar_t>();
+    scalar_t* out = gpsw.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, p.order.size(), kBagPlanTaskItems, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t i = p.order[j];
+        const scalar_t* a = gp + p.bag_of[i] * dim;
+        const scalar_t* bw = wp + p.rows[i] * dim;
+        double s = 0;
+        for (int64_t c = 0; c < dim; ++c) s += static_cast<double>(a[c]) * static_cast<double>(bw[c]);
+        out[i] = static_cast<scalar_t>(s);
+      }
+    });
+  });
+}
+
 }  // namespace
 
 // Each task checks its own indices, then copies their rows, in one parallel
@@ -329,29 +359,11 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& g, con
     });
     return;
   }
-  std::vector<int64_t> dest(p.rows.size(), -1);
-  for (int64_t k = 0; k < p.order.size(); ++k) dest[p.order[k]] = p.rows[p.order[k]];
+  const std::vector<int64_t> dest = counted_rows(p);
   const std::vector<double> scale = bag_scales(p, mode, psw);
   scatter_rows(gw, dest.data(), static_cast<int64_t>(dest.size()), g, p.bag_of.data(),
                scale.empty() ? nullptr : scale.data(), ScatterReduction::ADD);
-  if (psw.has_value() && p.order.size() > 0) {
-    // d out[b] / d psw[i] = weight[row_i]: the gradient is <grad[b], weight[row_i]>.
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "embedding_bag_psw_backward", [&] {
-      const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      const scalar_t* wp = weight.const_data_ptr<scalar_t>();
-      scalar_t* out = gpsw.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, p.order.size(), kBagPlanTaskItems, [&](int64_t j0, int64_t j1) {
-        for (int64_t j = j0; j < j1; ++j) {
-          const int64_t i = p.order[j];
-          const scalar_t* a = gp + p.bag_of[i] * dim;
-          const scalar_t* bw = wp + p.rows[i] * dim;
-          double s = 0;
-          for (int64_t c = 0; c < dim; ++c) s += static_cast<double>(a[c]) * static_cast<double>(bw[c]);
-          out[i] = static_cast<scalar_t>(s);
-        }
-      });
-    });
-  }
+  if (psw.has_value()) bag_psw_gradient(p, g, weight, gpsw);
 }
 
 }  // namespace CPU_CAPABILITY
@@ -613,27 +625,9 @@ void embedding_bag_update_kernel(const BagInputs& in, const at::Tensor& g, const
     return;
   }
   const std::vector<double> scale = bag_scales(p, mode, in.psw);
-  if (gpsw.defined() && p.order.size() > 0) {
-    // per_sample_weights' gradient, <grad[bag], weight[row]>, from the weight before its update.
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "embedding_bag_update_psw", [&] {
-      const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      const scalar_t* wp = weight.const_data_ptr<scalar_t>();
-      scalar_t* out = gpsw.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, p.order.size(), kBagPlanTaskItems, [&](int64_t j0, int64_t j1) {
-        for (int64_t j = j0; j < j1; ++j) {
-          const int64_t i = p.order[j];
-          const scalar_t* a = gp + p.bag_of[i] * dim;
-          const scalar_t* bw = wp + p.rows[i] * dim;
-          double s = 0;
-          for (int64_t c = 0; c < dim; ++c) s += static_cast<double>(a[c]) * static_cast<double>(bw[c]);
-          out[i] = static_cast<scalar_t>(s);
-        }
-      });
-    });
-  }
-  // Positions that count (padding and positions past the last bag removed) go to their row.
-  std::vector<int64_t> dest(p.rows.size(), -1);
-  for (int64_t k = 0; k < p.order.size(); ++k) dest[p.order[k]] = p.rows[p.order[k]];
+  // From the weight before its update.
+  if (gpsw.defined()) bag_psw_gradient(p, g, weight, gpsw);
+  const std::vector<int64_t> dest = counted_rows(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "embedding_bag_update", [&] {
     update_from_rows<scalar_t>(op, dest.data(), p.bag_of.data(), scale.empty() ? nullptr : scale.data(),
                                static_cast<int64_t>(dest.size()), g, u, weight, state1, state2);

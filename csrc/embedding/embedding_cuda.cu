@@ -267,6 +267,15 @@ __device__ __forceinline__ void update_entry(T* w, A* s1, A* s2, A g, RowUpdate 
   }
 }
 
+// The fused update's bound: per touched row, one read of each contribution's
+// gradient row plus a read and a write of the weight row and its state (Adam:
+// 3 rows in, 3 out). Never run on a GPU (no device lent so far), so no figure
+// yet. Its sm_90 machine code (benchmarks/sass_check.py --table): float 1160
+// instructions, 32 registers, no local memory; global loads 64 and 32 bits wide
+// (a lane holds 2 of a 64-wide row's columns, not 4: 128-bit loads would need
+// dim >= 128); the 13 calls inside loops are the FP division and sqrt slow
+// paths of the optimizers and, in max mode, the 64-bit j % dim below. double
+// has 1 local load.
 // The contributions of a segment: sorted[q] its row, perm[q] the contribution
 // (a position whose gradient row is src[perm[q]], times scale; or, max mode,
 // an element of grad [bags, dim], which adds to its own column only).
@@ -379,6 +388,55 @@ BagBounds bounds_of(const BagInputs& in) {
   return {in.indices.numel(), in.args.bags, in.indices.dim() == 2 ? in.indices.size(1) : 0, in.include_last_offset};
 }
 
+// Each position's bag and destination row (-1: padding, or past the last
+// bag), and for mean with padding each bag's count: what the backward and the
+// fused update of sum and mean both start from.
+struct BagPositions {
+  at::Tensor bag_of, dest, counts;
+};
+
+BagPositions bag_positions(const BagInputs& in, const at::Tensor& off, const BagBounds& bb, cudaStream_t stream) {
+  const auto long_opts = in.indices.options().dtype(at::kLong);
+  const bool count = in.args.mode == BagMode::MEAN && in.args.padding >= 0;
+  BagPositions bp{at::empty({bb.n}, long_opts), at::empty({bb.n}, long_opts),
+                  count ? at::zeros({bb.bags}, long_opts.dtype(at::kInt)) : at::Tensor()};
+  AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_positions_cuda", [&] {
+    positions_kernel<index_t><<<grid_for(bb.n), kThreads, 0, stream>>>(
+        in.indices.const_data_ptr<index_t>(), off.defined() ? off.const_data_ptr<int64_t>() : nullptr, bb,
+        in.args.padding, bp.bag_of.mutable_data_ptr<int64_t>(), bp.dest.mutable_data_ptr<int64_t>(),
+        count ? bp.counts.mutable_data_ptr<int>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return bp;
+}
+
+// Per-position scale in the accumulation type (mean's 1 / count, or the
+// per-sample weight); undefined where every scale is 1 (sum without weights).
+template <typename scalar_t>
+at::Tensor bag_scale(const BagPositions& bp, const at::Tensor& off, const BagBounds& bb, BagMode mode,
+                     const at::Tensor& pw, const at::Tensor& grad, cudaStream_t stream) {
+  using A = cuda::acc_type<scalar_t>;
+  if (mode != BagMode::MEAN && !pw.defined()) return at::Tensor();
+  at::Tensor scale = at::empty({bb.n}, grad.options().dtype(std::is_same_v<A, double> ? at::kDouble : at::kFloat));
+  scale_kernel<scalar_t><<<grid_for(bb.n), kThreads, 0, stream>>>(
+      bp.bag_of.const_data_ptr<int64_t>(), off.defined() ? off.const_data_ptr<int64_t>() : nullptr, bb,
+      bp.counts.defined() ? bp.counts.const_data_ptr<int>() : nullptr,
+      pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr, scale.mutable_data_ptr<A>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return scale;
+}
+
+// per_sample_weights' gradient, <grad[bag], weight[row]>, for each position that counts.
+template <typename scalar_t>
+void launch_psw_grad(const at::Tensor& grad, const at::Tensor& weight, const BagPositions& bp, at::Tensor& gpsw,
+                     cudaStream_t stream) {
+  const int64_t n = bp.dest.numel();
+  psw_grad_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
+      grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), bp.bag_of.const_data_ptr<int64_t>(),
+      bp.dest.const_data_ptr<int64_t>(), n, weight.size(1), gpsw.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 void embedding_kernel(const at::Tensor& weight, const at::Tensor& indices, at::Tensor& out) {
@@ -435,7 +493,6 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& grad, 
   const int64_t num = in.weight.size(0), dim = in.weight.size(1);
   const at::Tensor off = offsets_like(in);
   const BagBounds bb = bounds_of(in);
-  const int64_t n = bb.n;
   // The checks of the forward, in the backward too (max mode included): the
   // CPU backward raises on the same inputs.
   AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_backward_cuda_validate",
@@ -451,35 +508,12 @@ void embedding_bag_backward_kernel(const BagInputs& in, const at::Tensor& grad, 
     scatter_rows(gw1, dest, grad.view({total, 1}), at::Tensor(), at::Tensor(), ScatterReduction::ADD);
     return;
   }
-  const auto long_opts = in.indices.options().dtype(at::kLong);
-  at::Tensor bag_of = at::empty({n}, long_opts), dest = at::empty({n}, long_opts);
-  const bool mean = in.args.mode == BagMode::MEAN;
-  at::Tensor counts = mean && in.args.padding >= 0 ? at::zeros({bb.bags}, long_opts.dtype(at::kInt)) : at::Tensor();
+  const BagPositions bp = bag_positions(in, off, bb, stream);
   const at::Tensor pw = in.psw.has_value() ? in.psw->contiguous() : at::Tensor();
-  AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_backward_cuda_idx", [&] {
-    const int64_t* offp = off.defined() ? off.const_data_ptr<int64_t>() : nullptr;
-    positions_kernel<index_t><<<grid_for(n), kThreads, 0, stream>>>(
-        in.indices.const_data_ptr<index_t>(), offp, bb, in.args.padding, bag_of.mutable_data_ptr<int64_t>(),
-        dest.mutable_data_ptr<int64_t>(), counts.defined() ? counts.mutable_data_ptr<int>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "embedding_bag_backward_cuda", [&] {
-      using A = cuda::acc_type<scalar_t>;
-      at::Tensor scale;
-      if (mean || pw.defined()) {
-        scale = at::empty({n}, grad.options().dtype(std::is_same_v<A, double> ? at::kDouble : at::kFloat));
-        scale_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
-            bag_of.const_data_ptr<int64_t>(), offp, bb, counts.defined() ? counts.const_data_ptr<int>() : nullptr,
-            pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr, scale.mutable_data_ptr<A>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      scatter_rows(gw, dest, grad, bag_of, scale, ScatterReduction::ADD);
-      if (pw.defined()) {
-        psw_grad_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
-            grad.const_data_ptr<scalar_t>(), in.weight.const_data_ptr<scalar_t>(), bag_of.const_data_ptr<int64_t>(),
-            dest.const_data_ptr<int64_t>(), n, dim, gpsw.mutable_data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "embedding_bag_backward_cuda", [&] {
+    const at::Tensor scale = bag_scale<scalar_t>(bp, off, bb, in.args.mode, pw, grad, stream);
+    scatter_rows(gw, bp.dest, grad, bp.bag_of, scale, ScatterReduction::ADD);
+    if (pw.defined()) launch_psw_grad<scalar_t>(grad, in.weight, bp, gpsw, stream);
   });
 }
 
@@ -506,7 +540,6 @@ void embedding_bag_update_kernel(const BagInputs& in, const at::Tensor& grad, co
   const int64_t num = weight.size(0), dim = weight.size(1);
   const at::Tensor off = offsets_like(in);
   const BagBounds bb = bounds_of(in);
-  const int64_t n = bb.n;
   AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_update_cuda_validate",
                           [&] { validate<index_t>(in.indices, num, off, EmbOp::BAG_UPDATE); });
   if (in.args.mode == BagMode::MAX) {
@@ -521,36 +554,13 @@ void embedding_bag_update_kernel(const BagInputs& in, const at::Tensor& grad, co
     });
     return;
   }
-  const auto long_opts = in.indices.options().dtype(at::kLong);
-  at::Tensor bag_of = at::empty({n}, long_opts), dest = at::empty({n}, long_opts);
-  const bool mean = in.args.mode == BagMode::MEAN;
-  at::Tensor counts = mean && in.args.padding >= 0 ? at::zeros({bb.bags}, long_opts.dtype(at::kInt)) : at::Tensor();
+  const BagPositions bp = bag_positions(in, off, bb, stream);
   const at::Tensor pw = in.psw.has_value() ? in.psw->contiguous() : at::Tensor();
-  AT_DISPATCH_INDEX_TYPES(in.indices.scalar_type(), "embedding_bag_update_cuda_idx", [&] {
-    const int64_t* offp = off.defined() ? off.const_data_ptr<int64_t>() : nullptr;
-    positions_kernel<index_t><<<grid_for(n), kThreads, 0, stream>>>(
-        in.indices.const_data_ptr<index_t>(), offp, bb, in.args.padding, bag_of.mutable_data_ptr<int64_t>(),
-        dest.mutable_data_ptr<int64_t>(), counts.defined() ? counts.mutable_data_ptr<int>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "embedding_bag_update_cuda", [&] {
-      using A = cuda::acc_type<scalar_t>;
-      at::Tensor scale;
-      if (mean || pw.defined()) {
-        scale = at::empty({n}, grad.options().dtype(std::is_same_v<A, double> ? at::kDouble : at::kFloat));
-        scale_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
-            bag_of.const_data_ptr<int64_t>(), offp, bb, counts.defined() ? counts.const_data_ptr<int>() : nullptr,
-            pw.defined() ? pw.const_data_ptr<scalar_t>() : nullptr, scale.mutable_data_ptr<A>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      if (gpsw.defined() && pw.defined()) {
-        // From the weight before its update: this kernel runs first on the stream.
-        psw_grad_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
-            grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), bag_of.const_data_ptr<int64_t>(),
-            dest.const_data_ptr<int64_t>(), n, dim, gpsw.mutable_data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      launch_update<scalar_t>(dest, grad, bag_of, scale, false, u, weight, state1, state2);
-    });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "embedding_bag_update_cuda", [&] {
+    const at::Tensor scale = bag_scale<scalar_t>(bp, off, bb, in.args.mode, pw, grad, stream);
+    // From the weight before its update: this kernel runs first on the stream.
+    if (gpsw.defined() && pw.defined()) launch_psw_grad<scalar_t>(grad, weight, bp, gpsw, stream);
+    launch_update<scalar_t>(bp.dest, grad, bp.bag_of, scale, false, u, weight, state1, state2);
   });
 }
 

@@ -148,14 +148,8 @@ def _embedding_bag_forward_fake(weight, indices, offsets, mode, psw, padding_idx
     return out, argmax
 
 
-@torch.library.register_fake("teachcompute_ext::embedding_bag_backward")
-def _embedding_bag_backward_fake(
-    grad, weight, indices, offsets, max_indices, mode, psw, padding_idx, include_last_offset
-):
-    op = "embedding_bag_backward"
-    check_float_dtype(op, "grad", grad)
-    bags = _check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset)
-    check_same_device(op, "grad", grad, "weight", weight)
+def _check_bag_grad(op, grad, weight, bags, mode, max_indices):
+    """The bags' gradient, a row per bag, and in max mode the forward's argmax that routes it."""
     if grad.dim() != 2 or grad.shape[0] != bags or grad.shape[1] != weight.shape[1]:
         raise RuntimeError(
             f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but the bags have "
@@ -169,6 +163,17 @@ def _embedding_bag_backward_fake(
                 f"{list(grad.shape)} (the forward's argmax), got {max_indices.dtype} of shape "
                 f"{list(max_indices.shape)}"
             )
+
+
+@torch.library.register_fake("teachcompute_ext::embedding_bag_backward")
+def _embedding_bag_backward_fake(
+    grad, weight, indices, offsets, max_indices, mode, psw, padding_idx, include_last_offset
+):
+    op = "embedding_bag_backward"
+    check_float_dtype(op, "grad", grad)
+    bags = _check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset)
+    check_same_device(op, "grad", grad, "weight", weight)
+    _check_bag_grad(op, grad, weight, bags, mode, max_indices)
     gpsw = psw.new_empty(psw.shape) if psw is not None else grad.new_empty((0,))
     return grad.new_empty(weight.shape), gpsw
 
@@ -259,12 +264,8 @@ def _embedding_update_fake(
     op = "embedding_update_"
     _check_weight(op, weight)
     _check_indices(op, indices)
-    check_same_device(op, "grad", grad, "weight", weight)
     check_same_device(op, "indices", indices, "weight", weight)
-    if grad.dtype != weight.dtype:
-        raise TypeError(
-            f"teachcompute_ext.{op}: argument 'grad' has dtype {grad.dtype} but 'weight' has dtype {weight.dtype}"
-        )
+    _check_grad(op, grad, weight)
     if list(grad.shape) != list(indices.shape) + [weight.shape[1]]:
         raise RuntimeError(
             f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but 'indices' has shape "
@@ -300,19 +301,7 @@ def _embedding_bag_update_fake(
     mode = bag_mode
     bags = _check_bag_args(op, weight, indices, offsets, mode, psw, padding_idx, include_last_offset, op)
     _check_grad(op, grad, weight)
-    if grad.dim() != 2 or grad.shape[0] != bags or grad.shape[1] != weight.shape[1]:
-        raise RuntimeError(
-            f"teachcompute_ext.{op}: argument 'grad' has shape {list(grad.shape)} but the bags have "
-            f"shape [{bags}, {weight.shape[1]}]"
-        )
-    if mode == "max":
-        check_same_device(op, "max_indices", max_indices, "weight", weight)
-        if max_indices.dtype != torch.int64 or max_indices.shape != grad.shape:
-            raise RuntimeError(
-                f"teachcompute_ext.{op}: argument 'max_indices' must be int64 of shape "
-                f"{list(grad.shape)} (the forward's argmax), got {max_indices.dtype} of shape "
-                f"{list(max_indices.shape)}"
-            )
+    _check_bag_grad(op, grad, weight, bags, mode, max_indices)
     _check_row_update(op, weight, state1, state2, optimizer, lr, beta1, beta2, eps, weight_decay, step)
     return psw.new_empty(psw.shape) if psw is not None and psw_grad else grad.new_empty((0,))
 
